@@ -1,0 +1,246 @@
+"""CIFAR-10/100, SVHN and a generated dataset as uint8 tensors resident on the training device.
+
+Files: when they are missing and `dataset.download` is true, torchvision's checksum-verified downloader fetches
+the standard archives (URLs and MD5s are torchvision's own class attributes); the standard files are then parsed
+straight into uint8 tensors (CIFAR python pickles, SVHN `.mat`). Augmentation is the official one (paper.md 2:
+RandomCrop(32, padding=2) with zero fill, plus a horizontal flip on CIFAR), done as one gather per batch on the
+device instead of per-sample PIL transforms in DataLoader workers (performance.md 2). Shuffling and augmentation
+draw from torch's global RNG, which `train` seeds and checkpoints, so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import pickle
+import urllib.error
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.datasets import CIFAR10, CIFAR100, SVHN
+from torchvision.datasets.utils import download_and_extract_archive, download_url
+
+from mm_repro.config import DatasetConfig
+from mm_repro.errors import UserError
+
+SYNTHETIC_SEED = 20190609  # the generated dataset is the same for every run, whatever the run's seed
+
+
+@dataclass
+class Arrays:
+    """One split: images (N, 3, 32, 32) uint8 and labels (N,) int64, on the CPU."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def _cifar_files(name: str) -> tuple[type, list[str]]:
+    cls = CIFAR10 if name == "cifar10" else CIFAR100
+    files = [f for f, _ in cls.train_list + cls.test_list]
+    return cls, files
+
+
+def _expected_files(name: str) -> list[str]:
+    if name in ("cifar10", "cifar100"):
+        cls, files = _cifar_files(name)
+        return [f"{cls.base_folder}/{f}" for f in files]
+    return [SVHN.split_list[s][1] for s in ("train", "test")]
+
+
+def _download(name: str, root: Path) -> None:
+    try:
+        if name in ("cifar10", "cifar100"):
+            cls, _ = _cifar_files(name)
+            download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+        else:
+            for split in ("train", "test"):
+                url, filename, md5 = SVHN.split_list[split]
+                if not (root / filename).exists():
+                    download_url(url, str(root), filename, md5)
+    except (urllib.error.URLError, OSError, RuntimeError) as exc:
+        raise UserError(
+            f"could not download {name} into {root} ({type(exc).__name__}: {exc}); without internet access, "
+            f"place {', '.join(_expected_files(name))} under {root} yourself"
+        ) from None
+
+
+def ensure_files(name: str, root: Path, download: bool) -> None:
+    """Make sure the standard files of `name` are under `root`, downloading them if allowed."""
+    missing = [f for f in _expected_files(name) if not (root / f).is_file()]
+    if not missing:
+        return
+    if not download:
+        raise UserError(
+            f"dataset {name}: missing {', '.join(missing)} in {root.resolve()}; put the standard files there, "
+            f"or set dataset.download=true (or dataset.root=DIR / MM_DATA_DIR=DIR to point elsewhere)"
+        )
+    _download(name, root)
+
+
+def _malformed(path: Path, exc: Exception) -> UserError:
+    return UserError(f"{path} is truncated or malformed ({type(exc).__name__}: {exc}); delete it and download again")
+
+
+def _read_cifar_file(path: Path, label_key: str) -> Arrays:
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(entry[label_key], dtype=np.int64)
+        if len(labels) != len(data):
+            raise ValueError(f"{len(data)} images but {len(labels)} labels")
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise _malformed(path, exc) from None
+    return Arrays(torch.from_numpy(data.copy()), torch.from_numpy(labels))
+
+
+def _concat(parts: list[Arrays]) -> Arrays:
+    return Arrays(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
+
+
+def read_cifar(name: str, root: Path) -> tuple[Arrays, Arrays]:
+    """CIFAR-10 / CIFAR-100 (fine labels) from the python-pickle batches under root."""
+    cls, _ = _cifar_files(name)
+    label_key = "labels" if name == "cifar10" else "fine_labels"
+    folder = root / cls.base_folder
+    train = _concat([_read_cifar_file(folder / f, label_key) for f, _ in cls.train_list])
+    test = _concat([_read_cifar_file(folder / f, label_key) for f, _ in cls.test_list])
+    return train, test
+
+
+def _read_svhn_file(path: Path) -> Arrays:
+    from scipy.io import loadmat  # scipy is slow to import; only SVHN needs it
+
+    try:
+        mat = loadmat(str(path))
+        images = np.transpose(np.asarray(mat["X"], dtype=np.uint8), (3, 2, 0, 1))  # HWCN -> NCHW
+        labels = np.asarray(mat["y"], dtype=np.int64).reshape(-1) % 10  # the digit 0 is stored as label 10
+        if images.shape[1:] != (3, 32, 32) or len(labels) != len(images):
+            raise ValueError(f"images {images.shape}, labels {labels.shape}")
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise _malformed(path, exc) from None
+    return Arrays(torch.from_numpy(images.copy()), torch.from_numpy(labels))
+
+
+def read_svhn(root: Path) -> tuple[Arrays, Arrays]:
+    """SVHN train (all 73,257 images; `extra` unused, as in the official code) and test, from the `.mat` files."""
+    return tuple(_read_svhn_file(root / SVHN.split_list[s][1]) for s in ("train", "test"))
+
+
+def make_synthetic(num_classes: int, train_size: int, test_size: int) -> tuple[Arrays, Arrays]:
+    """A learnable generated dataset: each class is a coloured low-frequency pattern, shifted and noised."""
+    g = torch.Generator().manual_seed(SYNTHETIC_SEED)
+    templates = F.interpolate(torch.rand(num_classes, 3, 4, 4, generator=g), size=40, mode="bilinear")
+
+    def split(n: int) -> Arrays:
+        labels = torch.arange(n) % num_classes
+        shifts = torch.randint(0, 9, (2, n), generator=g)
+        images = crop_flip(templates[labels], shifts[0], shifts[1], None, 32)
+        images = images + 0.25 * torch.randn(images.shape, generator=g)
+        return Arrays((images.clamp(0, 1) * 255).round().to(torch.uint8), labels)
+
+    return split(train_size), split(test_size)
+
+
+def cap_per_class(split: Arrays, cap: int, seed: int) -> Arrays:
+    """At most `cap` images per class, drawn with the run's seed (the official SVHN runs cap at 7325)."""
+    rng = np.random.default_rng(seed)
+    labels = split.labels.numpy()
+    keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:cap] for c in np.unique(labels)])
+    keep.sort()
+    return Arrays(split.images[keep], split.labels[keep])
+
+
+def load_arrays(cfg: DatasetConfig, seed: int = 0) -> tuple[Arrays, Arrays]:
+    """Train and test splits of the configured dataset, on the CPU."""
+    root = Path(cfg.root)
+    if cfg.name == "synthetic":
+        train, test = make_synthetic(cfg.num_classes, cfg.train_size, cfg.test_size)
+    else:
+        ensure_files(cfg.name, root, cfg.download)
+        train, test = read_svhn(root) if cfg.name == "svhn" else read_cifar(cfg.name, root)
+    if cfg.per_class_cap:
+        train = cap_per_class(train, cfg.per_class_cap, seed)
+    top = int(max(train.labels.max(), test.labels.max()))
+    if top >= cfg.num_classes:
+        raise UserError(f"dataset {cfg.name}: label {top} found but dataset.num_classes={cfg.num_classes}")
+    return train, test
+
+
+def crop_flip(
+    padded: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flips: torch.Tensor | None, size: int
+) -> torch.Tensor:
+    """Crop a size x size window at (oy, ox) from each padded image, then mirror it where `flips`: one gather."""
+    n, c = padded.shape[:2]
+    ar = torch.arange(size, device=padded.device)
+    rows = oy[:, None] + ar
+    cols = ox[:, None] + ar
+    if flips is not None:
+        cols = torch.where(flips[:, None], cols.flip(1), cols)
+    n_idx = torch.arange(n, device=padded.device)[:, None, None, None]
+    c_idx = torch.arange(c, device=padded.device)[None, :, None, None]
+    return padded[n_idx, c_idx, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class DeviceLoader:
+    """Batches of one split, resident on `device`: shuffled and augmented (train) or in order (test)."""
+
+    def __init__(
+        self,
+        split: Arrays,
+        cfg: DatasetConfig,
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        channels_last: bool = False,
+    ) -> None:
+        self.train = train
+        self.batch_size = batch_size
+        self.size = split.images.shape[-1]
+        self.padding = cfg.crop_padding if train else 0
+        self.flip = cfg.flip and train
+        images = split.images.to(device)
+        # Zero padding once for the whole split, as RandomCrop(padding=p) pads each image with 0.
+        self.images = F.pad(images, [self.padding] * 4) if self.padding else images
+        self.labels = split.labels.to(device)
+        self.mean = torch.tensor(cfg.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(cfg.std, device=device).view(1, -1, 1, 1)
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.labels)
+
+    def order(self) -> torch.Tensor:
+        """This epoch's order: a random permutation for training (seeded torch RNG), identity for testing."""
+        n = len(self.labels)
+        device = self.labels.device
+        return torch.randperm(n, device=device) if self.train else torch.arange(n, device=device)
+
+    def augment(self, padded: torch.Tensor) -> torch.Tensor:
+        """Random crop (offsets uniform in [0, 2p]) and, if enabled, a horizontal flip with probability 1/2."""
+        n, device = padded.shape[0], padded.device
+        span = padded.shape[-1] - self.size + 1
+        oy = torch.randint(0, span, (n,), device=device)
+        ox = torch.randint(0, span, (n,), device=device)
+        flips = torch.rand(n, device=device) < 0.5 if self.flip else None
+        return crop_flip(padded, oy, ox, flips, self.size)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 -> float in the official input space: (x / 255 - mean) / std, as ToTensor + Normalize."""
+        x = (images.float() / 255 - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def batches(self, order: torch.Tensor, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs, labels) for batches start, start + 1, ... of `order`."""
+        for i in range(start, len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            images = self.images[idx]
+            if self.train and (self.padding or self.flip):
+                images = self.augment(images)
+            yield self.normalize(images), self.labels[idx]

@@ -1,0 +1,127 @@
+"""PreAct ResNet 18/34/50/101/152 exactly as the official Manifold Mixup code builds them.
+
+Official code: vikasverma1077/manifold_mixup `supervised/models/preresnet.py` (paper.md sections 2 and 9).
+It departs from He et al. (2016) in two places that we keep, because the paper's numbers come from it:
+the 3x3 stem conv has no BN-ReLU after it, and there is no BN-ReLU before the 4x4 average pooling.
+Attribute names (`conv1`, `layer1`..`layer4`, `linear`, `shortcut`) follow the official code, so an official
+state_dict loads as it is.
+
+Mixing points: 0 = the input, i = the output of residual stage `layer{i}` (i = 1..4). The official code mixes at
+k in {0, 1, 2} (and has a dead branch for 3); stage 4 is offered for completeness.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation basic block (two 3x3 convs); the 1x1 projection sees the pre-activated input."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        if stride != 1 or in_planes != self.expansion * planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, self.expansion * planes, 1, stride=stride, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActBottleneck(nn.Module):
+    """Pre-activation bottleneck block (1x1, 3x3, 1x1), used by PreActResNet50/101/152."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, self.expansion * planes, 1, bias=False)
+        if stride != 1 or in_planes != self.expansion * planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, self.expansion * planes, 1, stride=stride, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        out = self.conv3(F.relu(self.bn3(out)))
+        return out + shortcut
+
+
+class PreActResNet(nn.Module):
+    """The official PreActResNet; `width` is the official `initial_channels` (64 in every paper run)."""
+
+    mixing_points = (0, 1, 2, 3, 4)
+
+    def __init__(
+        self,
+        block: type[nn.Module],
+        num_blocks: list[int],
+        num_classes: int,
+        width: int = 64,
+    ) -> None:
+        super().__init__()
+        self.in_planes = width
+        self.conv1 = nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False)
+        self.layer1 = self._make_layer(block, width, num_blocks[0], stride=1)
+        self.layer2 = self._make_layer(block, width * 2, num_blocks[1], stride=2)
+        self.layer3 = self._make_layer(block, width * 4, num_blocks[2], stride=2)
+        self.layer4 = self._make_layer(block, width * 8, num_blocks[3], stride=2)
+        self.linear = nn.Linear(width * 8 * block.expansion, num_classes)
+
+    def _make_layer(self, block: type[nn.Module], planes: int, n: int, stride: int) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (n - 1):
+            layers.append(block(self.in_planes, planes, s))
+            self.in_planes = planes * block.expansion
+        return nn.Sequential(*layers)
+
+    def _stage(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        if i == 1:  # the stem belongs to the first stage: mixing point 1 is layer1's output
+            return self.layer1(self.conv1(h))
+        return getattr(self, f"layer{i}")(h)
+
+    def forward_until(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The hidden state at mixing point k (k = 0 returns the input itself)."""
+        for i in range(1, k + 1):
+            x = self._stage(i, x)
+        return x
+
+    def forward_from(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        """Logits from the hidden state at mixing point k."""
+        for i in range(k + 1, 5):
+            h = self._stage(i, h)
+        h = F.avg_pool2d(h, 4)  # official: no BN-ReLU before pooling
+        return self.linear(h.flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_from(x, 0)
+
+
+def preactresnet(depth: int, num_classes: int, width: int = 64) -> PreActResNet:
+    """PreActResNet of the given depth (18, 34, 50, 101, 152) with the official block counts."""
+    blocks = {
+        18: (PreActBlock, [2, 2, 2, 2]),
+        34: (PreActBlock, [3, 4, 6, 3]),
+        50: (PreActBottleneck, [3, 4, 6, 3]),
+        101: (PreActBottleneck, [3, 4, 23, 3]),
+        152: (PreActBottleneck, [3, 8, 36, 3]),
+    }
+    block, num_blocks = blocks[depth]
+    return PreActResNet(block, num_blocks, num_classes, width)

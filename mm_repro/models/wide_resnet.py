@@ -1,0 +1,81 @@
+"""Wide-ResNet 28-10 and 28-2 exactly as the official Manifold Mixup code builds them.
+
+Official code: vikasverma1077/manifold_mixup `supervised/models/wide_resnet.py` (paper.md sections 2, 6.7, 9).
+Kept as it is, because the paper's WRN numbers come from it: every conv has a bias, the stride sits on the
+block's second conv, dropout is removed, the shortcut sees the raw block input, and the final BatchNorm has
+`momentum=0.9` (in PyTorch's convention running statistics are then ~90% the last batch; paper.md 6.7).
+`conv_init` is never applied in the official code, so PyTorch's default init is used here too.
+
+Mixing points: 0 = the input, i = the output of `layer{i}` (i = 1..3). The official code mixes at k in {0, 1, 2}.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class WideBasic(nn.Module):
+    """The official `wide_basic` block without dropout."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, padding=1, bias=True)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=True)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.bn1(x)))
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + self.shortcut(x)
+
+
+class WideResNet(nn.Module):
+    """The official `Wide_ResNet`; `width` is the stem's channels (16 officially), stages are width*k*(1, 2, 4)."""
+
+    mixing_points = (0, 1, 2, 3)
+
+    def __init__(self, depth: int, widen_factor: int, num_classes: int, width: int = 16) -> None:
+        super().__init__()
+        n = (depth - 4) // 6
+        stages = [width, width * widen_factor, 2 * width * widen_factor, 4 * width * widen_factor]
+        self.in_planes = stages[0]
+        self.conv1 = nn.Conv2d(3, stages[0], 3, stride=1, padding=1, bias=True)
+        self.layer1 = self._wide_layer(stages[1], n, stride=1)
+        self.layer2 = self._wide_layer(stages[2], n, stride=2)
+        self.layer3 = self._wide_layer(stages[3], n, stride=2)
+        self.bn1 = nn.BatchNorm2d(stages[3], momentum=0.9)  # official value, see the module docstring
+        self.linear = nn.Linear(stages[3], num_classes)
+
+    def _wide_layer(self, planes: int, n: int, stride: int) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (n - 1):
+            layers.append(WideBasic(self.in_planes, planes, s))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def _stage(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        if i == 1:
+            return self.layer1(self.conv1(h))
+        return getattr(self, f"layer{i}")(h)
+
+    def forward_until(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The hidden state at mixing point k (k = 0 returns the input itself)."""
+        for i in range(1, k + 1):
+            x = self._stage(i, x)
+        return x
+
+    def forward_from(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        """Logits from the hidden state at mixing point k."""
+        for i in range(k + 1, 4):
+            h = self._stage(i, h)
+        h = F.avg_pool2d(F.relu(self.bn1(h)), 8)
+        return self.linear(h.flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_from(x, 0)

@@ -1,0 +1,86 @@
+"""Experiment tracking: Weights & Biases (offline by default) or nothing. Records never depend on it.
+
+`wandb` is imported only when `logger=wandb`. The run is always finished, with a non-zero exit code when training
+failed. A resumed run continues the same W&B run (its id is kept in the run directory).
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from mm_repro.config import LoggerConfig
+
+
+class NullTracker:
+    """Tracks nothing (`logger=none`)."""
+
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def summary(self, result: dict) -> None:
+        pass
+
+    def log_table(self, name: str, columns: list[str], rows: list[list]) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+class WandbTracker(NullTracker):
+    """One W&B run per training run; the resolved config is its config."""
+
+    def __init__(self, cfg: LoggerConfig, run_dir: Path, config: dict, name: str, group: str | None) -> None:
+        import wandb
+
+        id_file = run_dir / "wandb_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+        id_file.write_text(run_id + "\n")
+        directory = Path(cfg.dir) if cfg.dir else run_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            group=cfg.group or group,
+            name=name,
+            id=run_id,
+            resume="allow",
+            dir=str(directory),
+            mode=cfg.mode,
+            config=config,
+            settings=wandb.Settings(console="off", silent=True),
+        )
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def summary(self, result: dict) -> None:
+        for key, value in _flatten(result).items():
+            self.run.summary[key] = value
+
+    def log_table(self, name: str, columns: list[str], rows: list[list]) -> None:
+        import wandb
+
+        self.run.log({name: wandb.Table(columns=columns, data=rows)})
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def open_tracker(cfg: LoggerConfig, run_dir: Path, config: dict, name: str, group: str | None = None) -> NullTracker:
+    """The tracker `logger.name` asks for."""
+    if cfg.name == "wandb" and cfg.mode != "disabled":
+        return WandbTracker(cfg, run_dir, config, name, group)
+    return NullTracker()
