@@ -1,0 +1,100 @@
+"""Fixtures: tiny datasets written in the real on-disk formats (CIFAR python pickles, SVHN .mat), and helpers
+to compose configs with Hydra's compose API and to run the CLI as a user does (subprocess)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from hydra import compose, initialize_config_dir
+
+from mm_repro.cli import CONF_DIR
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _images(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+    """Class-dependent images (a per-class colour plus noise), so a tiny net can learn something."""
+    base = (np.arange(10)[:, None] * np.array([25, 60, 95]) % 256)[labels % 10]  # (N, 3)
+    noise = rng.integers(-40, 40, size=(len(labels), 3, 32, 32))
+    return np.clip(base[:, :, None, None] + noise, 0, 255).astype(np.uint8)
+
+
+def write_cifar(root: Path, name: str, per_file: int = 40, seed: int = 0) -> Path:
+    """CIFAR-10 (5 train batches + test batch) or CIFAR-100 (train + test) in the python-pickle format."""
+    rng = np.random.default_rng(seed)
+    if name == "cifar10":
+        folder, files, key, classes = (
+            root / "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)],
+            "labels",
+            10,
+        )
+        files.append("test_batch")
+    else:
+        folder, files, key, classes = root / "cifar-100-python", ["train", "test"], "fine_labels", 100
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        labels = rng.integers(0, classes, size=per_file)
+        entry = {"data": _images(rng, labels).reshape(per_file, -1), key: labels.tolist(), "filenames": []}
+        if name == "cifar100":
+            entry["coarse_labels"] = (labels // 5).tolist()
+        with open(folder / f, "wb") as fh:
+            pickle.dump(entry, fh, protocol=2)
+    return root
+
+
+def write_svhn(root: Path, n_train: int = 120, n_test: int = 60, seed: int = 0) -> Path:
+    """SVHN train/test .mat files: X is (32, 32, 3, N) uint8, y is (N, 1) with the digit 0 stored as 10."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train_32x32.mat", n_train), ("test_32x32.mat", n_test)):
+        labels = rng.integers(1, 11, size=n)
+        images = _images(rng, labels).transpose(2, 3, 1, 0)  # NCHW -> HWCN
+        scipy.io.savemat(root / name, {"X": images, "y": labels.reshape(-1, 1).astype(np.uint8)})
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory) -> Path:
+    return write_cifar(tmp_path_factory.mktemp("cifar10"), "cifar10")
+
+
+@pytest.fixture(scope="session")
+def cifar100_root(tmp_path_factory) -> Path:
+    return write_cifar(tmp_path_factory.mktemp("cifar100"), "cifar100", per_file=100)
+
+
+@pytest.fixture(scope="session")
+def svhn_root(tmp_path_factory) -> Path:
+    return write_svhn(tmp_path_factory.mktemp("svhn"))
+
+
+def compose_train(*overrides: str):
+    """The composed `train` config, as `python -m mm_repro train <overrides>` would see it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m mm_repro <args>` in a subprocess, as a user runs it."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+    full_env.pop("MM_DATA_DIR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "mm_repro", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# Tiny but real: narrow nets, a few hundred images, few epochs.
+TINY = ["model.width=4", "train.batch_size=20", "train.eval_batch_size=50", "logger=none", "deterministic=true"]
