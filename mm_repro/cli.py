@@ -16,6 +16,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 COMMANDS: dict[str, str] = {
     "train": "train a model (ERM, input mixup or manifold mixup); -m for sweeps",
+    "tables": "regenerate the paper's tables from run records: runs=DIR out=DIR",
 }
 
 USAGE = "usage: python -m mm_repro <command> [hydra overrides]\n\ncommands:\n" + "".join(
@@ -42,7 +43,32 @@ def _train_task(cfg) -> None:  # noqa: ANN001 (a DictConfig; typed at validation
     train.run(run_cfg, Path(hydra_cfg.runtime.output_dir), config, group=group)
 
 
-TASKS: dict[str, Callable] = {"train": _train_task}
+def _tables_task(cfg) -> None:  # noqa: ANN001
+    from mm_repro.config import TablesConfig, as_list, to_schema
+    from mm_repro.tables import make_tables
+    from mm_repro.tracking import open_tracker
+
+    tcfg: TablesConfig = to_schema(cfg, TablesConfig)
+    out = Path(tcfg.out)
+    made = make_tables([Path(p) for p in as_list(tcfg.runs)], out, as_list(tcfg.tables) or None, tcfg.figures)
+    for markdown, _ in made["tables"].values():
+        print(markdown)
+    scanned = made["scan"]
+    print(
+        f"{len(scanned.records)} complete runs, {len(scanned.incomplete)} incomplete, "
+        f"{len(scanned.malformed)} malformed; tables written to {out}/"
+    )
+    for line in scanned.malformed:
+        sys.stderr.write(f"warning: skipped {line}\n")
+    tracker = open_tracker(tcfg.logger, out, {"runs": as_list(tcfg.runs)}, name="tables", group="tables")
+    try:
+        for name, (_, rows) in made["tables"].items():
+            tracker.log_table(name, list(rows[0]), [list(r.values()) for r in rows])
+    finally:
+        tracker.finish()
+
+
+TASKS: dict[str, Callable] = {"train": _train_task, "tables": _tables_task}
 
 # Errors of jobs that failed on bad input; caught inside the job so that the other jobs of a sweep still run and
 # Hydra prints no "Error executing job" preamble. main() reports them, one line each.
@@ -104,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(USAGE)
         return 0 if argv and argv[0] in ("-h", "--help", "help") else 2
     command, args = argv[0], argv[1:]
-    if any(a.startswith("--cfg") or a == "-c" for a in args) and "--resolve" not in args:
+    asks_job = any(a in ("--cfg", "-c") and b == "job" for a, b in zip(args, args[1:])) or "--cfg=job" in args
+    if asks_job and "--resolve" not in args:  # show the protocol's values, not ${protocol...} interpolations
         args.append("--resolve")
 
     import hydra
@@ -124,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as exc:
         sys.stderr.write(f"{exc}\n")
         return exc.exit_code
-    except (UserError, HydraException, OmegaConfBaseException, OSError) as exc:
+    except (UserError, HydraException, OmegaConfBaseException, OSError, ValueError) as exc:
         if debug:
             raise
         message = f"cannot write {exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else _one_line(exc)

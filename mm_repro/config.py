@@ -166,3 +166,19 @@ def validate_train(cfg: DictConfig | dict) -> TrainRunConfig:
     if run.train.lr <= 0:
         raise UserError(f"train.lr={run.train.lr} must be > 0")
     return run
+
+
+@dataclass
+class TablesConfig:
+    runs: Any = "runs"  # a directory or a list of directories
+    out: str = "results/tables"
+    tables: Any = None  # null: every table; or a list of names (results/paper/<name>.json)
+    figures: bool = True
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def as_list(value: Any) -> list:
+    """A scalar or a list from the command line (`runs=a` or `runs=[a,b]`) as a list."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]

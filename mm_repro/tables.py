@@ -1,0 +1,354 @@
+"""`python -m mm_repro tables runs=DIR out=DIR`: the paper's tables regenerated from run records, ours beside theirs.
+
+Scans run directories recursively. A complete run has result.json (and, for Tables 7 and 9, eval.json from
+`evaluate`); a run directory with a Hydra config or metrics but no result.json is listed as incomplete; an
+unreadable result.json is reported and skipped. Runs are grouped by the cell they reproduce (dataset, model, method,
+alpha, eligible layers) and by their setup (protocol, epochs, width, loss, batch, pairing, precision, class cap), so
+a 1-epoch test run is never mixed with a 2000-epoch one and the table says which is which. For each group: mean,
+sample std (ddof=1) and n over seeds, for the final epoch and the best epoch (the official code reported the best
+test accuracy over epochs, paper.md 6.4), and the distance to the paper's mean in units of the paper's std.
+Paper numbers: results/paper/<table>.json (from ../shared/reference/paper.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
+SETUP_KEYS = ("protocol", "epochs", "width", "loss", "batch_size", "pairing", "precision", "per_class_cap")
+MODEL_NAMES = {"preactresnet18": "PreActResNet18", "preactresnet34": "PreActResNet34", "wrn28_10": "Wide-ResNet-28-10"}
+MISSING = "—"
+
+
+@dataclass
+class Record:
+    """One complete run: result.json and, when `evaluate` ran, eval.json."""
+
+    path: Path
+    result: dict
+    eval: dict | None = None
+
+    @property
+    def run(self) -> dict:
+        return self.result["run"]
+
+
+@dataclass
+class Scan:
+    records: list[Record] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+    malformed: list[str] = field(default_factory=list)
+
+
+def _read_json(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def scan(paths: list[Path]) -> Scan:
+    """Every run directory below `paths`: complete records, incomplete runs, malformed records."""
+    found = Scan()
+    run_dirs: set[Path] = set()
+    for root in paths:
+        root = Path(root)
+        if not root.exists():
+            found.malformed.append(f"{root}: no such directory")
+            continue
+        for marker in ("result.json", "metrics.jsonl", ".hydra/config.yaml", "checkpoints/last.pt"):
+            run_dirs.update(p.parent.parent if marker.count("/") else p.parent for p in root.rglob(marker))
+    for run_dir in sorted(run_dirs):
+        if "previous" in run_dir.parts:  # records archived by train.resume=false
+            continue
+        started = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
+        if not started and not (run_dir / "result.json").exists():
+            continue  # a job that failed before training started
+        result_path = run_dir / "result.json"
+        if not result_path.exists():
+            done = (
+                len((run_dir / "metrics.jsonl").read_text().splitlines()) if (run_dir / "metrics.jsonl").exists() else 0
+            )
+            found.incomplete.append(f"{run_dir} ({done} epochs recorded, no result.json)")
+            continue
+        try:
+            result = _read_json(result_path)
+            for key in ("run", "final", "best"):
+                if not isinstance(result.get(key), dict):
+                    raise ValueError(f"missing '{key}'")
+            float(result["final"]["test_error"])
+        except (ValueError, KeyError, TypeError) as exc:
+            found.malformed.append(f"{result_path}: {exc}")
+            continue
+        evaluation = None
+        if (run_dir / "eval.json").exists():
+            try:
+                evaluation = _read_json(run_dir / "eval.json")
+            except ValueError as exc:
+                found.malformed.append(f"{run_dir / 'eval.json'}: {exc}")
+        found.records.append(Record(run_dir, result, evaluation))
+    return found
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None, int]:
+    """Mean, sample standard deviation (None for n = 1) and n."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return mean, std, n
+
+
+def _lookup(d: dict | None, path: str) -> float | None:
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return float(d) if isinstance(d, int | float) else None
+
+
+def metric_values(record: Record, metric: dict, row: dict) -> tuple[float | None, float | None]:
+    """(final, best) value of one metric for one run; best is None for evaluation metrics."""
+    name = metric["name"]
+    if "eval" in metric:
+        return _lookup(record.eval, metric["eval"].format(**row)), None
+    if name == "test_accuracy":
+        return 100 - record.result["final"]["test_error"], 100 - record.result["best"]["test_error"]
+    return record.result["final"][name], record.result["best"][name]
+
+
+def matches(row: dict, run: dict) -> bool:
+    """Does a run reproduce this paper cell? Cited rows (other papers) match nothing."""
+    if "cited" in row:
+        return False
+    if (row["dataset"], row["model"], row["method"]) != (run.get("dataset"), run.get("model"), run.get("method")):
+        return False
+    if row["method"] != "erm" and row.get("alpha") is not None and run.get("alpha") != row["alpha"]:
+        return False
+    return not ("layers" in row and row["method"] != "erm" and sorted(run.get("layers") or []) != sorted(row["layers"]))
+
+
+def setup_of(run: dict) -> str:
+    return ", ".join(f"{k}={run.get(k)}" for k in SETUP_KEYS if run.get(k) is not None)
+
+
+def _fmt(mean: float | None, std: float | None, digits: int) -> str:
+    if mean is None:
+        return MISSING
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def method_label(row: dict) -> str:
+    names = {"erm": "No Mixup", "mixup": "Input Mixup", "manifold": "Manifold Mixup"}
+    if row["method"] not in names:
+        return row["method"]
+    alpha = f" (α = {row['alpha']:g})" if row.get("alpha") is not None and row["method"] != "erm" else ""
+    return names[row["method"]] + alpha
+
+
+def build_rows(spec: dict, records: list[Record]) -> list[dict]:
+    """One output row per paper cell and setup of our runs; a cell without runs gets one 'missing' row."""
+    out = []
+    for row in spec["rows"]:
+        groups: dict[str, list[Record]] = {}
+        for record in records:
+            if matches(row, record.run):
+                groups.setdefault(setup_of(record.run), []).append(record)
+        base = {
+            "dataset": row["dataset"],
+            "arch": MODEL_NAMES.get(row["model"], row["model"]),
+            "method": method_label(row),
+        }
+        if "label" in row:
+            base["cell"] = row["label"]
+        for setup, group in sorted(groups.items()) or [("", [])]:
+            line = {**base, "setup": setup or ("cited" if "cited" in row else "missing"), "n": len(group)}
+            for metric in spec["metrics"]:
+                digits = 3 if "nll" in metric["name"] else 2
+                paper = row.get(metric["name"]) or [None, None]
+                line[f"paper {metric['name']}"] = (  # as printed in the paper
+                    MISSING if paper[0] is None else f"{paper[0]:g}" + (f" ± {paper[1]:g}" if paper[1] else "")
+                )
+                finals = [v for v in (metric_values(r, metric, row)[0] for r in group) if v is not None]
+                bests = [v for v in (metric_values(r, metric, row)[1] for r in group) if v is not None]
+                f_mean, f_std, _ = mean_std(finals) if finals else (None, None, 0)
+                b_mean, b_std, _ = mean_std(bests) if bests else (None, None, 0)
+                line[f"ours {metric['name']} (final)"] = _fmt(f_mean, f_std, digits)
+                if "eval" not in metric:
+                    line[f"ours {metric['name']} (best)"] = _fmt(b_mean, b_std, digits)
+                sigma = (f_mean - paper[0]) / paper[1] if f_mean is not None and paper[1] else None
+                line[f"Δ/σ {metric['name']}"] = f"{sigma:+.1f}" if sigma is not None else MISSING
+            out.append(line)
+    return out
+
+
+def to_markdown(spec: dict, rows: list[dict], scanned: Scan) -> str:
+    columns = list(rows[0])
+    lines = [
+        f"## {spec['title']}",
+        "",
+        f"Paper caption: {spec['caption']}",
+        "",
+        f"Paper protocol: {spec['protocol']}",
+        "",
+        "Ours: mean ± sample std over seeds (n runs) per setup; 'final' is the last epoch, 'best' the best test "
+        "epoch (what the official code reported); Δ/σ = (ours final − paper) / paper std.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+    if scanned.incomplete:
+        lines += ["", "Incomplete runs (not in the table):", *[f"- {p}" for p in scanned.incomplete]]
+    if scanned.malformed:
+        lines += ["", "Malformed records (skipped):", *[f"- {p}" for p in scanned.malformed]]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def to_latex(spec: dict, rows: list[dict]) -> str:
+    def esc(text: Any) -> str:
+        text = str(text).replace("\\", r"\textbackslash{}")
+        for a, b in (
+            ("&", r"\&"),
+            ("%", r"\%"),
+            ("_", r"\_"),
+            ("#", r"\#"),
+            ("±", r"$\pm$"),
+            ("α", r"$\alpha$"),
+            ("Δ", r"$\Delta$"),
+            ("σ", r"$\sigma$"),
+            ("—", "--"),
+            ("†", r"$^\dagger$"),
+            ("‡", r"$^\ddagger$"),
+            ("°", r"$^\circ$"),
+            ("−", "-"),
+        ):
+            text = text.replace(a, b)
+        return text
+
+    columns = list(rows[0])
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{" + "l" * len(columns) + "}", r"\toprule"]
+    lines.append(" & ".join(esc(c) for c in columns) + r" \\")
+    lines.append(r"\midrule")
+    lines += [" & ".join(esc(r[c]) for c in columns) + r" \\" for r in rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + esc(spec["title"]) + "}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def load_specs(names: list[str] | None = None) -> list[dict]:
+    specs = [json.loads(p.read_text()) for p in sorted(PAPER_DIR.glob("*.json"))]
+    if names:
+        known = [s["table"] for s in specs]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            from mm_repro.errors import UserError
+
+            raise UserError(f"tables={unknown[0]!r} is not a table; choose from {', '.join(known)}")
+        specs = [s for s in specs if s["table"] in names]
+    return specs
+
+
+def plot_figures(specs: list[dict], records: list[Record], out: Path) -> list[Path]:
+    """Table 6 (accuracy against alpha) and Table 5 (eligible layer sets): ours with error bars beside the paper."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    by_name = {s["table"]: s for s in specs}
+    if "table6_alpha" in by_name:
+        spec = by_name["table6_alpha"]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for method, colour in (("mixup", "tab:blue"), ("manifold", "tab:red")):
+            rows = [r for r in spec["rows"] if r["method"] == method]
+            label = "Input Mixup" if method == "mixup" else "Manifold Mixup"
+            ax.plot(
+                [r["alpha"] for r in rows],
+                [r["test_accuracy"][0] for r in rows],
+                "o--",
+                color=colour,
+                alpha=0.5,
+                label=f"{label} (paper)",
+            )
+            xs, ys, es = [], [], []
+            for r in rows:
+                accs = [100 - rec.result["final"]["test_error"] for rec in records if matches(r, rec.run)]
+                if accs:
+                    m, s, _ = mean_std(accs)
+                    xs.append(r["alpha"])
+                    ys.append(m)
+                    es.append(s or 0.0)
+            if xs:
+                ax.errorbar(xs, ys, yerr=es, fmt="s-", color=colour, capsize=3, label=f"{label} (ours, final)")
+        ax.set_xlabel("α")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("Table 6: CIFAR-10, PreActResNet18")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(out / "table6_alpha.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    if "table5_layers" in by_name:
+        spec = by_name["table5_layers"]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        for ax, dataset in zip(axes, ("cifar10", "cifar100"), strict=True):
+            rows = [r for r in spec["rows"] if r["dataset"] == dataset]
+            x = range(len(rows))
+            ax.bar([i - 0.2 for i in x], [r["test_accuracy"][0] for r in rows], 0.4, label="paper", color="0.7")
+            ours = []
+            for r in rows:
+                accs = [100 - rec.result["final"]["test_error"] for rec in records if matches(r, rec.run)]
+                ours.append(mean_std(accs) if accs else (float("nan"), None, 0))
+            ax.bar(
+                [i + 0.2 for i in x],
+                [o[0] for o in ours],
+                0.4,
+                yerr=[o[1] or 0 for o in ours],
+                capsize=2,
+                label="ours (final)",
+                color="tab:red",
+            )
+            ax.set_xticks(list(x), [r["label"] for r in rows], rotation=45, fontsize=7)
+            low = min(r["test_accuracy"][0] for r in rows)
+            ax.set_ylim(low - 3, 100 if dataset == "cifar10" else low + 8)
+            ax.set_title(f"Table 5: {dataset}, S")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(out / "table5_layers.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written
+
+
+def make_tables(paths: list[Path], out: Path, names: list[str] | None = None, figures: bool = True) -> dict:
+    """Scan `paths`, write <table>.md/.csv/.tex (and figures) into `out`; returns {table: markdown}."""
+    from mm_repro.records import atomic_write
+
+    scanned = scan(paths)
+    specs = load_specs(names)
+    out.mkdir(parents=True, exist_ok=True)
+    rendered = {}
+    for spec in specs:
+        rows = build_rows(spec, scanned.records)
+        markdown = to_markdown(spec, rows, scanned)
+        atomic_write(out / f"{spec['table']}.md", markdown.encode())
+        atomic_write(out / f"{spec['table']}.csv", to_csv(rows).encode())
+        atomic_write(out / f"{spec['table']}.tex", to_latex(spec, rows).encode())
+        rendered[spec["table"]] = (markdown, rows)
+    if figures:
+        plot_figures(specs, scanned.records, out)
+    return {"scan": scanned, "tables": rendered}

@@ -1,0 +1,18 @@
+# Shared by the scripts/table*.sh wrappers: run one paper table's sweep, then regenerate that table.
+# Usage from a wrapper: sweep <experiment> [basic|local|slurm] [extra hydra overrides...]
+#   basic (default): jobs one after another in this process (one GPU)
+#   local: n jobs at a time on this machine (hydra/launcher=local, needs pip install -e ".[local]")
+#   slurm: one SLURM job per run (hydra/launcher=slurm, needs pip install -e ".[slurm]"; pass
+#          hydra.launcher.partition=<yours>)
+# Runs land in runs/<experiment>/...; rerunning the same command resumes unfinished runs and skips finished ones'
+# training (they resume at their last epoch and only rewrite result.json).
+set -euo pipefail
+sweep() {
+  local experiment=$1
+  shift
+  local launcher=basic
+  case "${1:-}" in basic | local | slurm) launcher=$1; shift ;; esac
+  python -m mm_repro train -m "experiment=${experiment}" "hydra/launcher=${launcher}" \
+    "hydra.sweep.dir=runs/${experiment}" "$@"
+  python -m mm_repro tables "runs=runs/${experiment}" "tables=[${TABLE:-$experiment}]"
+}

@@ -1,0 +1,182 @@
+"""`tables`: exact statistics from records with known values, grouping by setup, missing cells, paper numbers,
+partial and malformed records reported; a real tiny multirun becomes Table 1a through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from mm_repro.cli import CONF_DIR
+from mm_repro.tables import load_specs, make_tables, mean_std, scan
+from tests.conftest import TINY, run_cli
+
+
+def _record(root: Path, name: str, method: str, seed: int, final: float, best: float, nll: float, **run) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    info = {
+        "dataset": "cifar10",
+        "model": "preactresnet18",
+        "method": method,
+        "seed": seed,
+        "width": 64,
+        "alpha": {"erm": None, "mixup": 1.0, "manifold": 2.0}[method],
+        "layers": [],
+        "protocol": "official",
+        "epochs": 2000,
+        "loss": "bce_softmax",
+        "batch_size": 100,
+        "pairing": "permutation",
+        "precision": "fp32",
+    }
+    info.update(run)
+    result = {
+        "run": info,
+        "final": {"test_error": final, "test_nll": nll, "epoch": 2000},
+        "best": {"test_error": best, "test_nll": nll + 0.01, "epoch": 1500},
+    }
+    (d / "result.json").write_text(json.dumps(result))
+    return d
+
+
+def test_known_records_give_exact_statistics_grouping_and_missing_cells(tmp_path):
+    for seed, (final, best) in enumerate([(3.0, 2.9), (3.2, 3.1), (3.4, 3.0)]):
+        _record(tmp_path, f"mm{seed}", "manifold", seed, final, best, 0.1 + seed * 0.01)
+    _record(tmp_path, "erm_short", "erm", 0, 50.0, 40.0, 1.5, epochs=1, width=4)
+    made = make_tables([tmp_path], tmp_path / "out", ["table1_cifar10"], figures=False)
+    markdown, rows = made["tables"]["table1_cifar10"]
+    mm = next(r for r in rows if r["arch"] == "PreActResNet18" and r["method"] == "Manifold Mixup (α = 2)")
+    assert mm["n"] == 3
+    assert mm["ours test_error (final)"] == "3.20 ± 0.20"  # mean 3.2, sample std 0.2
+    assert mm["ours test_error (best)"] == f"3.00 ± {math.sqrt(0.01):.2f}"
+    assert mm["paper test_error"] == "2.95 ± 0.046"
+    assert mm["Δ/σ test_error"] == f"{(3.2 - 2.95) / 0.046:+.1f}"
+    erm = next(r for r in rows if r["arch"] == "PreActResNet18" and r["method"] == "No Mixup")
+    assert erm["n"] == 1 and "epochs=1" in erm["setup"] and "width=4" in erm["setup"]
+    assert erm["ours test_error (final)"] == "50.00"
+    missing = [r for r in rows if r["setup"] == "missing"]
+    assert len(missing) == 7  # IM on PARN18, and every PARN34 / WRN cell
+    assert all(r["ours test_error (final)"] == "—" for r in missing)
+    assert "4.83 ± 0.066" in markdown
+    for ext in ("md", "csv", "tex"):
+        assert (tmp_path / "out" / f"table1_cifar10.{ext}").stat().st_size > 0
+    with open(tmp_path / "out" / "table1_cifar10.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+
+
+def test_groups_do_not_mix_setups(tmp_path):
+    _record(tmp_path, "a", "manifold", 0, 3.0, 3.0, 0.1)
+    _record(tmp_path, "b", "manifold", 1, 9.0, 9.0, 0.1, protocol="paper", epochs=1200)
+    _, rows = make_tables([tmp_path], tmp_path / "out", ["table1_cifar10"], figures=False)["tables"]["table1_cifar10"]
+    mm = [r for r in rows if r["arch"] == "PreActResNet18" and r["method"].startswith("Manifold")]
+    assert sorted(r["ours test_error (final)"] for r in mm) == ["3.00", "9.00"]
+
+
+def test_partial_and_malformed_records_are_reported_not_fatal(tmp_path):
+    _record(tmp_path, "good", "manifold", 0, 3.0, 3.0, 0.1)
+    partial = tmp_path / "partial"
+    (partial / ".hydra").mkdir(parents=True)
+    (partial / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (partial / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "result.json").write_text("{not json")
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    (wrong / "result.json").write_text(json.dumps({"run": {}}))
+    found = scan([tmp_path, tmp_path / "does-not-exist"])
+    assert [r.path.name for r in found.records] == ["good"]
+    assert len(found.incomplete) == 1 and "partial (2 epochs recorded" in found.incomplete[0]
+    assert {Path(m.split(":")[0]).parent.name for m in found.malformed[1:]} == {"broken", "wrong"}
+    assert "does-not-exist: no such directory" in found.malformed[0]
+    markdown = make_tables([tmp_path], tmp_path / "out", ["table1_cifar10"], figures=False)["tables"]["table1_cifar10"][
+        0
+    ]
+    assert "Incomplete runs" in markdown and "Malformed records" in markdown
+
+
+def test_paper_numbers_cover_every_table_and_cell():
+    specs = {s["table"]: s for s in load_specs()}
+    assert set(specs) == {
+        "table1_cifar10",
+        "table1_cifar100",
+        "table2_svhn",
+        "table5_layers",
+        "table6_alpha",
+        "table7_fgsm",
+        "table9_deformations",
+    }
+    counts = {name: len(s["rows"]) for name, s in specs.items()}
+    assert counts == {
+        "table1_cifar10": 11,
+        "table1_cifar100": 11,
+        "table2_svhn": 9,
+        "table5_layers": 20,
+        "table6_alpha": 12,
+        "table7_fgsm": 10,
+        "table9_deformations": 68,
+    }
+    t6 = {(r["method"], r["alpha"]): r["test_accuracy"][0] for r in specs["table6_alpha"]["rows"]}
+    assert t6[("manifold", 2.0)] == 97.23 and t6[("mixup", 0.5)] == 96.68
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0, 3)
+
+
+def _jobs(experiment: str, *extra: str) -> list[list[str]]:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()] + list(extra)
+    return BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)[0]
+
+
+@pytest.mark.parametrize(
+    ("experiment", "n"),
+    [
+        ("table1_cifar10", 45),
+        ("table1_cifar100", 45),
+        ("table2_svhn", 45),
+        ("table5_layers", 18),
+        ("table6_alpha", 12),
+        ("table7_fgsm", 6),
+        ("table9_deformations", 3),
+    ],
+)
+def test_experiment_files_sweep_exactly_the_tables_cells(experiment, n):
+    jobs = _jobs(experiment)
+    assert len(jobs) == n
+    if experiment.startswith(("table1", "table2")):
+        assert sum("method=erm" in j for j in jobs) == 15  # ERM once per model and seed, not per alpha
+
+
+def test_tiny_real_multirun_becomes_table_1a(cifar10_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "train",
+        "-m",
+        "dataset=cifar10",
+        "model=preactresnet18",
+        "method=erm,manifold",
+        "seed=0,1",
+        f"dataset.root={cifar10_root}",
+        "dataset.download=false",
+        "train.epochs=1",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "tables"
+    proc = run_cli("tables", f"runs={sweep}", f"out={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Table 1(a): CIFAR-10" in proc.stdout and "4 complete runs" in proc.stdout
+    line = next(x for x in proc.stdout.splitlines() if "| PreActResNet18 | Manifold Mixup (α = 2) |" in x)
+    assert "| 2 | 2.95 ± 0.046 |" in line and "epochs=1, width=4" in line
+    assert (out / "table1_cifar10.tex").exists() and (out / "table6_alpha.png").exists()
+    bad = run_cli("tables", f"runs={sweep}", "tables=[table99]", f"out={out}", cwd=tmp_path)
+    assert bad.returncode == 2 and "tables='table99' is not a table" in bad.stderr
