@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(USAGE)
         return 0 if argv and argv[0] in ("-h", "--help", "help") else 2
     command, args = argv[0], argv[1:]
-    asks_job = any(a in ("--cfg", "-c") and b == "job" for a, b in zip(args, args[1:])) or "--cfg=job" in args
+    asks_job = (
+        any(a in ("--cfg", "-c") and b == "job" for a, b in zip(args, args[1:], strict=False)) or "--cfg=job" in args
+    )
     if asks_job and "--resolve" not in args:  # show the protocol's values, not ${protocol...} interpolations
         args.append("--resolve")
 
