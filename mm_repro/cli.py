@@ -33,14 +33,15 @@ def _train_task(cfg) -> None:  # noqa: ANN001 (a DictConfig; typed at validation
 
     run_cfg = validate_train(cfg)
     hydra_cfg = HydraConfig.get()
-    group = None
-    if hydra_cfg.mode.name == "MULTIRUN":  # the jobs of one sweep share a W&B group: the sweep's overrides
+    group, job_num = None, None
+    if hydra_cfg.mode.name == "MULTIRUN":
+        job_num = hydra_cfg.job.num  # the jobs of one sweep share a W&B group: the sweep's overrides
         group = " ".join(hydra_cfg.overrides.task)[:120] or "sweep"
         sweep_file = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
         if sweep_file.exists():
             group = " ".join(OmegaConf.load(sweep_file).hydra.overrides.task)[:120] or group
     config = OmegaConf.to_container(cfg, resolve=True)
-    train.run(run_cfg, Path(hydra_cfg.runtime.output_dir), config, group=group)
+    train.run(run_cfg, Path(hydra_cfg.runtime.output_dir), config, group=group, job_num=job_num)
 
 
 def _tables_task(cfg) -> None:  # noqa: ANN001

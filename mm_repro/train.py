@@ -75,12 +75,15 @@ class StopSignals:
             signal.signal(s, handler)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(name: str, job_num: int | None = None) -> torch.device:
+    """cpu, or a CUDA device; job i of a multirun takes GPU i mod #GPUs when several are visible."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
-    return torch.device(name)
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    index = job_num % torch.cuda.device_count() if job_num is not None else torch.cuda.current_device()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -218,11 +221,11 @@ def _run_info(cfg: TrainRunConfig) -> dict:
     }
 
 
-def run(cfg: TrainRunConfig, run_dir: Path, config: dict, group: str | None = None) -> dict:
+def run(cfg: TrainRunConfig, run_dir: Path, config: dict, group: str | None = None, job_num: int | None = None) -> dict:
     """Train (or resume) the configured run in `run_dir`; returns result.json's content."""
     run_dir = Path(run_dir)
     records.check_writable(run_dir)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, job_num)
     seed_everything(cfg.seed, cfg.deterministic)
     on_cuda = device.type == "cuda"
 
