@@ -238,7 +238,7 @@ class DeviceLoader:
 
     def batches(self, order: torch.Tensor, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(inputs, labels) for batches start, start + 1, ... of `order`."""
-        for i in range(start, len(self)):
+        for i in range(start, -(-len(order) // self.batch_size)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             images = self.images[idx]
             if self.train and (self.padding or self.flip):

@@ -37,6 +37,10 @@ def draw(layers: list[int], alpha: float, batch_size: int, pairing: str, device:
     return MixDraw(k, lam, index)
 
 
-def mix(h: torch.Tensor, targets: torch.Tensor, lam: float, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """lam * x + (1 - lam) * x[index] for the hidden states and for the soft targets alike."""
+def mix(
+    h: torch.Tensor, targets: torch.Tensor, lam: float | torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """lam * x + (1 - lam) * x[index] for the hidden states and for the soft targets alike.
+
+    `lam` may be a float or a 0-dim float32 tensor (which keeps bf16 hidden states in bf16)."""
     return lam * h + (1 - lam) * h[index], lam * targets + (1 - lam) * targets[index]

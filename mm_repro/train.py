@@ -18,7 +18,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm_repro import mixing, records
+from mm_repro import distributed, mixing, records
 from mm_repro.config import TrainRunConfig
 from mm_repro.data import DeviceLoader, load_arrays
 from mm_repro.errors import UserError
 from mm_repro.losses import LOSSES
 from mm_repro.models import build, count_parameters
-from mm_repro.tracking import open_tracker
+from mm_repro.tracking import NullTracker, open_tracker
 
 log = logging.getLogger("mm_repro.train")
 
@@ -115,21 +115,54 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class Network(nn.Module):
+    """The model's forward with mixing at point k, as one module call, so that DDP and torch.compile see one graph.
+
+    `lam` is a 0-dim tensor, never a Python float, so a compiled graph is not recompiled for every lam; k is a
+    Python int, so there is at most one graph per mixing point (performance.md 4). `lam=None` mixes nothing (ERM).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor,
+        k: int = 0,
+        lam: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if lam is None:
+            return self.model(x), targets
+        h, targets = mixing.mix(self.model.forward_until(x, k), targets, lam, index)
+        return self.model.forward_from(h, k), targets
+
+
 class Stepper:
     """One training step: mixing draw, forward to k, mix, forward from k, loss in fp32, backward, SGD step."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainRunConfig, device: torch.device):
-        self.model, self.optimizer, self.cfg, self.device = model, optimizer, cfg, device
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        cfg: TrainRunConfig,
+        device: torch.device,
+        world: distributed.World | None = None,
+    ) -> None:
+        self.optimizer, self.cfg, self.device = optimizer, cfg, device
         self.loss_fn = LOSSES[cfg.train.loss]
         self.num_classes = cfg.dataset.num_classes
         precision = cfg.train.precision
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        # torch.compile: k is a Python int (at most 5 variants, under the recompile limit) and lam never enters a
-        # compiled graph, since mixing happens between the two compiled halves (performance.md 4).
-        compile_fn = torch.compile if cfg.train.compile else (lambda f: f)
-        self.forward_until = compile_fn(model.forward_until)
-        self.forward_from = compile_fn(model.forward_from)
+        net: nn.Module = Network(model)
+        if world is not None and world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        self.net = torch.compile(net) if cfg.train.compile else net
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -142,12 +175,11 @@ class Stepper:
         method = self.cfg.method
         with self.autocast():
             if method.name == "erm":
-                logits = self.forward_from(x, 0)
+                logits, targets = self.net(x, targets)
             else:
                 draw = mixing.draw(method.layers, method.alpha, len(y), method.pairing, x.device)
-                h = self.forward_until(x, draw.k)
-                h, targets = mixing.mix(h, targets, draw.lam, draw.index)
-                logits = self.forward_from(h, draw.k)
+                lam = torch.tensor(draw.lam, dtype=torch.float32, device=x.device)
+                logits, targets = self.net(x, targets, draw.k, lam, draw.index)
         return self.loss_fn(logits, targets)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -221,20 +253,49 @@ def _run_info(cfg: TrainRunConfig) -> dict:
     }
 
 
-def run(cfg: TrainRunConfig, run_dir: Path, config: dict, group: str | None = None, job_num: int | None = None) -> dict:
-    """Train (or resume) the configured run in `run_dir`; returns result.json's content."""
-    run_dir = Path(run_dir)
-    records.check_writable(run_dir)
-    device = pick_device(cfg.device, job_num)
-    seed_everything(cfg.seed, cfg.deterministic)
-    on_cuda = device.type == "cuda"
+@dataclass
+class Session:
+    """Everything one training run holds: built once by `_setup`, saved and restored whole by the checkpoint."""
 
+    cfg: TrainRunConfig
+    run_dir: Path
+    config: dict
+    world: distributed.World
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    stepper: Stepper
+    train_loader: DeviceLoader
+    test_loader: DeviceLoader
+    epoch: int = 0
+    position: dict | None = None  # where a mid-epoch stop left the epoch
+    metrics: list = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / records.CHECKPOINT
+
+    def say(self, message: str) -> None:
+        if self.world.is_main:
+            log.info(message)
+
+
+def _setup(cfg: TrainRunConfig, run_dir: Path, config: dict, job_num: int | None) -> Session:
+    world = distributed.init(use_cuda=cfg.device != "cpu" and torch.cuda.is_available())
+    if world.distributed and cfg.train.batch_size % world.size:
+        raise UserError(f"train.batch_size={cfg.train.batch_size} must divide by the {world.size} processes")
+    if world.is_main:
+        records.check_writable(run_dir)
+    device = pick_device(cfg.device, world.local_rank if world.distributed else job_num)
+    seed_everything(cfg.seed + world.rank, cfg.deterministic)  # per-rank seeds; DDP copies rank 0's weights
+    channels_last = device.type == "cuda"
     model = build(cfg.model.name, cfg.dataset.num_classes, width=cfg.model.width).to(device)
-    if on_cuda:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_split, test_split = load_arrays(cfg.dataset, cfg.seed)
-    train_loader = DeviceLoader(train_split, cfg.dataset, cfg.train.batch_size, device, True, on_cuda)
-    test_loader = DeviceLoader(test_split, cfg.dataset, cfg.train.eval_batch_size, device, False, on_cuda)
+    local_batch = cfg.train.batch_size // world.size
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=cfg.train.lr,
@@ -242,125 +303,185 @@ def run(cfg: TrainRunConfig, run_dir: Path, config: dict, group: str | None = No
         weight_decay=cfg.train.weight_decay,
         nesterov=cfg.train.nesterov,
     )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.train.milestones, cfg.train.gamma)
-    stepper = Stepper(model, optimizer, cfg, device)
+    return Session(
+        cfg=cfg,
+        run_dir=run_dir,
+        config=config,
+        world=world,
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.train.milestones, cfg.train.gamma),
+        stepper=Stepper(model, optimizer, cfg, device, world),
+        train_loader=DeviceLoader(train_split, cfg.dataset, local_batch, device, True, channels_last),
+        test_loader=DeviceLoader(test_split, cfg.dataset, cfg.train.eval_batch_size, device, False, channels_last),
+    )
 
-    checkpoint_path = run_dir / records.CHECKPOINT
-    state = {"epoch": 0, "position": None, "metrics": [], "wall_seconds": 0.0}
-    if checkpoint_path.exists() and cfg.train.resume:
-        saved = records.load_checkpoint(checkpoint_path)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        stepper.scaler.load_state_dict(saved["scaler"])
-        set_rng_state(saved["rng"])
-        state = {k: saved[k] for k in state}
-        records.write_metrics(run_dir / records.METRICS, state["metrics"])  # drop lines past the checkpoint
-        where = f"epoch {state['epoch']}" + (f", step {state['position']['step']}" if state["position"] else "")
-        log.info(f"resuming {run_dir} from {where}")
-    elif not cfg.train.resume:
-        archived = records.archive_previous(run_dir)
-        if archived:
-            log.info(f"train.resume=false: earlier records moved to {archived}")
 
-    def checkpoint(position: dict | None) -> None:
+def _save(s: Session) -> None:
+    """Checkpoint the session (a collective: every rank's RNG state is gathered; rank 0 writes)."""
+    rng_ranks = distributed.gather(rng_state(), s.world)
+    if s.world.is_main:
         records.save_checkpoint(
-            checkpoint_path,
+            s.checkpoint_path,
             {
                 "format": 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": stepper.scaler.state_dict(),
-                "rng": rng_state(),
-                "epoch": state["epoch"],
-                "position": position,
-                "metrics": state["metrics"],
-                "wall_seconds": state["wall_seconds"],
-                "config": config,
+                "model": s.model.state_dict(),
+                "optimizer": s.optimizer.state_dict(),
+                "scheduler": s.scheduler.state_dict(),
+                "scaler": s.stepper.scaler.state_dict(),
+                "rng": rng_ranks[0],
+                "rng_ranks": rng_ranks,
+                "epoch": s.epoch,
+                "position": s.position,
+                "metrics": s.metrics,
+                "wall_seconds": s.wall_seconds,
+                "config": s.config,
             },
         )
+    distributed.barrier(s.world)
 
-    params = count_parameters(model)
-    tracker = open_tracker(cfg.logger, run_dir, config, name=str(run_dir), group=group)
+
+def _restore(s: Session) -> None:
+    """Resume from checkpoints/last.pt, or, with train.resume=false, archive earlier records and start over."""
+    if not s.cfg.train.resume:
+        archived = records.archive_previous(s.run_dir) if s.world.is_main else None
+        if archived:
+            s.say(f"train.resume=false: earlier records moved to {archived}")
+        distributed.barrier(s.world)
+        return
+    if not s.checkpoint_path.exists():
+        return
+    saved = records.load_checkpoint(s.checkpoint_path)
+    rng_ranks = saved.get("rng_ranks", [saved["rng"]])
+    if len(rng_ranks) != s.world.size:
+        raise UserError(
+            f"checkpoint {s.checkpoint_path} was written by {len(rng_ranks)} process(es); resume it with as many"
+        )
+    s.model.load_state_dict(saved["model"])
+    s.optimizer.load_state_dict(saved["optimizer"])
+    s.scheduler.load_state_dict(saved["scheduler"])
+    s.stepper.scaler.load_state_dict(saved["scaler"])
+    set_rng_state(rng_ranks[s.world.rank])
+    s.epoch, s.position, s.metrics, s.wall_seconds = (
+        saved["epoch"],
+        saved["position"],
+        saved["metrics"],
+        saved["wall_seconds"],
+    )
+    if s.world.is_main:
+        records.write_metrics(s.run_dir / records.METRICS, s.metrics)  # drop lines past the checkpoint
+    where = f"epoch {s.epoch}" + (f", step {s.position['step']}" if s.position else "")
+    s.say(f"resuming {s.run_dir} from {where}")
+
+
+def _train_epoch(s: Session, stop: StopSignals) -> tuple[float, int, float] | None:
+    """One epoch (or its rest, after a mid-epoch stop): (loss sum, images, seconds); None if a signal stopped it."""
+    device, world = s.device, s.world
+    position = s.position or {"step": 0, "order": None, "loss_sum": None, "seen": 0}
+    s.position = None
+    order = position["order"]
+    if order is None:
+        order = distributed.broadcast(s.train_loader.order(), world)  # rank 0's order on every rank
+    order = order.to(device)
+    local = order[world.rank :: world.size][: len(order) // world.size]
+    loss_sum = torch.zeros((), device=device) if position["loss_sum"] is None else position["loss_sum"].to(device)
+    seen, step = position["seen"], position["step"]
+    steps = -(-len(local) // s.train_loader.batch_size)
+    check_every = 1 if not world.distributed else 25  # a collective per check: not every step under DDP
+    s.model.train()
+    progress = Progress(steps)
+    _sync(device)
+    start = time.perf_counter()
+    for x, y in s.train_loader.batches(local, step):
+        loss_sum += s.stepper.step(x, y).float() * len(y)
+        seen += len(y)
+        step += 1
+        progress.update(step)
+        if step < steps and step % check_every == 0 and distributed.any_rank(stop.received is not None, world, device):
+            s.wall_seconds += time.perf_counter() - start
+            progress.close()
+            s.position = {"step": step, "order": order.cpu(), "loss_sum": loss_sum, "seen": seen}
+            _save(s)
+            return None
+    _sync(device)
+    progress.close()
+    loss_sum = distributed.all_sum(loss_sum, world)
+    seen_all = int(distributed.all_sum(torch.tensor(seen - position["seen"], device=device), world).item())
+    return loss_sum.item(), seen_all + position["seen"] * world.size, time.perf_counter() - start
+
+
+def run(cfg: TrainRunConfig, run_dir: Path, config: dict, group: str | None = None, job_num: int | None = None) -> dict:
+    """Train (or resume) the configured run in `run_dir`; returns result.json's content."""
+    s = _setup(cfg, Path(run_dir), config, job_num)
+    _restore(s)
+    params = count_parameters(s.model)
+    tracker = open_tracker(cfg.logger, s.run_dir, config, str(s.run_dir), group) if s.world.is_main else NullTracker()
     exit_code = 1
     try:
-        log.info(
+        s.say(
             f"{cfg.dataset.name} {cfg.model.name} (width {cfg.model.width}, {params:,} params) {cfg.method.name} "
-            f"alpha={cfg.method.alpha} layers={list(cfg.method.layers)} | {len(train_split.labels):,} train / "
-            f"{len(test_split.labels):,} test images | {device} | {run_dir}"
+            f"alpha={cfg.method.alpha} layers={list(cfg.method.layers)} | {s.train_loader.num_images:,} train / "
+            f"{s.test_loader.num_images:,} test images | {s.device} x {s.world.size} process(es) | {s.run_dir}"
         )
-        log.info(HEADER)
+        s.say(HEADER)
         with StopSignals() as stop:
-            while state["epoch"] < cfg.train.epochs:
-                epoch = state["epoch"]
-                position = state["position"] or {"step": 0, "order": train_loader.order(), "loss_sum": None, "seen": 0}
-                state["position"] = None
-                model.train()
-                loss_sum = torch.zeros((), device=device) if position["loss_sum"] is None else position["loss_sum"]
-                loss_sum = loss_sum.to(device)
-                seen, step = position["seen"], position["step"]
-                progress = Progress(len(train_loader))
-                _sync(device)
-                start = time.perf_counter()
-                for x, y in train_loader.batches(position["order"], step):
-                    loss_sum += stepper.step(x, y).float() * len(y)
-                    seen += len(y)
-                    step += 1
-                    progress.update(step)
-                    if stop.received is not None and step < len(train_loader):
-                        state["wall_seconds"] += time.perf_counter() - start
-                        progress.close()
-                        checkpoint({"step": step, "order": position["order"], "loss_sum": loss_sum, "seen": seen})
-                        raise Preempted(
-                            f"stopped by signal {stop.received} at epoch {epoch + 1}, step {step}; checkpoint "
-                            f"written to {checkpoint_path}: rerun the same command to resume"
-                        )
-                _sync(device)
-                train_seconds = time.perf_counter() - start
-                progress.close()
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                test_error, test_nll = evaluate(model, test_loader)
-                epoch_seconds = time.perf_counter() - start
-                state["wall_seconds"] += epoch_seconds
-                state["epoch"] = epoch + 1
+            while s.epoch < cfg.train.epochs:
+                resumed_seen = s.position["seen"] * s.world.size if s.position else 0
+                outcome = _train_epoch(s, stop)
+                if outcome is None:
+                    raise Preempted(
+                        f"stopped by signal {stop.received} at epoch {s.epoch + 1}, step {s.position['step']}; "
+                        f"checkpoint written to {s.checkpoint_path}: rerun the same command to resume"
+                    )
+                loss_sum, seen, train_seconds = outcome
+                lr = s.optimizer.param_groups[0]["lr"]
+                s.scheduler.step()
+                eval_start = time.perf_counter()
+                test_error, test_nll = evaluate(s.model, s.test_loader)
+                epoch_seconds = train_seconds + time.perf_counter() - eval_start
+                s.wall_seconds += epoch_seconds
+                s.epoch += 1
                 row = {
-                    "epoch": epoch + 1,
+                    "epoch": s.epoch,
                     "lr": lr,
-                    "train_loss": loss_sum.item() / max(seen, 1),
+                    "train_loss": loss_sum / max(seen, 1),
                     "test_error": test_error,
                     "test_nll": test_nll,
                     "seconds": epoch_seconds,
-                    "images_per_second": (seen - position["seen"]) / max(train_seconds, 1e-9),
+                    "images_per_second": (seen - resumed_seen) / max(train_seconds, 1e-9),
                 }
-                state["metrics"].append(row)
-                records.write_metrics(run_dir / records.METRICS, state["metrics"])
-                last = state["epoch"] == cfg.train.epochs
-                if last or state["epoch"] % cfg.train.checkpoint_every == 0 or stop.received is not None:
-                    checkpoint(None)
-                tracker.log(row, step=row["epoch"])
-                remaining = (cfg.train.epochs - state["epoch"]) * state["wall_seconds"] / max(len(state["metrics"]), 1)
-                log.info(
-                    f"{row['epoch']:>7d} {lr:>9.5f} {row['train_loss']:>11.5f} {test_error:>9.2f} {test_nll:>9.4f} "
+                s.metrics.append(row)
+                if s.world.is_main:
+                    records.write_metrics(s.run_dir / records.METRICS, s.metrics)
+                last = s.epoch == cfg.train.epochs
+                stopping = distributed.any_rank(stop.received is not None, s.world, s.device)
+                if last or stopping or s.epoch % cfg.train.checkpoint_every == 0:
+                    _save(s)
+                tracker.log(row, step=s.epoch)
+                remaining = (cfg.train.epochs - s.epoch) * s.wall_seconds / len(s.metrics)
+                s.say(
+                    f"{s.epoch:>7d} {lr:>9.5f} {row['train_loss']:>11.5f} {test_error:>9.2f} {test_nll:>9.4f} "
                     f"{row['images_per_second']:>9.0f} {_format_seconds(remaining):>10}"
                 )
-                if stop.received is not None and not last:
+                if stopping and not last:
                     raise Preempted(
-                        f"stopped by signal {stop.received} after epoch {epoch + 1}; checkpoint written to "
-                        f"{checkpoint_path}: rerun the same command to resume"
+                        f"stopped by signal {stop.received} after epoch {s.epoch}; checkpoint written to "
+                        f"{s.checkpoint_path}: rerun the same command to resume"
                     )
-        result = make_result(cfg, state["metrics"], params, state["wall_seconds"], device)
-        records.write_json(run_dir / records.RESULT, result)
+        result = make_result(cfg, s.metrics, params, s.wall_seconds, s.device)
+        if s.world.is_main:
+            records.write_json(s.run_dir / records.RESULT, result)
         tracker.summary(result)
-        log.info(
+        s.say(
             f"final test error {result['final']['test_error']:.2f}% (NLL {result['final']['test_nll']:.4f}); best "
-            f"{result['best']['test_error']:.2f}% at epoch {result['best']['epoch']} | {run_dir / records.RESULT}"
+            f"{result['best']['test_error']:.2f}% at epoch {result['best']['epoch']} | {s.run_dir / records.RESULT}"
         )
         exit_code = 0
         return result
     finally:
         tracker.finish(exit_code)
+        distributed.shutdown(s.world)
 
 
 def make_result(

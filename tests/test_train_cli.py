@@ -14,6 +14,7 @@ import torch
 
 from tests.conftest import TINY, run_cli
 
+records_ckpt = "checkpoints/last.pt"
 TIMING = {"seconds", "images_per_second", "wall_seconds"}
 
 
@@ -62,7 +63,7 @@ def _wait_for_epoch(run_dir: Path, epoch: int, proc: subprocess.Popen, timeout: 
     deadline = time.time() + timeout
     metrics = run_dir / "metrics.jsonl"
     while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= epoch:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= epoch and (run_dir / records_ckpt).exists():
             return
         time.sleep(0.02)
     raise AssertionError(f"epoch {epoch} never finished")

@@ -1,0 +1,135 @@
+"""Scale and reliability: DDP on CPU (gloo, two processes), a 20-job local multirun, the launchers' configs, and
+writes that leave the previous file usable when they crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mm_repro import records
+from mm_repro.errors import UserError
+from tests.conftest import TINY, run_cli
+
+
+def test_atomic_write_that_crashes_leaves_the_previous_file_and_no_temp_files(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.pt"
+    records.save_checkpoint(path, {"model": {"w": torch.ones(3)}, "epoch": 1})
+
+    def crash(src, dst):
+        raise OSError("disk vanished mid-rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        records.save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "epoch": 2})
+    monkeypatch.undo()
+    assert records.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+
+
+def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
+    path = tmp_path / "last.pt"
+    records.save_checkpoint(path, {"model": {"w": torch.ones(1000)}, "epoch": 3})
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(UserError, match="is corrupt or unreadable") as info:
+        records.load_checkpoint(path)
+    assert "\n" not in str(info.value)
+
+
+def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mm_repro", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_ddp_on_cpu_with_two_processes_rank_zero_writes_once(cifar10_root, tmp_path):
+    run_dir = tmp_path / "ddp"
+    args = [
+        "train",
+        "dataset=cifar10",
+        f"dataset.root={cifar10_root}",
+        "dataset.download=false",
+        *TINY,
+        "train.epochs=2",
+        "device=cpu",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = _torchrun(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (run_dir / "train.log").read_text()
+    assert log.count("test_err%") == 1 and "x 2 process(es)" in log
+    rows = records.read_metrics(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert len(ckpt["rng_ranks"]) == 2
+    assert not torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng_ranks"][1]["torch"])  # per-rank seeds
+    assert json.loads((run_dir / "result.json").read_text())["epochs"] == 2
+    # Resuming a 2-process checkpoint in one process is refused, and the checkpoint is kept.
+    more = run_cli(*args[:-1], "train.epochs=3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert more.returncode == 2 and "was written by 2 process(es)" in more.stderr
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 2
+
+
+def test_twenty_job_local_multirun_completes_without_interference(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "train",
+        "-m",
+        "experiment=smoke",
+        "hydra/launcher=local",
+        "hydra.launcher.n_jobs=2",
+        "seed=range(0,20)",
+        "train.epochs=1",
+        "dataset.train_size=200",
+        "dataset.test_size=100",
+        "model.width=4",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = sorted(sweep.rglob("result.json"))
+    assert len(results) == 20
+    seeds = []
+    for path in results:
+        result = json.loads(path.read_text())
+        assert f"seed={result['run']['seed']}" in path.parent.name  # each run wrote into its own directory
+        assert len(records.read_metrics(path.parent / "metrics.jsonl")) == 1
+        seeds.append(result["run"]["seed"])
+    assert sorted(seeds) == list(range(20))
+
+
+def test_slurm_launcher_composes(tmp_path):
+    proc = run_cli("train", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "SlurmLauncher" in proc.stdout and "partition: gpu" in proc.stdout
+    assert "max_num_timeout: 50" in proc.stdout and "gpus_per_node: 1" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["dataset=imagenet"],
+            "dataset='imagenet' is not an option; choose one of: cifar10, cifar100, svhn, synthetic",
+        ),
+        (["method=cutmix"], "method='cutmix' is not an option; choose one of: erm, manifold, mixup"),
+        (["dataset=synthetic", "method.layers=[7]"], "has no mixing point 7"),
+        (["dataset=synthetic", "train.batch_size=1"], "train.batch_size=1: mixing needs at least 2"),
+    ],
+)
+def test_more_bad_input_is_one_line(tmp_path, args, message):
+    proc = run_cli("train", *args, "logger=none", cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
