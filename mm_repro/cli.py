@@ -17,6 +17,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 COMMANDS: dict[str, str] = {
     "train": "train a model (ERM, input mixup or manifold mixup); -m for sweeps",
     "tables": "regenerate the paper's tables from run records: runs=DIR out=DIR",
+    "bench": "time our training step against the official pipeline: device=cpu|cuda out=DIR",
 }
 
 USAGE = "usage: python -m mm_repro <command> [hydra overrides]\n\ncommands:\n" + "".join(
@@ -69,7 +70,20 @@ def _tables_task(cfg) -> None:  # noqa: ANN001
         tracker.finish()
 
 
-TASKS: dict[str, Callable] = {"train": _train_task, "tables": _tables_task}
+def _bench_task(cfg) -> None:  # noqa: ANN001
+    from mm_repro.bench import BenchConfig, main
+    from mm_repro.config import PRECISIONS, to_schema
+    from mm_repro.errors import UserError
+
+    bcfg: BenchConfig = to_schema(cfg, BenchConfig)
+    if bcfg.device not in ("cpu", "cuda"):
+        raise UserError(f"device={bcfg.device!r} is not allowed; choose cpu or cuda")
+    if bcfg.precision not in PRECISIONS:
+        raise UserError(f"precision={bcfg.precision!r} is not allowed; choose one of {', '.join(PRECISIONS)}")
+    main(bcfg)
+
+
+TASKS: dict[str, Callable] = {"train": _train_task, "tables": _tables_task, "bench": _bench_task}
 
 # Errors of jobs that failed on bad input; caught inside the job so that the other jobs of a sweep still run and
 # Hydra prints no "Error executing job" preamble. main() reports them, one line each.

@@ -22,6 +22,7 @@ LOSSES = ("bce_softmax", "soft_ce")
 PAIRINGS = ("permutation", "flip")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -82,6 +83,7 @@ class TrainConfig:
     resume: bool = True
     precision: str = "fp32"
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     checkpoint_every: int = 1
 
 
@@ -140,6 +142,7 @@ def validate_train(cfg: DictConfig | dict) -> TrainRunConfig:
     _choose("train.precision", run.train.precision, PRECISIONS)
     _choose("method.pairing", run.method.pairing, PAIRINGS)
     _choose("device", run.device, DEVICES)
+    _choose("train.compile_mode", run.train.compile_mode, COMPILE_MODES)
     family = REGISTRY[run.model.name][0]
     points = MIXING_POINTS[family]
     if run.method.name != "erm":
