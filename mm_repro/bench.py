@@ -60,15 +60,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_rate(run_once: Callable[[], int], device: torch.device, repeats: int) -> float:
-    rates = []
+def _rate(run_once: Callable[[], int], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    n = run_once()
+    _sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def _median_rates(
+    a: Callable[[], int], b: Callable[[], int], device: torch.device, repeats: int
+) -> tuple[float, float]:
+    """Median images/s of a and of b, measured alternately (a, b, a, b, ...) so that drift hits both alike."""
+    rates_a, rates_b = [], []
     for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        n = run_once()
-        _sync(device)
-        rates.append(n / (time.perf_counter() - start))
-    return statistics.median(rates)
+        rates_a.append(_rate(a, device))
+        rates_b.append(_rate(b, device))
+    return statistics.median(rates_a), statistics.median(rates_b)
 
 
 def train_flops_per_image(model: nn.Module, device: torch.device) -> float:
@@ -224,9 +232,6 @@ def run_bench(cfg: BenchConfig) -> dict:
             stepper.step(x, y)
         return n * cfg.batch_size
 
-    ours_steps(cfg.warmup)
-    ours = _median_rate(lambda: ours_steps(cfg.steps), device, cfg.repeats)
-
     # official-style, on an identically built model
     ref_model = build(cfg.model.name, 10, width=cfg.model.width).to(device)
     ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)
@@ -240,8 +245,11 @@ def run_bench(cfg: BenchConfig) -> dict:
             official_step(ref_model, ref_opt, x, y, cfg.method, 10, device)
         return n * cfg.batch_size
 
+    ours_steps(cfg.warmup)
     official_steps(cfg.warmup)
-    official = _median_rate(lambda: official_steps(cfg.steps), device, cfg.repeats)
+    ours, official = _median_rates(
+        lambda: ours_steps(cfg.steps), lambda: official_steps(cfg.steps), device, cfg.repeats
+    )
 
     # data pipelines alone: one pass over min(images, 20 batches)
     n_batches = min(len(split.labels) // cfg.batch_size, 20)
@@ -260,8 +268,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         return n_batches * cfg.batch_size
 
     ours_data()
-    data_ours = _median_rate(ours_data, device, cfg.repeats)
-    data_official = _median_rate(official_data, device, cfg.repeats)
+    data_ours, data_official = _median_rates(ours_data, official_data, device, cfg.repeats)
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
     flops = train_flops_per_image(model, device)

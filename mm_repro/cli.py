@@ -17,6 +17,8 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 COMMANDS: dict[str, str] = {
     "train": "train a model (ERM, input mixup or manifold mixup); -m for sweeps",
     "tables": "regenerate the paper's tables from run records: runs=DIR out=DIR",
+    "evaluate": "FGSM, novel deformations, calibration and flattening of a trained run: run=DIR",
+    "spiral": "the paper's Figure 1: 2-D spirals, ERM against manifold mixup at a 2-D bottleneck: out=DIR",
     "bench": "time our training step against the official pipeline: device=cpu|cuda out=DIR",
 }
 
@@ -83,7 +85,40 @@ def _bench_task(cfg) -> None:  # noqa: ANN001
     main(bcfg)
 
 
-TASKS: dict[str, Callable] = {"train": _train_task, "tables": _tables_task, "bench": _bench_task}
+def _evaluate_task(cfg) -> None:  # noqa: ANN001
+    from mm_repro.config import to_schema
+    from mm_repro.errors import UserError
+    from mm_repro.evaluate import EvalConfig, evaluate_run, summary
+
+    if cfg.get("run") is None:
+        raise UserError("evaluate needs run=DIR, a training run directory (with .hydra/ and checkpoints/)")
+    out = evaluate_run(to_schema(cfg, EvalConfig))
+    print(summary(out))
+    print(f"written: {Path(out['run']) / 'eval.json'}")
+
+
+def _spiral_task(cfg) -> None:  # noqa: ANN001
+    from mm_repro.config import to_schema
+    from mm_repro.spiral import SpiralConfig, run_spiral
+
+    result = run_spiral(to_schema(cfg, SpiralConfig))
+    for name, r in result["results"].items():
+        print(
+            f"{name:<15} test acc {r['test_accuracy']:6.2f} %  boundary changes/line "
+            f"{r['boundary_changes_per_grid_line']:6.2f}  hidden low-confidence "
+            f"{100 * r['hidden_low_confidence_fraction']:5.1f} %"
+        )
+    print("paper's claims hold here:", ", ".join(f"{k}={v}" for k, v in result["claims"].items()))
+    print(f"written: {Path(cfg.out) / 'spiral.json'} and {', '.join(result['figures'])}")
+
+
+TASKS: dict[str, Callable] = {
+    "spiral": _spiral_task,
+    "train": _train_task,
+    "tables": _tables_task,
+    "evaluate": _evaluate_task,
+    "bench": _bench_task,
+}
 
 # Errors of jobs that failed on bad input; caught inside the job so that the other jobs of a sweep still run and
 # Hydra prints no "Error executing job" preamble. main() reports them, one line each.

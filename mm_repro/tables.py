@@ -105,7 +105,7 @@ def mean_std(values: list[float]) -> tuple[float, float | None, int]:
 
 
 def _lookup(d: dict | None, path: str) -> float | None:
-    for part in path.split("."):
+    for part in path.split("/"):  # "/" because names such as shear_0.5 hold dots
         if not isinstance(d, dict) or part not in d:
             return None
         d = d[part]

@@ -1,0 +1,226 @@
+"""`python -m mm_repro spiral out=DIR`: the paper's Figure 1 (panels a, b, d, e and the SVD plots) on a CPU.
+
+Two interleaved 2-D spirals, an MLP with a 2-D bottleneck in the middle, trained with and without manifold mixup at
+the bottleneck, from the same seed and the same data. The paper gives neither the network nor the data size
+(paper.md 3, UNCONFIRMED); our choice, documented in the README: 2 x 1000 points (radius 0.1..1, 1.75 turns, noise
+0.03), MLP 2-64-64-2(bottleneck)-64-64-2 with ReLU, Adam lr 3e-3, full batch, 3000 steps, alpha = 2.0.
+
+Figures: the decision boundary in input space (panels a/b); the class probability over the 2-D hidden space with the
+hidden states of a uniform grid of inputs as black dots (panels d/e); per-class singular values at each hidden layer
+(the flattening panels). `spiral.json` holds the figures' numbers and a plain check of the paper's three claims:
+a smoother boundary (fewer prediction changes between neighbouring grid points), flatter class representations
+(sum of the non-top singular values relative to the top one, at the bottleneck) and a broader low-confidence region
+in hidden space (the fraction of the hidden-state box where max p < 0.8).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mm_repro import mixing
+from mm_repro.evaluate import singular_values
+
+
+@dataclass
+class SpiralConfig:
+    out: str = "results/spiral"
+    points: int = 1000  # per class
+    steps: int = 3000
+    alpha: float = 2.0
+    lr: float = 3e-3
+    width: int = 64
+    noise: float = 0.03
+    grid: int = 150
+    seed: int = 0
+
+
+def make_spirals(n: int, noise: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two interleaved spirals of n points each, radius 0.1..1, 1.75 turns."""
+    t = torch.rand(n, generator=generator)
+    radius = 0.1 + 0.9 * t
+    angle = 1.75 * 2 * math.pi * t
+    xs, ys = [], []
+    for c in (0, 1):
+        a = angle + c * math.pi
+        pts = torch.stack([radius * torch.cos(a), radius * torch.sin(a)], 1)
+        xs.append(pts + noise * torch.randn(n, 2, generator=generator))
+        ys.append(torch.full((n,), c))
+    return torch.cat(xs), torch.cat(ys)
+
+
+class SpiralNet(nn.Module):
+    """2 -> w -> w -> 2 (bottleneck) -> w -> w -> 2; mixing point 0 = input, 1..4 = after each hidden layer."""
+
+    mixing_points = (0, 1, 2, 3, 4)
+    bottleneck = 3
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        sizes = [2, width, width, 2, width, width]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
+        self.head = nn.Linear(width, 2)
+
+    def _layer(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        h = self.layers[i - 1](h)
+        return h if i == self.bottleneck else F.relu(h)  # a linear 2-D bottleneck, to plot it as it is
+
+    def forward_until(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        for i in range(1, k + 1):
+            x = self._layer(i, x)
+        return x
+
+    def forward_from(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        for i in range(k + 1, len(self.layers) + 1):
+            h = self._layer(i, h)
+        return self.head(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_from(x, 0)
+
+
+def train_spiral(x: torch.Tensor, y: torch.Tensor, cfg: SpiralConfig, manifold: bool) -> SpiralNet:
+    """Full-batch Adam; manifold mixup mixes at the bottleneck only, with one lam per step."""
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    net = SpiralNet(cfg.width)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    onehot = F.one_hot(y, 2).float()
+    for _ in range(cfg.steps):
+        if manifold:
+            d = mixing.draw([SpiralNet.bottleneck], cfg.alpha, len(y), "permutation", x.device)
+            h, t = mixing.mix(net.forward_until(x, d.k), onehot, d.lam, d.index)
+            loss = F.cross_entropy(net.forward_from(h, d.k), t)
+        else:
+            loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def _grid(lo: np.ndarray, hi: np.ndarray, n: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n))
+    return torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32), gx, gy
+
+
+def analyse(net: SpiralNet, x: torch.Tensor, y: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor, n: int) -> dict:
+    """The numbers behind the figures: accuracy, boundary length, flattening and the low-confidence region."""
+    with torch.no_grad():
+        grid, _, _ = _grid(np.array([-1.2, -1.2]), np.array([1.2, 1.2]), n)
+        pred = net(grid).argmax(1).reshape(n, n)
+        changes = (pred[1:, :] != pred[:-1, :]).sum() + (pred[:, 1:] != pred[:, :-1]).sum()
+        h = net.forward_until(x, SpiralNet.bottleneck)
+        lo, hi = h.min(0).values.numpy(), h.max(0).values.numpy()
+        hgrid, _, _ = _grid(lo, hi, n)
+        conf = F.softmax(net.forward_from(hgrid, SpiralNet.bottleneck), 1).max(1).values
+        flat = {}
+        for k in (1, 2, 3, 4):
+            hk = net.forward_until(x, k)
+            per_class = []
+            for c in (0, 1):
+                s = singular_values(hk[y == c])
+                per_class.append(
+                    {"top": float(s[0]), "rest": float(s[1:].sum()), "rest_over_top": float(s[1:].sum() / s[0])}
+                )
+            flat[f"layer{k}"] = per_class
+        return {
+            "train_accuracy": float((net(x).argmax(1) == y).float().mean() * 100),
+            "test_accuracy": float((net(xt).argmax(1) == yt).float().mean() * 100),
+            "boundary_changes_per_grid_line": float(changes) / n,
+            "hidden_low_confidence_fraction": float((conf < 0.8).float().mean()),
+            "flattening": flat,
+        }
+
+
+def plot(nets: dict[str, SpiralNet], x: torch.Tensor, y: torch.Tensor, stats: dict, out: Path, n: int) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    fig, axes = plt.subplots(2, 2, figsize=(9, 9))
+    for col, (name, net) in enumerate(nets.items()):
+        with torch.no_grad():
+            grid, gx, gy = _grid(np.array([-1.2, -1.2]), np.array([1.2, 1.2]), n)
+            p = F.softmax(net(grid), 1)[:, 1].reshape(n, n).numpy()
+            ax = axes[0][col]
+            ax.contourf(gx, gy, p, levels=20, cmap="RdBu_r", vmin=0, vmax=1)
+            ax.scatter(*x.T, c=y, cmap="RdBu_r", s=2, edgecolors="none")
+            ax.set_title(f"{name}: input space (test acc {stats[name]['test_accuracy']:.1f} %)")
+            h = net.forward_until(x, SpiralNet.bottleneck)
+            lo, hi = h.min(0).values.numpy(), h.max(0).values.numpy()
+            pad = 0.1 * (hi - lo)
+            hgrid, hx, hy = _grid(lo - pad, hi + pad, n)
+            hp = F.softmax(net.forward_from(hgrid, SpiralNet.bottleneck), 1)[:, 1].reshape(n, n).numpy()
+            ax = axes[1][col]
+            ax.contourf(hx, hy, hp, levels=20, cmap="RdBu_r", vmin=0, vmax=1)
+            uniform, _, _ = _grid(np.array([-1.2, -1.2]), np.array([1.2, 1.2]), 40)
+            hu = net.forward_until(uniform, SpiralNet.bottleneck)
+            ax.scatter(*hu.T, c="k", s=1)
+            ax.scatter(*h.T, c=y, cmap="RdBu_r", s=2, edgecolors="none")
+            ax.set_title(
+                f"{name}: 2-D hidden space (low-conf. {100 * stats[name]['hidden_low_confidence_fraction']:.0f} %)"
+            )
+    fig.tight_layout()
+    files.append("spiral_spaces.png")
+    fig.savefig(out / files[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3))
+    for ax, layer in zip(axes, ("layer1", "layer2", "layer3", "layer4"), strict=True):
+        for name, colour in zip(nets, ("tab:gray", "tab:red"), strict=True):
+            values = [c["rest_over_top"] for c in stats[name]["flattening"][layer]]
+            ax.bar(
+                [i + (0.2 if colour == "tab:red" else -0.2) for i in range(2)], values, 0.4, color=colour, label=name
+            )
+        ax.set_xticks([0, 1], ["class 0", "class 1"])
+        ax.set_title(f"{layer}{' (bottleneck)' if layer == 'layer3' else ''}")
+        ax.set_ylabel("sum of other s_i / s_1")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    files.append("spiral_singular_values.png")
+    fig.savefig(out / files[-1], dpi=110)
+    plt.close(fig)
+    return files
+
+
+def run_spiral(cfg: SpiralConfig) -> dict:
+    """Train both nets, write the figures and spiral.json into cfg.out; returns spiral.json's content."""
+    from mm_repro.records import write_json
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(cfg.seed)
+    x, y = make_spirals(cfg.points, cfg.noise, g)
+    xt, yt = make_spirals(cfg.points, cfg.noise, g)
+    nets = {"ERM": train_spiral(x, y, cfg, manifold=False), "Manifold Mixup": train_spiral(x, y, cfg, manifold=True)}
+    stats = {name: analyse(net, x, y, xt, yt, cfg.grid) for name, net in nets.items()}
+    figures = plot(nets, x, y, stats, out, cfg.grid)
+    erm, mm = stats["ERM"], stats["Manifold Mixup"]
+
+    def flatness(s: dict) -> float:
+        return float(np.mean([c["rest_over_top"] for c in s["flattening"]["layer3"]]))
+
+    result = {
+        "config": cfg.__dict__,
+        "results": stats,
+        "claims": {
+            "smoother_boundary": mm["boundary_changes_per_grid_line"] < erm["boundary_changes_per_grid_line"],
+            "flatter_bottleneck": flatness(mm) < flatness(erm),
+            "broader_low_confidence_region": mm["hidden_low_confidence_fraction"]
+            > erm["hidden_low_confidence_fraction"],
+        },
+        "figures": figures,
+    }
+    write_json(out / "spiral.json", result)
+    return result

@@ -1,0 +1,137 @@
+"""The evaluations: FGSM at eps 0 and eps > 0, deformations at magnitude 0 and a 90-degree rotation, ECE of a
+calibrated toy, flattening against numpy's SVD; `evaluate` and `spiral` through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mm_repro.evaluate import (
+    affine,
+    deform,
+    deformation_names,
+    expected_calibration_error,
+    fgsm,
+    flattening,
+    rotation_matrices,
+    singular_values,
+)
+from mm_repro.models import build
+from tests.conftest import TINY, run_cli
+
+MEAN = torch.tensor([0.49, 0.48, 0.45]).view(1, 3, 1, 1)
+STD = torch.tensor([0.25, 0.24, 0.26]).view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("space", ["normalized", "pixel"])
+def test_fgsm_with_eps_zero_is_clean_and_eps_positive_raises_the_loss(space):
+    torch.manual_seed(0)
+    model = build("preactresnet18", 10, width=4).eval()
+    x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    clean = (x - MEAN) / STD
+    same = fgsm(model, x, y, 0.0, space, MEAN, STD, 10)
+    torch.testing.assert_close(same, clean)
+    adv = fgsm(model, x, y, 0.03, space, MEAN, STD, 10)
+    with torch.no_grad():
+        assert F.cross_entropy(model(adv), y) > F.cross_entropy(model(clean), y)
+    if space == "pixel":
+        pixels = adv * STD + MEAN
+        assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
+
+
+@pytest.mark.parametrize(("kind", "identity"), [("rotation", 0.0), ("shear", 0.0), ("zoom", 1.0)])
+def test_deformation_of_magnitude_zero_leaves_images_unchanged(kind, identity):
+    x = torch.rand(5, 3, 32, 32)
+    out = deform(x, kind, identity, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-6)
+
+
+def test_rotation_by_90_degrees_equals_rot90_and_zoom_out_fills_black():
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(
+        affine(x, rotation_matrices(torch.full((3,), 90.0))), torch.rot90(x, 1, (-2, -1)), rtol=0, atol=1e-5
+    )
+    out = deform(x, "zoom", 1.8, torch.Generator().manual_seed(0))
+    assert out[..., :4, :].abs().max() == 0 and out[..., 14:18, 14:18].abs().max() > 0
+    names = [n for n, _, _ in deformation_names()]
+    assert len(names) == 17 and names[0] == "rotation_20" and "shear_2.5" in names and names[-1] == "zoom_1.8"
+
+
+def test_random_deformations_are_seeded():
+    x = torch.rand(4, 3, 32, 32)
+    a = deform(x, "shear", 1.0, torch.Generator().manual_seed(3))
+    b = deform(x, "shear", 1.0, torch.Generator().manual_seed(3))
+    c = deform(x, "shear", 1.0, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_ece_of_a_perfectly_calibrated_toy_is_zero_and_of_an_overconfident_one_is_not():
+    probs = torch.tensor([[0.8, 0.2]] * 10 + [[0.3, 0.7]] * 10, dtype=torch.float64)
+    labels = torch.tensor([0] * 8 + [1] * 2 + [1] * 7 + [0] * 3)
+    assert expected_calibration_error(probs, labels)["ece"] == pytest.approx(0.0, abs=1e-12)
+    over = torch.tensor([[0.99, 0.01]] * 10)
+    result = expected_calibration_error(over, torch.tensor([0] * 5 + [1] * 5))
+    assert result["ece"] == pytest.approx(0.49)
+
+
+def test_flattening_figures_equal_numpys_svd():
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(30, 4, 3, 3, generator=g)
+    labels = torch.tensor([0] * 12 + [1] * 18)
+    result = flattening(hidden, labels)
+    for entry, c in zip(result["per_class"], (0, 1), strict=True):
+        s = np.linalg.svd(hidden[labels == c].flatten(1).numpy().astype(np.float64), compute_uv=False)
+        assert entry["top"] == pytest.approx(s[0], rel=1e-9)
+        assert entry["rest"] == pytest.approx(s[1:].sum(), rel=1e-9)
+    wide = torch.randn(5, 40, generator=g)
+    np.testing.assert_allclose(singular_values(wide), np.linalg.svd(wide.double().numpy(), compute_uv=False), rtol=1e-9)
+
+
+def test_evaluate_a_one_epoch_run_then_tables_shows_it(cifar100_root, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        "train",
+        "dataset=cifar100",
+        f"dataset.root={cifar100_root}",
+        "dataset.download=false",
+        "model=preactresnet34",
+        "method=manifold",
+        "protocol=paper",
+        *TINY,
+        "train.epochs=1",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("evaluate", f"run={run_dir}", "batch_size=50", "flattening_max_per_class=5", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert set(result["fgsm"]) == {"normalized_eps0.03", "pixel_eps0.0313725"}
+    assert {"rotation_20", "shear_0.5", "zoom_1.2"} <= set(result["deformations"])
+    assert 0 <= result["calibration"]["ece"] <= 1 and (run_dir / "reliability.png").exists()
+    assert set(result["flattening"]) >= {"k0", "k1", "k4"} and (run_dir / "flattening.png").exists()
+    assert "FGSM normalized_eps0.03" in proc.stdout
+    tables = run_cli(
+        "tables", f"runs={tmp_path}", f"out={tmp_path / 'tables'}", "tables=[table9_deformations]", cwd=tmp_path
+    )
+    assert tables.returncode == 0, tables.stderr
+    ours = f"{result['deformations']['rotation_20']['accuracy']:.2f}"
+    row = next(line for line in tables.stdout.splitlines() if "Manifold Mixup" in line and "Rotation U(−20°" in line)
+    assert f"| 1 | 60.08 | {ours} |" in row
+    missing = run_cli("evaluate", f"run={tmp_path / 'nothing'}", cwd=tmp_path)
+    assert missing.returncode == 2 and "no .hydra/config.yaml" in missing.stderr
+
+
+def test_spiral_at_reduced_size_writes_figures_and_json(tmp_path):
+    proc = run_cli("spiral", f"out={tmp_path}", "points=150", "steps=300", "grid=40", "width=16", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "spiral.json").read_text())
+    assert set(result["results"]) == {"ERM", "Manifold Mixup"}
+    assert set(result["claims"]) == {"smoother_boundary", "flatter_bottleneck", "broader_low_confidence_region"}
+    assert result["results"]["ERM"]["train_accuracy"] > 60  # it learned the spirals at least partly
+    for name in result["figures"]:
+        assert (tmp_path / name).stat().st_size > 1000
