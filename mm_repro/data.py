@@ -172,16 +172,19 @@ def load_arrays(cfg: DatasetConfig, seed: int = 0) -> tuple[Arrays, Arrays]:
 def crop_flip(
     padded: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flips: torch.Tensor | None, size: int
 ) -> torch.Tensor:
-    """Crop a size x size window at (oy, ox) from each padded image, then mirror it where `flips`: one gather."""
-    n, c = padded.shape[:2]
+    """Crop a size x size window at (oy, ox) from each padded image, then mirror it where `flips`: one gather.
+
+    One linear index into the flat batch rather than four broadcast index tensors: the same pixels, ~1.3x faster
+    on a CPU (docs/benchmarks.md)."""
+    n, c, hp, wp = padded.shape
     ar = torch.arange(size, device=padded.device)
     rows = oy[:, None] + ar
     cols = ox[:, None] + ar
     if flips is not None:
         cols = torch.where(flips[:, None], cols.flip(1), cols)
-    n_idx = torch.arange(n, device=padded.device)[:, None, None, None]
-    c_idx = torch.arange(c, device=padded.device)[None, :, None, None]
-    return padded[n_idx, c_idx, rows[:, None, :, None], cols[:, None, None, :]]
+    planes = (torch.arange(n, device=padded.device)[:, None] * c + torch.arange(c, device=padded.device)) * (hp * wp)
+    index = planes[:, :, None, None] + rows[:, None, :, None] * wp + cols[:, None, None, :]
+    return padded.reshape(-1)[index]
 
 
 class DeviceLoader:

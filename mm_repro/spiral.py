@@ -10,7 +10,7 @@ hidden states of a uniform grid of inputs as black dots (panels d/e); per-class 
 (the flattening panels). `spiral.json` holds the figures' numbers and a plain check of the paper's three claims:
 a smoother boundary (fewer prediction changes between neighbouring grid points), flatter class representations
 (sum of the non-top singular values relative to the top one, at the bottleneck) and a broader low-confidence region
-in hidden space (the fraction of the hidden-state box where max p < 0.8).
+in hidden space (the fraction of the box spanned by the training points' hidden states where max p < 0.8).
 """
 
 from __future__ import annotations
@@ -155,19 +155,20 @@ def plot(nets: dict[str, SpiralNet], x: torch.Tensor, y: torch.Tensor, stats: di
             p = F.softmax(net(grid), 1)[:, 1].reshape(n, n).numpy()
             ax = axes[0][col]
             ax.contourf(gx, gy, p, levels=20, cmap="RdBu_r", vmin=0, vmax=1)
-            ax.scatter(*x.T, c=y, cmap="RdBu_r", s=2, edgecolors="none")
+            ax.scatter(*x.T, c=np.where(y.numpy() == 1, "gold", "limegreen"), s=2, edgecolors="none")
             ax.set_title(f"{name}: input space (test acc {stats[name]['test_accuracy']:.1f} %)")
             h = net.forward_until(x, SpiralNet.bottleneck)
-            lo, hi = h.min(0).values.numpy(), h.max(0).values.numpy()
-            pad = 0.1 * (hi - lo)
+            uniform, _, _ = _grid(np.array([-1.2, -1.2]), np.array([1.2, 1.2]), 40)
+            hu = net.forward_until(uniform, SpiralNet.bottleneck)
+            both = torch.cat([h, hu])  # the map covers the training points and the grid's hidden states
+            lo, hi = both.min(0).values.numpy(), both.max(0).values.numpy()
+            pad = 0.05 * (hi - lo)
             hgrid, hx, hy = _grid(lo - pad, hi + pad, n)
             hp = F.softmax(net.forward_from(hgrid, SpiralNet.bottleneck), 1)[:, 1].reshape(n, n).numpy()
             ax = axes[1][col]
             ax.contourf(hx, hy, hp, levels=20, cmap="RdBu_r", vmin=0, vmax=1)
-            uniform, _, _ = _grid(np.array([-1.2, -1.2]), np.array([1.2, 1.2]), 40)
-            hu = net.forward_until(uniform, SpiralNet.bottleneck)
             ax.scatter(*hu.T, c="k", s=1)
-            ax.scatter(*h.T, c=y, cmap="RdBu_r", s=2, edgecolors="none")
+            ax.scatter(*h.T, c=np.where(y.numpy() == 1, "gold", "limegreen"), s=3, edgecolors="none")
             ax.set_title(
                 f"{name}: 2-D hidden space (low-conf. {100 * stats[name]['hidden_low_confidence_fraction']:.0f} %)"
             )
