@@ -65,11 +65,9 @@ def test_wrn_layout_biases_stride_on_second_conv_and_final_bn_momentum():
     assert model.linear.in_features == 640
 
 
-def _official_preact_forward(model, x):
-    """Official PreActResNet forward, written from paper.md: stem conv (no BN-ReLU), pre-activation basic blocks
-    whose 1x1 shortcut sees the pre-activated input, no final BN-ReLU, avg_pool2d(4), linear."""
-    p = dict(model.named_parameters())
-    bufs = dict(model.named_buffers())
+def _eval_bn(model):
+    """Eval-mode BatchNorm by its state_dict prefix, written with F.batch_norm."""
+    p, bufs = dict(model.named_parameters()), dict(model.named_buffers())
 
     def bn(prefix, h):
         return F.batch_norm(
@@ -82,6 +80,15 @@ def _official_preact_forward(model, x):
             0.0,
             1e-5,
         )
+
+    return bn
+
+
+def _official_preact_forward(model, x):
+    """Official PreActResNet forward, written from paper.md: stem conv (no BN-ReLU), pre-activation basic blocks
+    whose 1x1 shortcut sees the pre-activated input, no final BN-ReLU, avg_pool2d(4), linear."""
+    p = dict(model.named_parameters())
+    bn = _eval_bn(model)
 
     h = F.conv2d(x, p["conv1.weight"], padding=1)
     for stage, stride in zip(range(1, 5), (1, 2, 2, 2)):
@@ -101,19 +108,7 @@ def _official_wrn_forward(model, x):
     """Official WRN forward from paper.md: biased convs, stride on the 2nd conv, shortcut on the raw input,
     final BN-ReLU, avg_pool2d(8), linear."""
     p = dict(model.named_parameters())
-    bufs = dict(model.named_buffers())
-
-    def bn(prefix, h):
-        return F.batch_norm(
-            h,
-            bufs[f"{prefix}.running_mean"],
-            bufs[f"{prefix}.running_var"],
-            p[f"{prefix}.weight"],
-            p[f"{prefix}.bias"],
-            False,
-            0.0,
-            1e-5,
-        )
+    bn = _eval_bn(model)
 
     h = F.conv2d(x, p["conv1.weight"], p["conv1.bias"], padding=1)
     for stage, stride in zip(range(1, 4), (1, 2, 2)):

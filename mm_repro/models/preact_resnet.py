@@ -16,6 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mm_repro.models.staged import StagedNet
+
+
+def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Sequential | None:
+    """The official 1x1 projection shortcut (applied to the pre-activated input), where shapes change."""
+    if stride == 1 and in_planes == out_planes:
+        return None
+    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False))
+
 
 class PreActBlock(nn.Module):
     """Pre-activation basic block (two 3x3 convs); the 1x1 projection sees the pre-activated input."""
@@ -64,10 +73,10 @@ class PreActBottleneck(nn.Module):
         return out + shortcut
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(StagedNet):
     """The official PreActResNet; `width` is the official `initial_channels` (64 in every paper run)."""
 
-    mixing_points = (0, 1, 2, 3, 4)
+    num_stages = 4
 
     def __init__(
         self,
@@ -92,26 +101,9 @@ class PreActResNet(nn.Module):
             self.in_planes = planes * block.expansion
         return nn.Sequential(*layers)
 
-    def _stage(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        if i == 1:  # the stem belongs to the first stage: mixing point 1 is layer1's output
-            return self.layer1(self.conv1(h))
-        return getattr(self, f"layer{i}")(h)
-
-    def forward_until(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """The hidden state at mixing point k (k = 0 returns the input itself)."""
-        for i in range(1, k + 1):
-            x = self._stage(i, x)
-        return x
-
-    def forward_from(self, h: torch.Tensor, k: int) -> torch.Tensor:
-        """Logits from the hidden state at mixing point k."""
-        for i in range(k + 1, 5):
-            h = self._stage(i, h)
+    def head(self, h: torch.Tensor) -> torch.Tensor:
         h = F.avg_pool2d(h, 4)  # official: no BN-ReLU before pooling
         return self.linear(h.flatten(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_from(x, 0)
 
 
 def preactresnet(depth: int, num_classes: int, width: int = 64) -> PreActResNet:

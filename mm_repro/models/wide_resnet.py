@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mm_repro.models.staged import StagedNet
+
 
 class WideBasic(nn.Module):
     """The official `wide_basic` block without dropout."""
@@ -35,10 +37,10 @@ class WideBasic(nn.Module):
         return out + self.shortcut(x)
 
 
-class WideResNet(nn.Module):
+class WideResNet(StagedNet):
     """The official `Wide_ResNet`; `width` is the stem's channels (16 officially), stages are width*k*(1, 2, 4)."""
 
-    mixing_points = (0, 1, 2, 3)
+    num_stages = 3
 
     def __init__(self, depth: int, widen_factor: int, num_classes: int, width: int = 16) -> None:
         super().__init__()
@@ -59,23 +61,6 @@ class WideResNet(nn.Module):
             self.in_planes = planes
         return nn.Sequential(*layers)
 
-    def _stage(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        if i == 1:
-            return self.layer1(self.conv1(h))
-        return getattr(self, f"layer{i}")(h)
-
-    def forward_until(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """The hidden state at mixing point k (k = 0 returns the input itself)."""
-        for i in range(1, k + 1):
-            x = self._stage(i, x)
-        return x
-
-    def forward_from(self, h: torch.Tensor, k: int) -> torch.Tensor:
-        """Logits from the hidden state at mixing point k."""
-        for i in range(k + 1, 4):
-            h = self._stage(i, h)
+    def head(self, h: torch.Tensor) -> torch.Tensor:
         h = F.avg_pool2d(F.relu(self.bn1(h)), 8)
         return self.linear(h.flatten(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_from(x, 0)
