@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 
 from mm_repro import records
 from mm_repro.errors import UserError
+from mm_repro.train import StopSignals
 from tests.conftest import TINY, run_cli
 
 
@@ -30,6 +32,16 @@ def test_atomic_write_that_crashes_leaves_the_previous_file_and_no_temp_files(tm
     monkeypatch.undo()
     assert records.load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+def test_stop_signals_set_the_flag_and_a_second_signal_acts_normally(sig):
+    previous = signal.getsignal(sig)
+    with StopSignals() as stop:
+        os.kill(os.getpid(), sig)
+        assert stop.received == sig
+        assert signal.getsignal(sig) is previous  # restored: a second signal is not swallowed
+    assert signal.getsignal(sig) is previous
 
 
 def test_truncated_checkpoint_is_a_one_line_error(tmp_path):

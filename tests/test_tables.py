@@ -161,7 +161,7 @@ def test_tiny_real_multirun_becomes_table_1a(cifar10_root, tmp_path):
         "-m",
         "dataset=cifar10",
         "model=preactresnet18",
-        "method=erm,manifold",
+        "method=erm,mixup,manifold",
         "seed=0,1",
         f"dataset.root={cifar10_root}",
         "dataset.download=false",
@@ -174,9 +174,32 @@ def test_tiny_real_multirun_becomes_table_1a(cifar10_root, tmp_path):
     out = tmp_path / "tables"
     proc = run_cli("tables", f"runs={sweep}", f"out={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "Table 1(a): CIFAR-10" in proc.stdout and "4 complete runs" in proc.stdout
-    line = next(x for x in proc.stdout.splitlines() if "| PreActResNet18 | Manifold Mixup (α = 2) |" in x)
-    assert "| 2 | 2.95 ± 0.046 |" in line and "epochs=1, width=4" in line
+    assert "Table 1(a): CIFAR-10" in proc.stdout and "6 complete runs" in proc.stdout
+    for method, paper in (
+        ("No Mixup", "4.83 ± 0.066"),
+        ("Input Mixup (α = 1)", "3.82 ± 0.048"),
+        ("Manifold Mixup (α = 2)", "2.95 ± 0.046"),
+    ):
+        line = next(x for x in proc.stdout.splitlines() if f"| PreActResNet18 | {method} |" in x)
+        assert f"| 2 | {paper} |" in line and "epochs=1, width=4" in line
     assert (out / "table1_cifar10.tex").exists() and (out / "table6_alpha.png").exists()
     bad = run_cli("tables", f"runs={sweep}", "tables=[table99]", f"out={out}", cwd=tmp_path)
     assert bad.returncode == 2 and "tables='table99' is not a table" in bad.stderr
+
+
+def test_tables_are_logged_to_wandb_offline_when_asked(tmp_path):
+    _record(tmp_path / "runs", "a", "manifold", 0, 3.0, 3.0, 0.1)
+    out = tmp_path / "out"
+    proc = run_cli(
+        "tables",
+        f"runs={tmp_path / 'runs'}",
+        f"out={out}",
+        "tables=[table1_cifar10]",
+        "figures=false",
+        "logger=wandb",
+        cwd=tmp_path,
+        env={"WANDB_MODE": "offline"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
