@@ -403,7 +403,9 @@ def _train_epoch(s: Session, stop: StopSignals) -> tuple[float, int, float] | No
         if step < steps and step % check_every == 0 and distributed.any_rank(stop.received is not None, world, device):
             s.wall_seconds += time.perf_counter() - start
             progress.close()
-            s.position = {"step": step, "order": order.cpu(), "loss_sum": loss_sum, "seen": seen}
+            # The ranks' mean partial loss sum: after the resume, the epoch's all_sum over ranks gives the total.
+            partial = distributed.all_sum(loss_sum.clone(), world) / world.size
+            s.position = {"step": step, "order": order.cpu(), "loss_sum": partial, "seen": seen}
             _save(s)
             return None
     _sync(device)
