@@ -38,11 +38,11 @@ def _train_task(cfg) -> None:  # noqa: ANN001 (a DictConfig; typed at validation
     hydra_cfg = HydraConfig.get()
     group, job_num = None, None
     if hydra_cfg.mode.name == "MULTIRUN":
-        job_num = hydra_cfg.job.num  # the jobs of one sweep share a W&B group: the sweep's overrides
-        group = " ".join(hydra_cfg.overrides.task)[:120] or "sweep"
-        sweep_file = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
-        if sweep_file.exists():
-            group = " ".join(OmegaConf.load(sweep_file).hydra.overrides.task)[:120] or group
+        job_num = hydra_cfg.job.num
+        # The jobs of one sweep share a W&B group named after the sweep's overrides, which Hydra writes to
+        # multirun.yaml before it launches any job (each job's own overrides differ, so they can't name the group).
+        sweep = OmegaConf.load(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+        group = " ".join(sweep.hydra.overrides.task)[:120] or "sweep"
     config = OmegaConf.to_container(cfg, resolve=True)
     train.run(run_cfg, Path(hydra_cfg.runtime.output_dir), config, group=group, job_num=job_num)
 

@@ -213,7 +213,11 @@ class DeviceLoader:
         self.channels_last = channels_last
 
     def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
+        return self.num_batches(len(self.labels))
+
+    def num_batches(self, num_images: int) -> int:
+        """Batches in an epoch over `num_images` images (the last one may be smaller, as the official loader's)."""
+        return -(-num_images // self.batch_size)
 
     @property
     def num_images(self) -> int:
@@ -241,7 +245,7 @@ class DeviceLoader:
 
     def batches(self, order: torch.Tensor, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(inputs, labels) for batches start, start + 1, ... of `order`."""
-        for i in range(start, -(-len(order) // self.batch_size)):
+        for i in range(start, self.num_batches(len(order))):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             images = self.images[idx]
             if self.train and (self.padding or self.flip):

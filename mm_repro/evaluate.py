@@ -192,11 +192,9 @@ def load_run(run_dir: Path, device: torch.device, dataset_root: str | None = Non
     cfg = validate_train(OmegaConf.load(config_path))
     if dataset_root:
         cfg.dataset.root = dataset_root
-    checkpoint = (
-        records.load_checkpoint(run_dir / records.CHECKPOINT) if (run_dir / records.CHECKPOINT).exists() else None
-    )
-    if checkpoint is None:
+    if not (run_dir / records.CHECKPOINT).exists():
         raise UserError(f"run={run_dir}: no checkpoints/last.pt; train the run first")
+    checkpoint = records.load_checkpoint(run_dir / records.CHECKPOINT)
     model = build(cfg.model.name, cfg.dataset.num_classes, width=cfg.model.width).to(device)
     model.load_state_dict(checkpoint["model"])
     model.eval()

@@ -389,7 +389,7 @@ def _train_epoch(s: Session, stop: StopSignals) -> tuple[float, int, float] | No
     local = order[world.rank :: world.size][: len(order) // world.size]
     loss_sum = torch.zeros((), device=device) if position["loss_sum"] is None else position["loss_sum"].to(device)
     seen, step = position["seen"], position["step"]
-    steps = -(-len(local) // s.train_loader.batch_size)
+    steps = s.train_loader.num_batches(len(local))
     check_every = 1 if not world.distributed else 25  # a collective per check: not every step under DDP
     s.model.train()
     progress = Progress(steps)
