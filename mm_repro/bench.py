@@ -31,7 +31,7 @@ from mm_repro.config import DatasetConfig, MethodConfig, ModelConfig, TrainConfi
 from mm_repro.data import Arrays, DeviceLoader
 from mm_repro.losses import bce_softmax
 from mm_repro.models import build
-from mm_repro.train import Stepper, pick_device
+from mm_repro.train import Stepper, build_model_and_optimizer, pick_device, uses_channels_last
 
 CIFAR_MEAN = [0.49137, 0.48235, 0.44667]
 CIFAR_STD = [0.24706, 0.24353, 0.26157]
@@ -47,6 +47,7 @@ class BenchConfig:
     batch_size: int = 100
     precision: str = "fp32"
     compile: bool = False
+    compile_mode: str = "default"
     images: int = 5000
     warmup: int = 3
     steps: int = 10
@@ -207,29 +208,26 @@ def run_bench(cfg: BenchConfig) -> dict:
         torch.randint(0, 10, (cfg.images,), generator=g),
     )
     dataset_cfg = DatasetConfig(name="cifar10", mean=CIFAR_MEAN, std=CIFAR_STD)
-    channels_last = device.type == "cuda"
     run_cfg = TrainRunConfig(
         dataset=dataset_cfg,
         model=cfg.model,
         method=cfg.method,
-        train=TrainConfig(batch_size=cfg.batch_size, precision=cfg.precision, compile=cfg.compile),
+        train=TrainConfig(
+            batch_size=cfg.batch_size, precision=cfg.precision, compile=cfg.compile, compile_mode=cfg.compile_mode
+        ),
     )
 
-    # ours
-    model = build(cfg.model.name, 10, width=cfg.model.width).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True, fused=device.type == "cuda" or None
-    )
+    # ours: the training path itself (the official SGD settings are TrainConfig's defaults)
+    model, optimizer = build_model_and_optimizer(run_cfg, device)
     stepper = Stepper(model, optimizer, run_cfg, device)
-    ours_loader = DeviceLoader(split, dataset_cfg, cfg.batch_size, device, True, channels_last)
-    ours_batches = _cycle(lambda: ours_loader.batches(ours_loader.order()[: len(ours_loader) * cfg.batch_size]))
+    ours_loader = DeviceLoader(split, dataset_cfg, cfg.batch_size, device, True, uses_channels_last(run_cfg, device))
+    full_batches = len(split.labels) // cfg.batch_size * cfg.batch_size  # one batch shape: no extra graph timed
+    ours_batches = _cycle(lambda: ours_loader.batches(ours_loader.order()[:full_batches]))
 
-    def ours_steps(n: int) -> int:
+    def ours_steps(n: int, layers: list[int] | None = None) -> int:
         for _ in range(n):
             x, y = ours_batches()
-            stepper.step(x, y)
+            stepper.step(x, y, layers)
         return n * cfg.batch_size
 
     # official-style, on an identically built model
@@ -245,7 +243,9 @@ def run_bench(cfg: BenchConfig) -> dict:
             official_step(ref_model, ref_opt, x, y, cfg.method, 10, device)
         return n * cfg.batch_size
 
-    ours_steps(cfg.warmup)
+    # Warm up every mixing point, so that no compilation or CUDA-graph capture falls inside the timed steps.
+    for k in cfg.method.layers if cfg.method.name != "erm" else [None]:
+        ours_steps(cfg.warmup, [k] if k is not None else None)
     official_steps(cfg.warmup)
     ours, official = _median_rates(
         lambda: ours_steps(cfg.steps), lambda: official_steps(cfg.steps), device, cfg.repeats
@@ -284,6 +284,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         "batch_size": cfg.batch_size,
         "precision": cfg.precision,
         "compile": cfg.compile,
+        "compile_mode": cfg.compile_mode if cfg.compile else None,
         "workers": cfg.workers,
         "steps": cfg.steps,
         "repeats": cfg.repeats,

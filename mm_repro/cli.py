@@ -74,14 +74,12 @@ def _tables_task(cfg) -> None:  # noqa: ANN001
 
 def _bench_task(cfg) -> None:  # noqa: ANN001
     from mm_repro.bench import BenchConfig, main
-    from mm_repro.config import PRECISIONS, to_schema
-    from mm_repro.errors import UserError
+    from mm_repro.config import COMPILE_MODES, PRECISIONS, choose, to_schema
 
     bcfg: BenchConfig = to_schema(cfg, BenchConfig)
-    if bcfg.device not in ("cpu", "cuda"):
-        raise UserError(f"device={bcfg.device!r} is not allowed; choose cpu or cuda")
-    if bcfg.precision not in PRECISIONS:
-        raise UserError(f"precision={bcfg.precision!r} is not allowed; choose one of {', '.join(PRECISIONS)}")
+    choose("device", bcfg.device, ("cpu", "cuda"))
+    choose("precision", bcfg.precision, PRECISIONS)
+    choose("compile_mode", bcfg.compile_mode, COMPILE_MODES)
     main(bcfg)
 
 

@@ -84,6 +84,8 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
+    channels_last: bool | None = None  # null: on CUDA only
+    fused: bool | None = None  # fused SGD (one kernel for the update); null: on CUDA only
     checkpoint_every: int = 1
 
 
@@ -127,7 +129,7 @@ def to_schema(cfg: DictConfig | dict, schema: type) -> Any:
         raise UserError(_one_line(exc)) from None
 
 
-def _choose(what: str, value: Any, allowed: tuple) -> None:
+def choose(what: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         raise UserError(f"{what}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
 
@@ -135,14 +137,14 @@ def _choose(what: str, value: Any, allowed: tuple) -> None:
 def validate_train(cfg: DictConfig | dict) -> TrainRunConfig:
     """Typed, checked training config; every problem is a one-line `UserError` naming the value and what is allowed."""
     run: TrainRunConfig = to_schema(cfg, TrainRunConfig)
-    _choose("dataset", run.dataset.name, DATASETS)
-    _choose("model", run.model.name, tuple(REGISTRY))
-    _choose("method", run.method.name, METHODS)
-    _choose("train.loss", run.train.loss, LOSSES)
-    _choose("train.precision", run.train.precision, PRECISIONS)
-    _choose("method.pairing", run.method.pairing, PAIRINGS)
-    _choose("device", run.device, DEVICES)
-    _choose("train.compile_mode", run.train.compile_mode, COMPILE_MODES)
+    choose("dataset", run.dataset.name, DATASETS)
+    choose("model", run.model.name, tuple(REGISTRY))
+    choose("method", run.method.name, METHODS)
+    choose("train.loss", run.train.loss, LOSSES)
+    choose("train.precision", run.train.precision, PRECISIONS)
+    choose("method.pairing", run.method.pairing, PAIRINGS)
+    choose("device", run.device, DEVICES)
+    choose("train.compile_mode", run.train.compile_mode, COMPILE_MODES)
     family = REGISTRY[run.model.name][0]
     points = MIXING_POINTS[family]
     if run.method.name != "erm":

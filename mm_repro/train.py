@@ -140,6 +140,38 @@ class Network(nn.Module):
         return self.model.forward_from(h, k), targets
 
 
+def uses_channels_last(cfg: TrainRunConfig, device: torch.device) -> bool:
+    return device.type == "cuda" if cfg.train.channels_last is None else cfg.train.channels_last
+
+
+def build_model_and_optimizer(cfg: TrainRunConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model on `device` (channels_last if chosen) and the official SGD (fused if chosen: one kernel per step)."""
+    model = build(cfg.model.name, cfg.dataset.num_classes, width=cfg.model.width).to(device)
+    if uses_channels_last(cfg, device):
+        model = model.to(memory_format=torch.channels_last)
+    fused = device.type == "cuda" if cfg.train.fused is None else cfg.train.fused
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.train.lr,
+        momentum=cfg.train.momentum,
+        weight_decay=cfg.train.weight_decay,
+        nesterov=cfg.train.nesterov,
+        fused=fused or None,  # None, not False: torch then picks its foreach path
+    )
+    return model, optimizer
+
+
+def compile_network(net: nn.Module, layers: list[int], mode: str | None = None, backend: str | Any = "inductor"):
+    """torch.compile with static shapes: one graph per (mixing point, batch size), never one per lam.
+
+    An epoch's last batch may be smaller than the others (the official loader keeps it), so each mixing point can
+    need two graphs; dynamo's recompile limit (8 by default) is raised to cover them rather than falling back to
+    eager for the later ones."""
+    dynamo_config = torch._dynamo.config
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 2 * max(len(layers), 1))
+    return torch.compile(net, mode=mode, backend=backend, dynamic=False)
+
+
 class Stepper:
     """One training step: mixing draw, forward to k, mix, forward from k, loss in fp32, backward, SGD step."""
 
@@ -162,15 +194,16 @@ class Stepper:
             from torch.nn.parallel import DistributedDataParallel
 
             net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-        self.net = torch.compile(net, mode=cfg.train.compile_mode) if cfg.train.compile else net
+        layers = list(cfg.method.layers) if cfg.method.name != "erm" else []
+        self.net = compile_network(net, layers, cfg.train.compile_mode) if cfg.train.compile else net
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The training loss of one batch (mixed unless method=erm)."""
+    def loss(self, x: torch.Tensor, y: torch.Tensor, layers: list[int] | None = None) -> torch.Tensor:
+        """The training loss of one batch (mixed unless method=erm), k drawn from `layers` (default: method's)."""
         # scatter_ rather than F.one_hot, and torch.full rather than torch.tensor: neither waits for the GPU.
         targets = torch.zeros(len(y), self.num_classes, device=y.device).scatter_(1, y[:, None], 1.0)
         method = self.cfg.method
@@ -178,13 +211,14 @@ class Stepper:
             if method.name == "erm":
                 logits, targets = self.net(x, targets)
             else:
-                draw = mixing.draw(method.layers, method.alpha, len(y), method.pairing, x.device)
+                draw = mixing.draw(layers or method.layers, method.alpha, len(y), method.pairing, x.device)
                 lam = torch.full((), draw.lam, dtype=torch.float32, device=x.device)
                 logits, targets = self.net(x, targets, draw.k, lam, draw.index)
         return self.loss_fn(logits, targets)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = self.loss(x, y)
+    def step(self, x: torch.Tensor, y: torch.Tensor, layers: list[int] | None = None) -> torch.Tensor:
+        """One SGD step; `layers` restricts the mixing point (bench's warm-up compiles each point in turn)."""
+        loss = self.loss(x, y, layers)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -291,20 +325,10 @@ def _setup(cfg: TrainRunConfig, run_dir: Path, config: dict, job_num: int | None
         records.check_writable(run_dir)
     device = pick_device(cfg.device, world.local_rank if world.distributed else job_num)
     seed_everything(cfg.seed + world.rank, cfg.deterministic)  # per-rank seeds; DDP copies rank 0's weights
-    channels_last = device.type == "cuda"
-    model = build(cfg.model.name, cfg.dataset.num_classes, width=cfg.model.width).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model, optimizer = build_model_and_optimizer(cfg, device)
+    channels_last = uses_channels_last(cfg, device)
     train_split, test_split = load_arrays(cfg.dataset, cfg.seed)
     local_batch = cfg.train.batch_size // world.size
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=cfg.train.lr,
-        momentum=cfg.train.momentum,
-        weight_decay=cfg.train.weight_decay,
-        nesterov=cfg.train.nesterov,
-        fused=device.type == "cuda" or None,  # one kernel for the whole update on CUDA; same arithmetic
-    )
     return Session(
         cfg=cfg,
         run_dir=run_dir,

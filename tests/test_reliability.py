@@ -145,3 +145,17 @@ def test_more_bad_input_is_one_line(tmp_path, args, message):
     proc = run_cli("train", *args, "logger=none", cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["device=tpu"], "device='tpu' is not allowed; choose one of cpu, cuda"),
+        (["compile_mode=fastest"], "compile_mode='fastest' is not allowed; choose one of default, reduce-overhead"),
+    ],
+)
+def test_bad_bench_options_are_one_line(tmp_path, args, message):
+    proc = run_cli("bench", *args, f"out={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # nothing written

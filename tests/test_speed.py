@@ -5,42 +5,45 @@ by `bench` and recorded in docs/benchmarks.md."""
 from __future__ import annotations
 
 import json
+import random
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch._dynamo.testing import CompileCounter
 
 from mm_repro.config import validate_train
 from mm_repro.models import build
-from mm_repro.train import Network, Stepper
+from mm_repro.train import Network, Stepper, build_model_and_optimizer, compile_network
 from tests.conftest import compose_train, run_cli
 
 
-def _losses(precision: str, steps: int = 4) -> list[float]:
-    cfg = validate_train(compose_train("dataset=synthetic", "model.width=8", f"train.precision={precision}"))
+def _train_steps(steps: int, *overrides: str) -> tuple[list[float], nn.Module, torch.optim.Optimizer]:
+    """Losses of `steps` seeded steps on one fixed batch, through the training path's own builders."""
+    cfg = validate_train(
+        compose_train("dataset=synthetic", "model.width=8", "method=manifold", "device=cpu", *overrides)
+    )
     torch.manual_seed(0)
-    model = build("preactresnet18", 10, width=8)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
-    stepper = Stepper(model, opt, cfg, torch.device("cpu"))
+    model, optimizer = build_model_and_optimizer(cfg, torch.device("cpu"))
+    stepper = Stepper(model, optimizer, cfg, torch.device("cpu"))
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)
-    out = []
+    if cfg.train.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    losses = []
     for i in range(steps):
-        import random
-
-        import numpy as np
-
         random.seed(i)
         np.random.seed(i)
         torch.manual_seed(i)
-        out.append(stepper.step(x, y).item())
-    return out
+        losses.append(stepper.step(x, y).item())
+    return losses, model, optimizer
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precision_losses_agree_with_fp32_over_a_few_steps(precision):
-    reference = _losses("fp32")
-    half = _losses(precision)
+    reference, _, _ = _train_steps(4, "train.precision=fp32")
+    half, _, _ = _train_steps(4, f"train.precision={precision}")
     # Tolerance: 3 % relative. bf16 keeps 8 bits of mantissa, and four SGD steps compound the rounding.
     assert half == pytest.approx(reference, rel=0.03)
     assert reference[-1] < reference[0]  # the steps did train
@@ -56,6 +59,43 @@ def test_no_recompilation_per_lam_and_one_graph_per_mixing_point():
         for lam in (0.1, 0.5, 0.9):
             compiled(x, t, k, torch.full((), lam), idx)
     assert counter.frame_count == 3  # k = 0, 1, 2; nine different lam values
+
+
+def test_one_static_graph_per_mixing_point_and_batch_size_even_past_the_default_recompile_limit():
+    # PreActResNet offers 5 mixing points; with a smaller last batch that is 10 graphs, more than dynamo's default
+    # limit of 8, past which it would silently fall back to eager.
+    torch._dynamo.reset()  # earlier tests' graphs of Network.forward would count towards the limit
+    torch.manual_seed(0)
+    net = Network(build("preactresnet18", 10, width=4))
+    counter = CompileCounter()
+    compiled = compile_network(net, [0, 1, 2, 3, 4], backend=counter)
+    for batch in (6, 4, 6):
+        x, t, idx = torch.randn(batch, 3, 32, 32), torch.zeros(batch, 10), torch.randperm(batch)
+        for k in (0, 1, 2, 3, 4):
+            for lam in (0.2, 0.7):
+                compiled(x, t, k, torch.full((), lam), idx)
+    assert counter.frame_count == 10
+
+
+def test_fused_sgd_updates_exactly_as_the_reference_sgd():
+    # CUDA's default, chosen explicitly on the CPU: 4 Nesterov steps with weight decay, bit for bit.
+    reference, ref_model, ref_opt = _train_steps(4, "train.fused=false")
+    fused, model, opt = _train_steps(4, "train.fused=true")
+    assert opt.defaults["fused"] and not ref_opt.defaults["fused"]
+    assert fused == reference and reference[-1] != reference[0]
+    for (name, a), b in zip(ref_model.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_channels_last_computes_the_same_step_as_nchw():
+    # Another memory layout picks other convolution kernels, so sums run in another order: equal up to rounding.
+    reference, ref_model, _ = _train_steps(1, "train.channels_last=false")
+    fast, model, _ = _train_steps(1, "train.channels_last=true")
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not ref_model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast == pytest.approx(reference, rel=1e-6)
+    for (name, a), b in zip(ref_model.state_dict().items(), model.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.slow

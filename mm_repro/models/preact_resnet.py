@@ -26,8 +26,28 @@ def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Sequential |
     return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False))
 
 
-class PreActBlock(nn.Module):
-    """Pre-activation basic block (two 3x3 convs); the 1x1 projection sees the pre-activated input."""
+class _PreActUnit(nn.Module):
+    """What both official blocks share: BN-ReLU first, then the residual branch, plus the shortcut, which is the 1x1
+    projection of the *pre-activated* input where shapes change and the raw input otherwise."""
+
+    expansion: int
+
+    def _add_shortcut(self, in_planes: int, planes: int, stride: int) -> None:
+        projection = _projection(in_planes, self.expansion * planes, stride)
+        if projection is not None:  # created last, as in the official code, so initialisation draws in its order
+            self.shortcut = projection
+
+    def residual(self, out: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        return self.residual(out) + shortcut
+
+
+class PreActBlock(_PreActUnit):
+    """Pre-activation basic block (two 3x3 convs)."""
 
     expansion = 1
 
@@ -37,18 +57,13 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        if stride != 1 or in_planes != self.expansion * planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, self.expansion * planes, 1, stride=stride, bias=False))
+        self._add_shortcut(in_planes, planes, stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
-        return out + shortcut
+    def residual(self, out: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.relu(self.bn2(self.conv1(out))))
 
 
-class PreActBottleneck(nn.Module):
+class PreActBottleneck(_PreActUnit):
     """Pre-activation bottleneck block (1x1, 3x3, 1x1), used by PreActResNet50/101/152."""
 
     expansion = 4
@@ -61,16 +76,11 @@ class PreActBottleneck(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, self.expansion * planes, 1, bias=False)
-        if stride != 1 or in_planes != self.expansion * planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, self.expansion * planes, 1, stride=stride, bias=False))
+        self._add_shortcut(in_planes, planes, stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
-        out = self.conv3(F.relu(self.bn3(out)))
-        return out + shortcut
+    def residual(self, out: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
+        return self.conv3(F.relu(self.bn3(out)))
 
 
 class PreActResNet(StagedNet):
