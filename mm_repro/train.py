@@ -144,9 +144,29 @@ def uses_channels_last(cfg: TrainRunConfig, device: torch.device) -> bool:
     return device.type == "cuda" if cfg.train.channels_last is None else cfg.train.channels_last
 
 
+def _refuse_onednn_bug(model: nn.Module, cfg: TrainRunConfig, device: torch.device) -> None:
+    """oneDNN's CPU backward of a 1x1 stride-2 convolution in channels_last (which torch.compile also picks) with
+    fewer input channels than its channel block (8 with AVX2, 16 with AVX-512) hangs, crashes or returns wrong
+    gradients (oneDNN issue #6035; seen here with torch 2.14.1 at model.width=4). Refuse it rather than risk that."""
+    if device.type != "cpu" or not (uses_channels_last(cfg, device) or cfg.train.compile):
+        return
+    narrow = [
+        m.in_channels
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 16
+    ]
+    if narrow:
+        raise UserError(
+            f"model.width={cfg.model.width} with train.channels_last or train.compile on the CPU: a strided 1x1 "
+            f"convolution with {min(narrow)} input channels meets a oneDNN bug (hangs or wrong gradients); use "
+            "model.width >= 16 there, or plain fp32 eager (train.channels_last=false train.compile=false)"
+        )
+
+
 def build_model_and_optimizer(cfg: TrainRunConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
     """The model on `device` (channels_last if chosen) and the official SGD (fused if chosen: one kernel per step)."""
     model = build(cfg.model.name, cfg.dataset.num_classes, width=cfg.model.width).to(device)
+    _refuse_onednn_bug(model, cfg, device)
     if uses_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     fused = device.type == "cuda" if cfg.train.fused is None else cfg.train.fused

@@ -139,6 +139,10 @@ def test_slurm_launcher_composes(tmp_path):
         (["method=cutmix"], "method='cutmix' is not an option; choose one of: erm, manifold, mixup"),
         (["dataset=synthetic", "method.layers=[7]"], "has no mixing point 7"),
         (["dataset=synthetic", "train.batch_size=1"], "train.batch_size=1: mixing needs at least 2"),
+        (
+            ["dataset=synthetic", "model.width=4", "train.channels_last=true", "device=cpu"],
+            "model.width=4 with train.channels_last or train.compile on the CPU: a strided 1x1 convolution with 4",
+        ),
     ],
 )
 def test_more_bad_input_is_one_line(tmp_path, args, message):
