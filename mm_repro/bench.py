@@ -10,8 +10,7 @@ In one process, on the same model, batch and device, after warm-up, the median i
 - both data pipelines alone (no model).
 MFU is the model's training FLOPs (3 x forward, conv and linear only) per second over a *measured* peak: the
 throughput of a large dense matmul on the same device, in fp32 or the run's dtype, whichever is faster, timed in
-this process. The data is random
-uint8 images of CIFAR's shape (the speed does not depend on the pixels).
+this process. The data is random uint8 images of CIFAR's shape (the speed does not depend on the pixels).
 """
 
 from __future__ import annotations
