@@ -244,8 +244,8 @@ def run_bench(cfg: BenchConfig) -> dict:
         return n * cfg.batch_size
 
     # Warm up every mixing point, so that no compilation or CUDA-graph capture falls inside the timed steps.
-    for k in cfg.method.layers if cfg.method.name != "erm" else [None]:
-        ours_steps(cfg.warmup, [k] if k is not None else None)
+    for layers in [[k] for k in cfg.method.layers] if cfg.method.name != "erm" else [None]:
+        ours_steps(cfg.warmup, layers)
     official_steps(cfg.warmup)
     ours, official = _median_rates(
         lambda: ours_steps(cfg.steps), lambda: official_steps(cfg.steps), device, cfg.repeats
