@@ -2,7 +2,9 @@
 
 `--help`, `--cfg job` (resolved, so the protocol's values show), `-m` (multirun) and every other Hydra flag work
 as in any Hydra app. Bad input (an unknown option, a bad value, missing data, an unreadable checkpoint) is one
-line on stderr and exit code 2, never a traceback; set MM_REPRO_DEBUG=1 for the full traceback.
+line on stderr and exit code 2, never a traceback; a diverged run exits 3, a stop signal 75, anything unexpected 1
+(its traceback in the run's train.log); set MM_REPRO_DEBUG=1 for the full traceback on the terminal. A sweep runs
+every job, then prints each failed one and exits non-zero (mm_repro.sweeps).
 """
 
 from __future__ import annotations
@@ -12,14 +14,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
 COMMANDS: dict[str, str] = {
     "train": "train a model (ERM, input mixup or manifold mixup); -m for sweeps",
     "tables": "regenerate the paper's tables from run records: runs=DIR out=DIR",
     "evaluate": "FGSM, novel deformations, calibration and flattening of a trained run: run=DIR",
     "spiral": "the paper's Figure 1: 2-D spirals, ERM against manifold mixup at a 2-D bottleneck: out=DIR",
-    "bench": "time our training step against the official pipeline: device=cpu|cuda out=DIR",
+    "bench": "time our training step and epoch against the official pipeline: device=cpu|cuda out=DIR",
 }
 
 USAGE = "usage: python -m mm_repro <command> [hydra overrides]\n\ncommands:\n" + "".join(
@@ -29,22 +29,15 @@ USAGE = "usage: python -m mm_repro <command> [hydra overrides]\n\ncommands:\n" +
 
 def _train_task(cfg) -> None:  # noqa: ANN001 (a DictConfig; typed at validation)
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
 
     from mm_repro import train
-    from mm_repro.config import validate_train
+    from mm_repro.sweeps import job_from_hydra, sweep_group
 
-    run_cfg = validate_train(cfg)
     hydra_cfg = HydraConfig.get()
-    group, job_num = None, None
-    if hydra_cfg.mode.name == "MULTIRUN":
-        job_num = hydra_cfg.job.num
-        # The jobs of one sweep share a W&B group named after the sweep's overrides, which Hydra writes to
-        # multirun.yaml before it launches any job (each job's own overrides differ, so they can't name the group).
-        sweep = OmegaConf.load(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
-        group = " ".join(sweep.hydra.overrides.task)[:120] or "sweep"
-    config = OmegaConf.to_container(cfg, resolve=True)
-    train.run(run_cfg, Path(hydra_cfg.runtime.output_dir), config, group=group, job_num=job_num)
+    multirun = hydra_cfg.mode.name == "MULTIRUN"
+    group = sweep_group(hydra_cfg.sweep.dir) if multirun else None
+    job = job_from_hydra(cfg, HydraConfig.instance().cfg, Path(hydra_cfg.runtime.output_dir), group)
+    train.run(job.cfg, job.run_dir, job.config, job.group, hydra_cfg.job.num if multirun else None, job.hydra_files)
 
 
 def _tables_task(cfg) -> None:  # noqa: ANN001
@@ -57,12 +50,8 @@ def _tables_task(cfg) -> None:  # noqa: ANN001
     made = make_tables([Path(p) for p in as_list(tcfg.runs)], out, as_list(tcfg.tables) or None, tcfg.figures)
     for markdown, _ in made["tables"].values():
         print(markdown)
-    scanned = made["scan"]
-    print(
-        f"{len(scanned.records)} complete runs, {len(scanned.incomplete)} incomplete, "
-        f"{len(scanned.malformed)} malformed; tables written to {out}/"
-    )
-    for line in scanned.malformed:
+    print(f"{made['scan'].summary()}; tables written to {out}/")
+    for line in made["scan"].malformed:
         sys.stderr.write(f"warning: skipped {line}\n")
     tracker = open_tracker(tcfg.logger, out, {"runs": as_list(tcfg.runs)}, name="tables", group="tables")
     try:
@@ -73,14 +62,9 @@ def _tables_task(cfg) -> None:  # noqa: ANN001
 
 
 def _bench_task(cfg) -> None:  # noqa: ANN001
-    from mm_repro.bench import BenchConfig, main
-    from mm_repro.config import COMPILE_MODES, PRECISIONS, choose, to_schema
+    from mm_repro.bench import main
 
-    bcfg: BenchConfig = to_schema(cfg, BenchConfig)
-    choose("device", bcfg.device, ("cpu", "cuda"))
-    choose("precision", bcfg.precision, PRECISIONS)
-    choose("compile_mode", bcfg.compile_mode, COMPILE_MODES)
-    main(bcfg)
+    main(cfg)
 
 
 def _evaluate_task(cfg) -> None:  # noqa: ANN001
@@ -118,55 +102,67 @@ TASKS: dict[str, Callable] = {
     "bench": _bench_task,
 }
 
-# Errors of jobs that failed on bad input; caught inside the job so that the other jobs of a sweep still run and
-# Hydra prints no "Error executing job" preamble. main() reports them, one line each.
-FAILED_JOBS: list[str] = []
 
+def _guarded(command: str, task: Callable) -> Callable:
+    """The job Hydra runs: a failure is recorded (mm_repro.sweeps) instead of raised, so that a sweep's other jobs
+    still run and Hydra prints no "Error executing job" preamble; main() reports it, one line per job."""
 
-def _guarded(task: Callable) -> Callable:
     def job(cfg) -> None:  # noqa: ANN001
         from hydra.core.hydra_config import HydraConfig
-        from omegaconf.errors import OmegaConfBaseException
 
-        from mm_repro.errors import UserError
+        from mm_repro import sweeps
 
         try:
             task(cfg)
-        except (UserError, OmegaConfBaseException) as exc:
+        except Exception as exc:
             if os.environ.get("MM_REPRO_DEBUG") == "1":
                 raise
-            overrides = " ".join(HydraConfig.get().overrides.task)
-            prefix = (
-                f"job {HydraConfig.get().job.num} ({overrides}): " if HydraConfig.get().mode.name == "MULTIRUN" else ""
-            )
-            FAILED_JOBS.append(prefix + _one_line(exc))
+            hc = HydraConfig.get()
+            multirun = hc.mode.name == "MULTIRUN"
+            if command == "train":
+                num = hc.job.num if multirun else 0
+                label = f"job {num} ({' '.join(hc.overrides.task)})"
+                sweeps.record_failure(exc, Path(hc.runtime.output_dir), multirun, label, num)
+            else:
+                sweeps.FAILED_JOBS.append((sweeps.one_line(exc), sweeps.exit_code_of(exc)))
 
     return job
 
 
-def _known_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
-def check_group_choices(command: str, args: list[str]) -> None:
+def check_group_choices(args: list[str]) -> None:
     """An unknown `group=option` (also in a sweep list) gets one line listing the options, before Hydra runs."""
+    from mm_repro.config import config_groups, group_options
     from mm_repro.errors import UserError
 
-    groups = [p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"]
+    groups = config_groups()
     for arg in args:
         key, sep, value = arg.lstrip("+~").partition("=")
         if not sep or key not in groups or value.startswith(("choice(", "range(", "glob(")):
             continue
-        options = _known_options(key)
+        options = group_options(key)
         for choice in value.split(","):
             if choice and choice not in options:
                 raise UserError(f"{key}={choice!r} is not an option; choose one of: {', '.join(options)}")
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = " ".join(lines) if lines else type(exc).__name__
-    return text.replace("\t", " ")
+PATH_KEYS = ("run", "hydra.run.dir", "hydra.sweep.dir", "dataset.root", "dataset_root", "out")
+
+
+def quote_paths(args: list[str]) -> list[str]:
+    """Quote a path for Hydra's override grammar where it holds `=`: the run directories `train` makes do
+    (runs/<...>/dataset=cifar10,method=manifold,...), and `evaluate run=DIR` or `train hydra.run.dir=DIR` must take
+    them as the README writes them."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if key in PATH_KEYS and "=" in value and value[0] not in "'\"":
+            arg = f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        out.append(arg)
+    return out
+
+
+def _sweep_exit_code(codes: list[int]) -> int:
+    return codes[0] if len(set(codes)) == 1 else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"unknown command {argv[0]!r}\n")
         sys.stderr.write(USAGE)
         return 0 if argv and argv[0] in ("-h", "--help", "help") else 2
-    command, args = argv[0], argv[1:]
+    command, args = argv[0], quote_paths(argv[1:])
     asks_job = (
         any(a in ("--cfg", "-c") and b == "job" for a, b in zip(args, args[1:], strict=False)) or "--cfg=job" in args
     )
@@ -188,15 +184,19 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from mm_repro.config import CONF_DIR
     from mm_repro.errors import UserError
-    from mm_repro.train import Preempted
+    from mm_repro.runtime import Preempted
+    from mm_repro.sweeps import FAILED_JOBS, one_line
 
     debug = os.environ.get("MM_REPRO_DEBUG") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, so that they become one line
     sys.argv = [f"mm_repro {command}", *args]
-    app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=command)(_guarded(TASKS[command]))
+    app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=command)(
+        _guarded(command, TASKS[command])
+    )
     try:
-        check_group_choices(command, args)
+        check_group_choices(args)
         app()
     except Preempted as exc:
         sys.stderr.write(f"{exc}\n")
@@ -204,12 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, HydraException, OmegaConfBaseException, OSError, ValueError) as exc:
         if debug:
             raise
-        message = f"cannot write {exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else _one_line(exc)
+        message = f"cannot write {exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else one_line(exc)
         sys.stderr.write(f"error: {message}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
-    for line in FAILED_JOBS:
+    for line, _ in FAILED_JOBS:
         sys.stderr.write(f"error: {line}\n")
-    return 2 if FAILED_JOBS else 0
+    if len(FAILED_JOBS) > 1:
+        sys.stderr.write(f"{len(FAILED_JOBS)} jobs failed\n")
+    return _sweep_exit_code([code for _, code in FAILED_JOBS]) if FAILED_JOBS else 0

@@ -2,27 +2,59 @@
 
 `validate_train(cfg)` merges the composed DictConfig into `TrainRunConfig`: a misspelt key or a value of the wrong
 type is a `UserError` naming the key. The YAML files in conf/ stay plain (`name:` keys, no `_target_`), so run
-configs written by older versions stay loadable.
+configs written by older versions stay loadable. Each option's allowed values are written once: a config group's
+options are the files in its conf/ directory (`group_options`), the others are the tuples below.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mm_repro.errors import UserError
-from mm_repro.models import MIXING_POINTS, REGISTRY
+from mm_repro.losses import LOSSES
+from mm_repro.models import BN_INIT_NAMES, REGISTRY, mixing_points
 
-DATASETS = ("cifar10", "cifar100", "svhn", "synthetic")
-METHODS = ("erm", "mixup", "manifold")
-LOSSES = ("bce_softmax", "soft_ce")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
 PAIRINGS = ("permutation", "flip")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+# Keys that change where or how fast a run trains, not its numbers (beyond floating-point rounding): they stay out of
+# the run directory's name (conf/train.yaml repeats them, tested), and a run may resume with other values for them.
+# Every other key is compared with the checkpoint's before a run resumes (README "Resuming and preemption").
+RESUME_FREE_KEYS = (
+    "logger",
+    "device",
+    "deterministic",
+    "dataset.root",
+    "dataset.download",
+    "train.resume",
+    "train.eval_batch_size",
+    "train.compile",
+    "train.compile_mode",
+    "train.compile_backend",
+    "train.channels_last",
+    "train.fused",
+    "train.checkpoint_seconds",
+    "train.checkpoint_every",
+)
+
+
+def group_options(group: str) -> tuple[str, ...]:
+    """The options of a config group: the YAML files in conf/<group>/."""
+    return tuple(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")))
+
+
+def config_groups() -> tuple[str, ...]:
+    return tuple(sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"))
 
 
 @dataclass
@@ -45,6 +77,7 @@ class ModelConfig:
     name: str = "preactresnet18"
     family: str = "preact"
     width: int = 64
+    bn_init: str = "uniform"  # uniform (PyTorch <= 1.1, the official code's era) | ones (today's PyTorch)
 
 
 @dataclass
@@ -66,6 +99,7 @@ class ProtocolConfig:
     name: str = "official"
     schedules: dict[str, ScheduleConfig] = field(default_factory=dict)
     manifold_layers: dict[str, list[int]] = field(default_factory=dict)
+    svhn_per_class_cap: int | None = None
 
 
 @dataclass
@@ -84,9 +118,11 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
+    compile_backend: str = "inductor"  # torch.compile backend; aot_eager / eager help debug a compile problem
     channels_last: bool | None = None  # null: on CUDA only
     fused: bool | None = None  # fused SGD (one kernel for the update); null: on CUDA only
-    checkpoint_every: int = 1
+    checkpoint_seconds: float = 300.0  # a checkpoint at an epoch's end once this much wall time has passed
+    checkpoint_every: int | None = None  # also every N epochs, if set
 
 
 @dataclass
@@ -110,7 +146,7 @@ class TrainRunConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
-    experiment: str | None = None
+    experiment: str | None = None  # set from Hydra's runtime choice of the experiment group, never typed
 
 
 def _one_line(exc: OmegaConfBaseException) -> str:
@@ -134,42 +170,69 @@ def choose(what: str, value: Any, allowed: tuple) -> None:
         raise UserError(f"{what}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
 
 
+def _check_number(key: str, value: float, minimum: float, strict: bool) -> None:
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise UserError(f"{key}={value} must be a finite number {bound}")
+
+
+def _check_mixing(run: TrainRunConfig) -> None:
+    method = run.method
+    points = mixing_points(run.model.name)
+    _check_number("method.alpha", method.alpha, 0.0, strict=True)
+    if not method.layers:
+        raise UserError(f"method.layers is empty; method={method.name} needs mixing points from {list(points)}")
+    bad = [k for k in method.layers if k not in points]
+    if bad:
+        raise UserError(
+            f"method.layers={method.layers}: {run.model.name} has no mixing point {bad[0]}; "
+            f"its mixing points are {list(points)} (0 = input, i = output of stage i)"
+        )
+    if method.name == "mixup" and method.layers != [0]:
+        raise UserError(f"method=mixup mixes the input only (layers=[0]), got {method.layers}; use method=manifold")
+    if run.train.batch_size < 2:
+        raise UserError(f"train.batch_size={run.train.batch_size}: mixing needs at least 2 examples per batch")
+
+
+def _check_schedule(t: TrainConfig) -> None:
+    _check_number("train.lr", t.lr, 0.0, strict=True)
+    _check_number("train.gamma", t.gamma, 0.0, strict=True)
+    _check_number("train.momentum", t.momentum, 0.0, strict=False)
+    _check_number("train.weight_decay", t.weight_decay, 0.0, strict=False)
+    _check_number("train.checkpoint_seconds", t.checkpoint_seconds, 0.0, strict=False)
+    outside = [m for m in t.milestones if not 0 < m < t.epochs]
+    if outside:
+        raise UserError(
+            f"train.milestones={t.milestones}: milestone {outside[0]} is outside 1..{t.epochs - 1} "
+            f"(train.epochs={t.epochs}), so it would never apply; pass milestones in that range, or "
+            "train.milestones=[] for a constant learning rate"
+        )
+
+
 def validate_train(cfg: DictConfig | dict) -> TrainRunConfig:
     """Typed, checked training config; every problem is a one-line `UserError` naming the value and what is allowed."""
     run: TrainRunConfig = to_schema(cfg, TrainRunConfig)
-    choose("dataset", run.dataset.name, DATASETS)
+    choose("dataset", run.dataset.name, group_options("dataset"))
     choose("model", run.model.name, tuple(REGISTRY))
-    choose("method", run.method.name, METHODS)
-    choose("train.loss", run.train.loss, LOSSES)
+    choose("method", run.method.name, group_options("method"))
+    choose("model.bn_init", run.model.bn_init, BN_INIT_NAMES)
+    choose("train.loss", run.train.loss, tuple(LOSSES))
     choose("train.precision", run.train.precision, PRECISIONS)
     choose("method.pairing", run.method.pairing, PAIRINGS)
     choose("device", run.device, DEVICES)
     choose("train.compile_mode", run.train.compile_mode, COMPILE_MODES)
-    family = REGISTRY[run.model.name][0]
-    points = MIXING_POINTS[family]
     if run.method.name != "erm":
-        if not run.method.alpha > 0:
-            raise UserError(f"method.alpha={run.method.alpha} must be > 0 for method={run.method.name}")
-        if not run.method.layers:
-            raise UserError(f"method.layers is empty; method={run.method.name} needs mixing points from {list(points)}")
-        bad = [k for k in run.method.layers if k not in points]
-        if bad:
-            raise UserError(
-                f"method.layers={run.method.layers}: {run.model.name} has no mixing point {bad[0]}; "
-                f"its mixing points are {list(points)} (0 = input, i = output of stage i)"
-            )
-        if run.method.name == "mixup" and run.method.layers != [0]:
-            raise UserError(
-                f"method=mixup mixes the input only (layers=[0]), got {run.method.layers}; use method=manifold"
-            )
-        if run.train.batch_size < 2:
-            raise UserError(f"train.batch_size={run.train.batch_size}: mixing needs at least 2 examples per batch")
-    for key in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every", "width"):
-        section = run.model if key == "width" else run.train
-        if getattr(section, key) < 1:
-            raise UserError(f"{key}={getattr(section, key)} must be >= 1")
-    if run.train.lr <= 0:
-        raise UserError(f"train.lr={run.train.lr} must be > 0")
+        _check_mixing(run)
+    for key, value in (
+        ("train.epochs", run.train.epochs),
+        ("train.batch_size", run.train.batch_size),
+        ("train.eval_batch_size", run.train.eval_batch_size),
+        ("model.width", run.model.width),
+        ("train.checkpoint_every", 1 if run.train.checkpoint_every is None else run.train.checkpoint_every),
+    ):
+        if value < 1:
+            raise UserError(f"{key}={value} must be >= 1")
+    _check_schedule(run.train)
     return run
 
 

@@ -1,5 +1,20 @@
-"""The one exception type that means "the user asked for something we can't do": the CLI prints it as one line."""
+"""The exceptions that end a job with one line: the CLI prints the message and exits with the exception's code."""
 
 
 class UserError(Exception):
-    """Bad input (config value, missing data, unreadable checkpoint...): one clear line, non-zero exit."""
+    """Bad input (config value, missing data, unreadable checkpoint, a run directory in use...): exit code 2, and
+    the run directory is left as it was."""
+
+    exit_code = 2
+
+
+class RunFailed(Exception):
+    """A run that started and then stopped without a result; its failure.json says so."""
+
+    exit_code = 1
+
+
+class Diverged(RunFailed):
+    """A non-finite training loss, test error or test NLL at an epoch's end: exit code 3, last good checkpoint kept."""
+
+    exit_code = 3

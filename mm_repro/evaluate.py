@@ -18,6 +18,9 @@ Writes `eval.json` (and PNGs) into the run directory; `tables` reads it for Tabl
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,20 +35,15 @@ from mm_repro import records
 from mm_repro.config import validate_train
 from mm_repro.data import load_arrays
 from mm_repro.errors import UserError
-from mm_repro.losses import bce_softmax
+from mm_repro.measures import deform, deformation_names, expected_calibration_error, fgsm, flattening, normalize
 from mm_repro.models import build
-from mm_repro.train import pick_device
-
-SUITES = ("fgsm", "deformations", "calibration", "flattening")
-ROTATIONS = (20, 40, 60, 80)  # degrees
-SHEARS = (0.5, 1.0, 2.0, 2.5, 3.0)  # radians: +-28.6, 57.3, 114.6, 143.2, 171.9 degrees
-ZOOMS = (0.2, 0.4, 0.6, 0.8, 1.2, 1.4, 1.6, 1.8)
+from mm_repro.runtime import training_device
 
 
 @dataclass
 class EvalConfig:
     run: str | None = None
-    suite: list[str] = field(default_factory=lambda: list(SUITES))
+    suite: list[str] = field(default_factory=lambda: ["fgsm", "deformations", "calibration", "flattening"])
     device: str = "auto"
     batch_size: int = 500
     dataset_root: str | None = None  # where the run's dataset is, if not where training found it
@@ -56,213 +54,150 @@ class EvalConfig:
     flattening_max_per_class: int = 500
 
 
-# ---------------------------------------------------------------- deformations (pixel space, [0, 1])
-
-
-def affine(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
-    """Resample each image through its 2x2 matrix (output coords -> input coords, normalised), black outside."""
-    theta = torch.cat([matrices, torch.zeros(len(images), 2, 1, device=images.device)], dim=2)
-    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def rotation_matrices(degrees: torch.Tensor) -> torch.Tensor:
-    """Counter-clockwise rotation as displayed (row 0 at the top): +90 equals torch.rot90(x, 1, dims=(-2, -1))."""
-    a = torch.deg2rad(degrees)
-    cos, sin = torch.cos(a), torch.sin(a)
-    return torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
-
-
-def shear_matrices(radians: torch.Tensor) -> torch.Tensor:
-    """The official (Keras/torchsample) shear: [[1, -sin s], [0, cos s]]."""
-    one, zero = torch.ones_like(radians), torch.zeros_like(radians)
-    return torch.stack([torch.stack([one, -torch.sin(radians)], -1), torch.stack([zero, torch.cos(radians)], -1)], -2)
-
-
-def zoom_matrices(z: float, n: int, device: torch.device) -> torch.Tensor:
-    """Input coords = z x output coords: z < 1 zooms in on the central box, z > 1 shrinks the image (black border)."""
-    return torch.eye(2, device=device).expand(n, 2, 2) * z
-
-
-def deform(images: torch.Tensor, kind: str, magnitude: float, generator: torch.Generator) -> torch.Tensor:
-    """One named deformation of a batch of [0, 1] images; rotation and shear angles ~ U(-magnitude, magnitude)."""
-    n, device = len(images), images.device
-    if kind == "zoom":
-        return affine(images, zoom_matrices(magnitude, n, device))
-    u = (torch.rand(n, generator=generator) * 2 - 1).to(device) * magnitude
-    return affine(images, rotation_matrices(u) if kind == "rotation" else shear_matrices(u))
-
-
-def deformation_names() -> list[tuple[str, str, float]]:
-    return (
-        [(f"rotation_{d}", "rotation", float(d)) for d in ROTATIONS]
-        + [(f"shear_{s}", "shear", s) for s in SHEARS]
-        + [(f"zoom_{z}", "zoom", z) for z in ZOOMS]
-    )
-
-
-# ---------------------------------------------------------------- calibration and flattening
-
-
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict:
-    """ECE over equal-width confidence bins: sum_b n_b / N * |accuracy_b - confidence_b|, with the bins' figures."""
-    confidence, predicted = probs.max(1)
-    correct = (predicted == labels).double()
-    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
-    index = torch.clamp(torch.bucketize(confidence.double(), edges, right=False) - 1, 0, bins - 1)
-    ece, table = 0.0, []
-    for b in range(bins):
-        mask = index == b
-        count = int(mask.sum())
-        if count:
-            acc, conf = correct[mask].mean().item(), confidence[mask].double().mean().item()
-            ece += count / len(labels) * abs(acc - conf)
-            table.append(
-                {
-                    "lower": edges[b].item(),
-                    "upper": edges[b + 1].item(),
-                    "count": count,
-                    "accuracy": acc,
-                    "confidence": conf,
-                }
-            )
-    return {"ece": ece, "bins": bins, "table": table}
-
-
-def singular_values(h: torch.Tensor) -> np.ndarray:
-    """Singular values of an (n, d) matrix, largest first (via the smaller Gram matrix, in float64)."""
-    h = h.double()
-    gram = h @ h.T if h.shape[0] <= h.shape[1] else h.T @ h
-    eig = torch.linalg.eigvalsh(gram).clamp(min=0).flip(0)
-    return eig.sqrt().cpu().numpy()
-
-
-def flattening(hidden: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Per class: the top singular value and the sum of the rest of the flattened hidden states; and their means."""
-    per_class = []
-    for c in labels.unique().tolist():
-        s = singular_values(hidden[labels == c].flatten(1))
-        per_class.append({"class": c, "top": float(s[0]), "rest": float(s[1:].sum()), "spectrum": s[:50].tolist()})
-    return {
-        "per_class": per_class,
-        "mean_top": float(np.mean([p["top"] for p in per_class])),
-        "mean_rest": float(np.mean([p["rest"] for p in per_class])),
-    }
-
-
-# ---------------------------------------------------------------- the suite on a run
-
-
-def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (x - mean) / std
-
-
-def fgsm(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps: float,
-    space: str,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    num_classes: int,
-) -> torch.Tensor:
-    """Adversarial inputs (normalised, ready for the model) for one batch of [0, 1] pixels `x`."""
-    if space == "normalized":  # official attacks.py: BCE on softmax in normalised space, no clipping
-        z = _normalize(x, mean, std).requires_grad_(True)
-        loss = bce_softmax(model(z), F.one_hot(y, num_classes).float())
-        (grad,) = torch.autograd.grad(loss, z)
-        return (z + eps * grad.sign()).detach()
-    p = x.clone().requires_grad_(True)
-    loss = F.cross_entropy(model(_normalize(p, mean, std)), y)
-    (grad,) = torch.autograd.grad(loss, p)
-    return _normalize((p + eps * grad.sign()).clamp(0, 1), mean, std).detach()
-
-
 def _accuracy(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
     return 100.0 * correct / sum(len(y) for _, y in batches)
 
 
+def _checkpoint_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def load_run(run_dir: Path, device: torch.device, dataset_root: str | None = None):
-    """The run's validated config, its model with the checkpoint's weights (eval mode), and its test split."""
+    """The run's validated config, its model with the final checkpoint's weights (eval mode), and its test split.
+    Only a complete run is evaluated: not one still training, failed or stopped half-way."""
     config_path = run_dir / ".hydra" / "config.yaml"
     if not config_path.exists():
         raise UserError(f"run={run_dir}: no .hydra/config.yaml there; point run= at a training run directory")
+    holder = records.RunLock(run_dir).holder()
+    if holder:
+        raise UserError(f"run={run_dir} is still training (pid {holder}); evaluate it once it has finished")
+    if (run_dir / records.FAILURE).exists():
+        status = json.loads((run_dir / records.FAILURE).read_text()).get("status", "failed")
+        raise UserError(f"run={run_dir} {status} (see its failure.json); it has no result to evaluate")
+    if not (run_dir / records.RESULT).exists() or not (run_dir / records.CHECKPOINT).exists():
+        raise UserError(f"run={run_dir} has not finished (no result.json); rerun its train command to complete it")
     cfg = validate_train(OmegaConf.load(config_path))
     if dataset_root:
         cfg.dataset.root = dataset_root
-    if not (run_dir / records.CHECKPOINT).exists():
-        raise UserError(f"run={run_dir}: no checkpoints/last.pt; train the run first")
     checkpoint = records.load_checkpoint(run_dir / records.CHECKPOINT)
-    model = build(cfg.model.name, cfg.dataset.num_classes, width=cfg.model.width).to(device)
+    model = build(cfg.model.name, cfg.dataset.num_classes, width=cfg.model.width, bn_init=cfg.model.bn_init).to(device)
     model.load_state_dict(checkpoint["model"])
     model.eval()
     _, test = load_arrays(cfg.dataset, cfg.seed)
     return cfg, model, test, checkpoint["epoch"]
 
 
-def evaluate_run(ecfg: EvalConfig) -> dict:
-    """Run the suite on one run directory; writes eval.json (and PNGs) there and returns its content."""
-    unknown = [s for s in ecfg.suite if s not in SUITES]
-    if unknown:
-        raise UserError(f"suite={unknown[0]!r} is not an evaluation; choose from {', '.join(SUITES)}")
-    run_dir = Path(ecfg.run)
-    device = pick_device(ecfg.device)
-    cfg, model, test, epoch = load_run(run_dir, device, ecfg.dataset_root)
-    mean = torch.tensor(cfg.dataset.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.dataset.std, device=device).view(1, -1, 1, 1)
-    pixels = [
-        (test.images[i : i + ecfg.batch_size].to(device).float() / 255, test.labels[i : i + ecfg.batch_size].to(device))
-        for i in range(0, len(test.labels), ecfg.batch_size)
-    ]
-    clean = [(_normalize(x, mean, std), y) for x, y in pixels]
-    out: dict[str, Any] = {"run": str(run_dir), "checkpoint_epoch": epoch, "test_images": len(test.labels)}
-    with torch.no_grad():
-        out["clean"] = {"accuracy": _accuracy(model, clean)}
-    if "fgsm" in ecfg.suite:
-        out["fgsm"] = {}
-        for space, eps_list in (("normalized", ecfg.fgsm_eps_normalized), ("pixel", ecfg.fgsm_eps_pixel)):
-            for eps in eps_list:
-                adv = [(fgsm(model, x, y, eps, space, mean, std, cfg.dataset.num_classes), y) for x, y in pixels]
-                with torch.no_grad():
-                    out["fgsm"][f"{space}_eps{eps:g}"] = {"accuracy": _accuracy(model, adv), "eps": eps, "space": space}
-    if "deformations" in ecfg.suite:
-        out["deformations"] = {}
-        with torch.no_grad():
-            for name, kind, magnitude in deformation_names():
-                g = torch.Generator().manual_seed(ecfg.deformation_seed)
-                batches = [(_normalize(deform(x, kind, magnitude, g), mean, std), y) for x, y in pixels]
-                out["deformations"][name] = {
-                    "accuracy": _accuracy(model, batches),
-                    "kind": kind,
-                    "magnitude": magnitude,
-                }
-    if "calibration" in ecfg.suite:
-        with torch.no_grad():
-            probs = torch.cat([F.softmax(model(x).float(), 1) for x, _ in clean]).cpu()
-        labels = torch.cat([y for _, y in clean]).cpu()
-        out["calibration"] = expected_calibration_error(probs, labels, ecfg.ece_bins)
-        out["calibration"]["figure"] = _plot_reliability(out["calibration"], run_dir / "reliability.png")
-    if "flattening" in ecfg.suite:
-        labels = test.labels
-        keep = torch.cat(
-            [torch.nonzero(labels == c).flatten()[: ecfg.flattening_max_per_class] for c in labels.unique()]
-        )
-        x = _normalize(test.images[keep].to(device).float() / 255, mean, std)
-        out["flattening"] = {}
-        with torch.no_grad():
-            for k in model.mixing_points:
-                hidden = torch.cat(
-                    [
-                        model.forward_until(x[i : i + ecfg.batch_size], k).cpu()
-                        for i in range(0, len(x), ecfg.batch_size)
-                    ]
-                )
-                out["flattening"][f"k{k}"] = flattening(hidden, labels[keep])
-        out["flattening"]["figure"] = _plot_spectra(out["flattening"], run_dir / "flattening.png")
-    records.write_json(run_dir / "eval.json", out)
+@dataclass
+class EvalInputs:
+    """What every evaluation gets: the model, the config, the test split (pixels in [0, 1], and normalised)."""
+
+    cfg: EvalConfig
+    run: Any
+    model: nn.Module
+    test: Any
+    pixels: list[tuple[torch.Tensor, torch.Tensor]]
+    clean: list[tuple[torch.Tensor, torch.Tensor]]
+    mean: torch.Tensor
+    std: torch.Tensor
+    run_dir: Path
+
+
+def eval_fgsm(e: EvalInputs) -> dict:
+    out = {}
+    for space, eps_list in (("normalized", e.cfg.fgsm_eps_normalized), ("pixel", e.cfg.fgsm_eps_pixel)):
+        for eps in eps_list:
+            n = e.run.dataset.num_classes
+            adv = [(fgsm(e.model, x, y, eps, space, e.mean, e.std, n), y) for x, y in e.pixels]
+            with torch.no_grad():
+                out[f"{space}_eps{eps:g}"] = {"accuracy": _accuracy(e.model, adv), "eps": eps, "space": space}
     return out
+
+
+@torch.no_grad()
+def eval_deformations(e: EvalInputs) -> dict:
+    out = {}
+    for name, kind, magnitude in deformation_names():
+        g = torch.Generator().manual_seed(e.cfg.deformation_seed)
+        batches = [(normalize(deform(x, kind, magnitude, g), e.mean, e.std), y) for x, y in e.pixels]
+        out[name] = {"accuracy": _accuracy(e.model, batches), "kind": kind, "magnitude": magnitude}
+    return out
+
+
+@torch.no_grad()
+def eval_calibration(e: EvalInputs) -> dict:
+    probs = torch.cat([F.softmax(e.model(x).float(), 1) for x, _ in e.clean]).cpu()
+    labels = torch.cat([y for _, y in e.clean]).cpu()
+    out = expected_calibration_error(probs, labels, e.cfg.ece_bins)
+    out["figure"] = _plot_reliability(out, e.run_dir / "reliability.png")
+    return out
+
+
+@torch.no_grad()
+def eval_flattening(e: EvalInputs) -> dict:
+    labels = e.test.labels
+    per_class = e.cfg.flattening_max_per_class
+    keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in labels.unique()])
+    device = e.mean.device
+    x = normalize(e.test.images[keep].to(device).float() / 255, e.mean, e.std)
+    out: dict[str, Any] = {}
+    for k in e.model.mixing_points:
+        step = e.cfg.batch_size
+        batches = [e.model.forward_until(x[i : i + step], k).cpu() for i in range(0, len(x), step)]
+        out[f"k{k}"] = flattening(torch.cat(batches), labels[keep])
+    out["figure"] = _plot_spectra(out, e.run_dir / "flattening.png")
+    return out
+
+
+EVALUATIONS: dict[str, Callable[[EvalInputs], dict]] = {
+    "fgsm": eval_fgsm,
+    "deformations": eval_deformations,
+    "calibration": eval_calibration,
+    "flattening": eval_flattening,
+}
+
+
+def evaluate_run(ecfg: EvalConfig) -> dict:
+    """Run the suite on one complete run; merges its results into the run's eval.json (and PNGs) and returns it.
+    Results of another checkpoint (the run was retrained since) are dropped rather than merged."""
+    unknown = [s for s in ecfg.suite if s not in EVALUATIONS]
+    if unknown:
+        raise UserError(f"suite={unknown[0]!r} is not an evaluation; choose from {', '.join(EVALUATIONS)}")
+    run_dir = Path(ecfg.run)
+    with training_device(ecfg.device, in_sweep=False) as device:
+        cfg, model, test, epoch = load_run(run_dir, device, ecfg.dataset_root)
+        mean = torch.tensor(cfg.dataset.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(cfg.dataset.std, device=device).view(1, -1, 1, 1)
+        b = ecfg.batch_size
+        pixels = [
+            (test.images[i : i + b].to(device).float() / 255, test.labels[i : i + b].to(device))
+            for i in range(0, len(test.labels), b)
+        ]
+        clean = [(normalize(x, mean, std), y) for x, y in pixels]
+        inputs = EvalInputs(ecfg, cfg, model, test, pixels, clean, mean, std, run_dir)
+        digest = _checkpoint_digest(run_dir / records.CHECKPOINT)
+        previous = _read_eval(run_dir / records.EVAL)
+        out: dict[str, Any] = previous if previous.get("checkpoint_sha256") == digest else {}
+        out.update({"run": str(run_dir), "checkpoint_epoch": epoch, "checkpoint_sha256": digest})
+        out["test_images"] = len(test.labels)
+        with torch.no_grad():
+            out["clean"] = {"accuracy": _accuracy(model, clean)}
+        for name in ecfg.suite:
+            out[name] = EVALUATIONS[name](inputs)
+    records.write_json(run_dir / records.EVAL, out)
+    return out
+
+
+def _read_eval(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _plot_reliability(calibration: dict, path: Path) -> str:
@@ -304,11 +239,16 @@ def _plot_spectra(flat: dict, path: Path) -> str:
     for ax, k in zip(axes[0], points, strict=True):
         for p in flat[k]["per_class"]:
             s = np.asarray(p["spectrum"])
-            ax.plot(s / s[0], alpha=0.6)
+            ax.plot(s / s[0], alpha=0.6, label=f"class {p['class']}")
         ax.set_title(f"mixing point {k[1:]}")
         ax.set_yscale("log")
         ax.set_xlabel("singular value index")
     axes[0][0].set_ylabel("s_i / s_1 per class")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    shown = min(len(labels), 20)  # CIFAR-100 has 100 classes: name the first 20
+    extra = f" (first {shown} of {len(labels)})" if shown < len(labels) else ""
+    fig.legend(handles[:shown], labels[:shown], loc="center right", fontsize=6, title=f"classes{extra}")
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

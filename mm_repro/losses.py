@@ -5,6 +5,11 @@
   changes the effective learning rate (paper.md 6.9).
 - `soft_ce`: cross-entropy with soft targets, -sum_c y_c log softmax(logits)_c averaged over the batch; equal to
   Zhang et al.'s `lam * CE(out, y_a) + (1 - lam) * CE(out, y_b)`.
+
+A diverged run must stop cleanly at the epoch's end (train.py), so no loss may assert: `F.binary_cross_entropy`
+checks that its input lies in [0, 1], which a NaN fails, and on CUDA that check is a device-side assert that kills the
+process before any record is written. `bce_softmax` therefore feeds it 0.5 wherever the softmax is not finite and
+returns NaN for such a batch; for finite logits it is bit for bit the official value (tested), with no host sync.
 """
 
 from __future__ import annotations
@@ -16,8 +21,12 @@ import torch.nn.functional as F
 
 
 def bce_softmax(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy between softmax probabilities and soft targets, mean over N x C (official)."""
-    return F.binary_cross_entropy(F.softmax(logits.float(), dim=1), targets.float())
+    """Binary cross-entropy between softmax probabilities and soft targets, mean over N x C (official); NaN, never an
+    assert, when the logits are not finite."""
+    p = F.softmax(logits.float(), dim=1)
+    finite = torch.isfinite(p).all()
+    loss = F.binary_cross_entropy(torch.where(finite, p, 0.5), targets.float())
+    return torch.where(finite, loss, torch.nan)
 
 
 def soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,15 @@
 """Mixup and Manifold Mixup as tensor operations (Zhang et al., ICLR 2018; Verma et al., ICML 2019, section 2).
 
-Knows nothing of models: per batch one `lam ~ Beta(alpha, alpha)`, one mixing point `k` uniform over the
-eligible set S (`layers`), one pairing; hidden states and soft targets are mixed with the same lam and pairing.
-As in the official code (paper.md 2), lam is drawn with numpy and k with python's `random` (in that order), lam is
-used as float32, and gradients flow through both members of each pair into the layers before k. The partner is a
-random permutation of the batch (official) or, with `pairing=flip`, the reversed batch: the batch is already in
-random order, so that is the same distribution without an index tensor (performance.md 4).
+Knows nothing of models: per batch one mixing point `k` uniform over the eligible set S (`layers`), one
+`lam ~ Beta(alpha, alpha)` and one pairing; hidden states and soft targets are mixed with the same lam and pairing,
+and gradients flow through both members of each pair into the layers before k.
+
+The draws follow the official code (paper.md 2, `preresnet.py` and `mixup_process`) in order and stream: k first, with
+python's `random.randint(0, len(S) - 1)` (input mixup draws no k: it is 0); then lam with `np.random.beta(alpha,
+alpha)`, used as float32; then the partner of each example with `np.random.permutation(batch)`. Each run passes its
+own generators (mm_repro.runtime.RunRandom). With `pairing=flip` the partner is the reversed batch instead: the batch
+is already in random order, so that is the same distribution, with no index tensor and no scatter in the backward
+(performance.md 4).
 """
 
 from __future__ import annotations
@@ -17,30 +21,42 @@ import numpy as np
 import torch
 
 
+@dataclass(frozen=True)
+class MixSpec:
+    """What a mixing method is: the Beta parameter, the eligible set S and the pairing (permutation | flip)."""
+
+    alpha: float
+    layers: tuple[int, ...]
+    pairing: str = "permutation"
+
+
 @dataclass
 class MixDraw:
-    """What one batch is mixed with: mixing point k, weight lam and the partner of each example."""
+    """What one batch is mixed with: mixing point k, weight lam, and the partners (None: the reversed batch)."""
 
     k: int
     lam: float
-    index: torch.Tensor
+    index: np.ndarray | None
 
 
-def draw(layers: list[int], alpha: float, batch_size: int, pairing: str, device: torch.device) -> MixDraw:
-    """Draw lam (numpy), k (python random), then the pairing (torch), in the official code's order."""
-    lam = float(np.float32(np.random.beta(alpha, alpha)))
-    k = layers[random.randrange(len(layers))]
-    if pairing == "flip":
-        index = torch.arange(batch_size - 1, -1, -1, device=device)
-    else:
-        index = torch.randperm(batch_size, device=device)
+def draw(spec: MixSpec, batch_size: int, py: random.Random, np_rng: np.random.RandomState) -> MixDraw:
+    """k (python), then lam (numpy), then the permutation (numpy): the official code's order and streams."""
+    layers = spec.layers
+    k = layers[py.randint(0, len(layers) - 1)] if len(layers) > 1 else layers[0]
+    lam = float(np.float32(np_rng.beta(spec.alpha, spec.alpha)))
+    index = np_rng.permutation(batch_size) if spec.pairing == "permutation" else None
     return MixDraw(k, lam, index)
 
 
+def partner(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """Each example's partner: x[index], or the reversed batch when index is None."""
+    return x.flip(0) if index is None else x[index]
+
+
 def mix(
-    h: torch.Tensor, targets: torch.Tensor, lam: float | torch.Tensor, index: torch.Tensor
+    h: torch.Tensor, targets: torch.Tensor, lam: float | torch.Tensor, index: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """lam * x + (1 - lam) * x[index] for the hidden states and for the soft targets alike.
+    """`h * lam + h[index] * (1 - lam)` for the hidden states and the soft targets alike, as `mixup_process`.
 
     `lam` may be a float or a 0-dim float32 tensor (which keeps bf16 hidden states in bf16)."""
-    return lam * h + (1 - lam) * h[index], lam * targets + (1 - lam) * targets[index]
+    return h * lam + partner(h, index) * (1 - lam), targets * lam + partner(targets, index) * (1 - lam)

@@ -1,12 +1,18 @@
-"""A run's own records, written atomically: metrics.jsonl, result.json, checkpoints/last.pt.
+"""A run's own records, written atomically: metrics.jsonl, result.json, failure.json, checkpoints/last.pt; and the
+lock that keeps one process per run directory.
 
 Every write goes to a temporary file in the same directory, is fsync'ed, then renamed over the old file
 (`os.replace` is atomic on POSIX), so a crash mid-write leaves the previous version intact. A checkpoint that
 cannot be read is an error naming it; it is never overwritten by the run that failed to read it.
+
+A run directory holds at most one outcome: result.json (complete), failure.json (`status` "failed" or "diverged",
+with the one-line reason and the epoch), or neither (still training, or stopped: a checkpoint to resume from).
+`tables` sorts run directories by it and averages complete runs only.
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -16,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mm_repro.errors import UserError
@@ -23,6 +30,20 @@ from mm_repro.errors import UserError
 CHECKPOINT = Path("checkpoints") / "last.pt"
 METRICS = "metrics.jsonl"
 RESULT = "result.json"
+FAILURE = "failure.json"
+EVAL = "eval.json"
+LOCK = ".lock"
+# What a new start moves to previous/<time>/ (train.resume=false, or a failure record of an earlier attempt).
+ARCHIVED = (
+    CHECKPOINT.parent,
+    Path(METRICS),
+    Path(RESULT),
+    Path(FAILURE),
+    Path(EVAL),
+    Path(".hydra"),
+    Path("reliability.png"),
+    Path("flattening.png"),
+)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -80,20 +101,86 @@ def load_checkpoint(path: Path) -> dict:
             "it was left untouched: move it away, or pass train.resume=false to start over (the old records "
             "are then kept under previous/)"
         ) from None
+    if "rng_ranks" not in state or "config" not in state or "device_type" not in state["rng_ranks"][0]:
+        raise UserError(
+            f"checkpoint {path} was written by an earlier mm_repro (global random streams, one per visible GPU), "
+            "which this version cannot continue exactly; pass train.resume=false to start over (the old records "
+            "are kept under previous/)"
+        )
     return state
 
 
-def archive_previous(run_dir: Path) -> Path | None:
-    """Move an earlier run's records into previous/<time>/ so that starting over loses nothing."""
-    names = [CHECKPOINT.parent, Path(METRICS), Path(RESULT)]
+def archive(run_dir: Path, names: tuple[Path, ...] = ARCHIVED) -> Path | None:
+    """Move earlier records into previous/<time>/ so that starting over loses nothing."""
     present = [n for n in names if (run_dir / n).exists()]
     if not present:
         return None
     dest = run_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
-    dest.mkdir(parents=True, exist_ok=True)
+    while dest.exists():
+        dest = dest.with_name(dest.name + "+")
+    dest.mkdir(parents=True)
     for name in present:
         os.replace(run_dir / name, dest / name)
     return dest
+
+
+def holds_a_run(run_dir: Path) -> bool:
+    """Does `run_dir` hold records of a run (which a failing start must then leave untouched)?"""
+    return any((run_dir / n).exists() for n in (CHECKPOINT, Path(METRICS), Path(RESULT), Path(FAILURE)))
+
+
+def write_failure(run_dir: Path, status: str, message: str, epoch: int | None = None, **extra: Any) -> None:
+    """failure.json: this run is not a result (status "failed" or "diverged"), and why, in one line."""
+    record = {"status": status, "message": message, "epoch": epoch, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_json(run_dir / FAILURE, {**record, **extra})
+
+
+class RunLock:
+    """An exclusive lock on a run directory (flock on `<run dir>/.lock`): one process trains a run at a time. The
+    kernel releases it when the process ends, even by SIGKILL, so a crash never leaves a stale lock."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK
+        self.fd: int | None = None
+
+    def holder(self) -> str | None:
+        """The pid written by the process that holds the lock, if another process holds it."""
+        if not self.path.exists():
+            return None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return self.path.read_text().strip() or "?"
+        finally:
+            os.close(fd)
+        return None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = self.path.read_text().strip() or "?"
+            raise UserError(
+                f"run directory {self.path.parent} is in use by another training process (pid {holder}); wait for it "
+                "to finish or stop it, or use another hydra.run.dir"
+            ) from None
+        self.fd = fd
+
+    def sign(self) -> None:
+        """Write this process's pid into the lock file (once the run is taken over: a refused start writes nothing)."""
+        assert self.fd is not None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
 
 def check_writable(run_dir: Path) -> None:
@@ -125,3 +212,50 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("-dirty" if dirty else "")
+
+
+def run_info(cfg: Any) -> dict:
+    """The keys that identify a table cell and its setup (`tables` groups on them)."""
+    mixes = cfg.method.name != "erm"
+    return {
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "width": cfg.model.width,
+        "bn_init": cfg.model.bn_init,
+        "method": cfg.method.name,
+        "alpha": cfg.method.alpha if mixes else None,
+        "layers": list(cfg.method.layers) if mixes else [],
+        "pairing": cfg.method.pairing,
+        "protocol": cfg.protocol.name,
+        "loss": cfg.train.loss,
+        "epochs": cfg.train.epochs,
+        "batch_size": cfg.train.batch_size,
+        "precision": cfg.train.precision,
+        "per_class_cap": cfg.dataset.per_class_cap,
+        "seed": cfg.seed,
+        "experiment": cfg.experiment,
+    }
+
+
+def make_result(cfg: Any, metrics: list[dict], params: int, wall_seconds: float, device: torch.device) -> dict:
+    """result.json: final-epoch and best-on-test figures (the official code reported the best; we show both), and
+    the real time the run took (`wall_seconds`: training, evaluation, checkpoints and records, over every session)
+    beside the training steps' median speed (`train_images_per_second`)."""
+    from dataclasses import asdict
+
+    final = metrics[-1]
+    best = min(metrics, key=lambda r: (r["test_error"], r["epoch"]))
+    rates = [r["train_images_per_second"] for r in metrics if "train_images_per_second" in r]
+    return {
+        "run": run_info(cfg),
+        "final": {"test_error": final["test_error"], "test_nll": final["test_nll"], "epoch": final["epoch"]},
+        "best": {"test_error": best["test_error"], "test_nll": best["test_nll"], "epoch": best["epoch"]},
+        "params": params,
+        "epochs": final["epoch"],
+        "wall_seconds": wall_seconds,
+        "train_images_per_second": float(np.median(rates)) if rates else None,
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "config": {"method": asdict(cfg.method), "train": asdict(cfg.train)},
+    }

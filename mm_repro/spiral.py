@@ -16,7 +16,6 @@ in hidden space (the fraction of the box spanned by the training points' hidden 
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm_repro import mixing
-from mm_repro.evaluate import singular_values
+from mm_repro.measures import singular_values
+from mm_repro.runtime import RunRandom, init_model
 
 
 @dataclass
@@ -88,16 +88,15 @@ class SpiralNet(nn.Module):
 
 def train_spiral(x: torch.Tensor, y: torch.Tensor, cfg: SpiralConfig, manifold: bool) -> SpiralNet:
     """Full-batch Adam; manifold mixup mixes at the bottleneck only, with one lam per step."""
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
-    net = SpiralNet(cfg.width)
+    net = init_model(lambda: SpiralNet(cfg.width), cfg.seed)
+    rng = RunRandom(cfg.seed, torch.device("cpu"))
+    spec = mixing.MixSpec(cfg.alpha, (SpiralNet.bottleneck,))
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     onehot = F.one_hot(y, 2).float()
     for _ in range(cfg.steps):
         if manifold:
-            d = mixing.draw([SpiralNet.bottleneck], cfg.alpha, len(y), "permutation", x.device)
-            h, t = mixing.mix(net.forward_until(x, d.k), onehot, d.lam, d.index)
+            d = mixing.draw(spec, len(y), rng.python, rng.numpy)
+            h, t = mixing.mix(net.forward_until(x, d.k), onehot, d.lam, torch.from_numpy(d.index))
             loss = F.cross_entropy(net.forward_from(h, d.k), t)
         else:
             loss = F.cross_entropy(net(x), y)

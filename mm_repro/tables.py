@@ -1,13 +1,12 @@
 """`python -m mm_repro tables runs=DIR out=DIR`: the paper's tables regenerated from run records, ours beside theirs.
 
-Scans run directories recursively. A complete run has result.json (and, for Tables 7 and 9, eval.json from
-`evaluate`); a run directory with a Hydra config or metrics but no result.json is listed as incomplete; an
-unreadable result.json is reported and skipped. Runs are grouped by the cell they reproduce (dataset, model, method,
-alpha, eligible layers) and by their setup (protocol, epochs, width, loss, batch, pairing, precision, class cap), so
-a 1-epoch test run is never mixed with a 2000-epoch one and the table says which is which. For each group: mean,
-sample std (ddof=1) and n over seeds, for the final epoch and the best epoch (the official code reported the best
-test accuracy over epochs, paper.md 6.4), and the distance to the paper's mean in units of the paper's std.
-Paper numbers: results/paper/<table>.json (from ../shared/reference/paper.md).
+Run directories are read and sorted by outcome in mm_repro.outcomes: only complete runs enter the cells; failed,
+diverged, incomplete and malformed ones are listed, with their counts, under every table. Runs are grouped by the
+cell they reproduce (dataset, model, method, alpha, eligible layers) and by their setup (protocol, epochs, width,
+BN init, loss, batch, pairing, precision, class cap), so a 1-epoch test run is never mixed with a 2000-epoch one and
+the table says which is which. For each group: mean, sample std (ddof=1) and n over seeds, for the final epoch and
+the best epoch (the official code reported the best test accuracy over epochs, paper.md 6.4), and the distance to
+the paper's mean in units of the paper's std. Paper numbers: results/paper/<table>.json (from paper.md).
 """
 
 from __future__ import annotations
@@ -16,84 +15,15 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mm_repro.outcomes import Record, Scan, scan
+
 PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
-SETUP_KEYS = ("protocol", "epochs", "width", "loss", "batch_size", "pairing", "precision", "per_class_cap")
+SETUP_KEYS = ("protocol", "epochs", "width", "bn_init", "loss", "batch_size", "pairing", "precision", "per_class_cap")
 MODEL_NAMES = {"preactresnet18": "PreActResNet18", "preactresnet34": "PreActResNet34", "wrn28_10": "Wide-ResNet-28-10"}
 MISSING = "—"
-
-
-@dataclass
-class Record:
-    """One complete run: result.json and, when `evaluate` ran, eval.json."""
-
-    path: Path
-    result: dict
-    eval: dict | None = None
-
-    @property
-    def run(self) -> dict:
-        return self.result["run"]
-
-
-@dataclass
-class Scan:
-    records: list[Record] = field(default_factory=list)
-    incomplete: list[str] = field(default_factory=list)
-    malformed: list[str] = field(default_factory=list)
-
-
-def _read_json(path: Path) -> dict:
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    return data
-
-
-def scan(paths: list[Path]) -> Scan:
-    """Every run directory below `paths`: complete records, incomplete runs, malformed records."""
-    found = Scan()
-    run_dirs: set[Path] = set()
-    for root in paths:
-        root = Path(root)
-        if not root.exists():
-            found.malformed.append(f"{root}: no such directory")
-            continue
-        for marker in ("result.json", "metrics.jsonl", ".hydra/config.yaml", "checkpoints/last.pt"):
-            run_dirs.update(p.parent.parent if marker.count("/") else p.parent for p in root.rglob(marker))
-    for run_dir in sorted(run_dirs):
-        if "previous" in run_dir.parts:  # records archived by train.resume=false
-            continue
-        started = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
-        if not started and not (run_dir / "result.json").exists():
-            continue  # a job that failed before training started
-        result_path = run_dir / "result.json"
-        if not result_path.exists():
-            done = (
-                len((run_dir / "metrics.jsonl").read_text().splitlines()) if (run_dir / "metrics.jsonl").exists() else 0
-            )
-            found.incomplete.append(f"{run_dir} ({done} epochs recorded, no result.json)")
-            continue
-        try:
-            result = _read_json(result_path)
-            for key in ("run", "final", "best"):
-                if not isinstance(result.get(key), dict):
-                    raise ValueError(f"missing '{key}'")
-            float(result["final"]["test_error"])
-        except (ValueError, KeyError, TypeError) as exc:
-            found.malformed.append(f"{result_path}: {exc}")
-            continue
-        evaluation = None
-        if (run_dir / "eval.json").exists():
-            try:
-                evaluation = _read_json(run_dir / "eval.json")
-            except ValueError as exc:
-                found.malformed.append(f"{run_dir / 'eval.json'}: {exc}")
-        found.records.append(Record(run_dir, result, evaluation))
-    return found
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None, int]:
@@ -203,10 +133,14 @@ def to_markdown(spec: dict, rows: list[dict], scanned: Scan) -> str:
         "|" + "---|" * len(columns),
     ]
     lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
-    if scanned.incomplete:
-        lines += ["", "Incomplete runs (not in the table):", *[f"- {p}" for p in scanned.incomplete]]
-    if scanned.malformed:
-        lines += ["", "Malformed records (skipped):", *[f"- {p}" for p in scanned.malformed]]
+    for title, entries in (
+        ("Diverged runs (not results: never averaged into a cell)", scanned.diverged),
+        ("Failed runs (not results)", scanned.failed),
+        ("Incomplete runs (not in the table)", scanned.incomplete),
+        ("Malformed records (skipped)", scanned.malformed),
+    ):
+        if entries:
+            lines += ["", f"{title}: {len(entries)}", *[f"- {p}" for p in entries]]
     return "\n".join(lines) + "\n"
 
 
@@ -261,6 +195,57 @@ def load_specs(names: list[str] | None = None) -> list[dict]:
     return specs
 
 
+def final_accuracies(row: dict, records: list[Record]) -> list[float]:
+    """Final-epoch test accuracies (%) of the runs that reproduce one paper cell."""
+    return [100 - rec.result["final"]["test_error"] for rec in records if matches(row, rec.run)]
+
+
+def _plot_alpha(ax: Any, spec: dict, records: list[Record]) -> None:
+    for method, colour in (("mixup", "tab:blue"), ("manifold", "tab:red")):
+        rows = [r for r in spec["rows"] if r["method"] == method]
+        label = method_label({"method": method})
+        paper = [r["test_accuracy"][0] for r in rows]
+        ax.plot([r["alpha"] for r in rows], paper, "o--", color=colour, alpha=0.5, label=f"{label} (paper)")
+        ours = [(r["alpha"], mean_std(accs)) for r in rows if (accs := final_accuracies(r, records))]
+        if ours:
+            ax.errorbar(
+                [a for a, _ in ours],
+                [m for _, (m, _, _) in ours],
+                yerr=[sd or 0.0 for _, (_, sd, _) in ours],
+                fmt="s-",
+                color=colour,
+                capsize=3,
+                label=f"{label} (ours, final)",
+            )
+    ax.set_xlabel("α")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Table 6: CIFAR-10, PreActResNet18")
+    ax.legend(fontsize=7)
+
+
+def _plot_layers(ax: Any, spec: dict, records: list[Record], dataset: str) -> None:
+    rows = [r for r in spec["rows"] if r["dataset"] == dataset]
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], [r["test_accuracy"][0] for r in rows], 0.4, label="paper", color="0.7")
+    ours = [mean_std(accs) if (accs := final_accuracies(r, records)) else (float("nan"), None, 0) for r in rows]
+    ax.bar(
+        [i + 0.2 for i in x],
+        [o[0] for o in ours],
+        0.4,
+        yerr=[o[1] or 0 for o in ours],
+        capsize=2,
+        label="ours (final)",
+        color="tab:red",
+    )
+    ax.set_xticks(list(x), [r["label"] for r in rows], rotation=45, fontsize=7)
+    low = min(r["test_accuracy"][0] for r in rows)
+    ax.set_ylim(low - 3, 100 if dataset == "cifar10" else low + 8)
+    ax.set_xlabel("eligible layers S")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Table 5: {dataset}, PreActResNet18")
+    ax.legend(fontsize=7)
+
+
 def plot_figures(specs: list[dict], records: list[Record], out: Path) -> list[Path]:
     """Table 6 (accuracy against alpha) and Table 5 (eligible layer sets): ours with error bars beside the paper."""
     import matplotlib
@@ -271,66 +256,19 @@ def plot_figures(specs: list[dict], records: list[Record], out: Path) -> list[Pa
     written = []
     by_name = {s["table"]: s for s in specs}
     if "table6_alpha" in by_name:
-        spec = by_name["table6_alpha"]
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for method, colour in (("mixup", "tab:blue"), ("manifold", "tab:red")):
-            rows = [r for r in spec["rows"] if r["method"] == method]
-            label = "Input Mixup" if method == "mixup" else "Manifold Mixup"
-            ax.plot(
-                [r["alpha"] for r in rows],
-                [r["test_accuracy"][0] for r in rows],
-                "o--",
-                color=colour,
-                alpha=0.5,
-                label=f"{label} (paper)",
-            )
-            xs, ys, es = [], [], []
-            for r in rows:
-                accs = [100 - rec.result["final"]["test_error"] for rec in records if matches(r, rec.run)]
-                if accs:
-                    m, s, _ = mean_std(accs)
-                    xs.append(r["alpha"])
-                    ys.append(m)
-                    es.append(s or 0.0)
-            if xs:
-                ax.errorbar(xs, ys, yerr=es, fmt="s-", color=colour, capsize=3, label=f"{label} (ours, final)")
-        ax.set_xlabel("α")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title("Table 6: CIFAR-10, PreActResNet18")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
+        _plot_alpha(ax, by_name["table6_alpha"], records)
         written.append(out / "table6_alpha.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
     if "table5_layers" in by_name:
-        spec = by_name["table5_layers"]
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
         for ax, dataset in zip(axes, ("cifar10", "cifar100"), strict=True):
-            rows = [r for r in spec["rows"] if r["dataset"] == dataset]
-            x = range(len(rows))
-            ax.bar([i - 0.2 for i in x], [r["test_accuracy"][0] for r in rows], 0.4, label="paper", color="0.7")
-            ours = []
-            for r in rows:
-                accs = [100 - rec.result["final"]["test_error"] for rec in records if matches(r, rec.run)]
-                ours.append(mean_std(accs) if accs else (float("nan"), None, 0))
-            ax.bar(
-                [i + 0.2 for i in x],
-                [o[0] for o in ours],
-                0.4,
-                yerr=[o[1] or 0 for o in ours],
-                capsize=2,
-                label="ours (final)",
-                color="tab:red",
-            )
-            ax.set_xticks(list(x), [r["label"] for r in rows], rotation=45, fontsize=7)
-            low = min(r["test_accuracy"][0] for r in rows)
-            ax.set_ylim(low - 3, 100 if dataset == "cifar10" else low + 8)
-            ax.set_title(f"Table 5: {dataset}, S")
-            ax.legend(fontsize=7)
-        fig.tight_layout()
+            _plot_layers(ax, by_name["table5_layers"], records, dataset)
         written.append(out / "table5_layers.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+    for path, number in zip(written, plt.get_fignums(), strict=True):
+        figure = plt.figure(number)
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
     return written
 
 

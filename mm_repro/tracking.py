@@ -47,6 +47,7 @@ class WandbTracker(NullTracker):
             name=name,
             id=run_id,
             resume="allow",
+            reinit="create_new",  # several runs in one process (a packed sweep) each get their own W&B run
             dir=str(directory),
             mode=cfg.mode,
             config=config,

@@ -14,7 +14,7 @@ import pytest
 import scipy.io
 from hydra import compose, initialize_config_dir
 
-from mm_repro.cli import CONF_DIR
+from mm_repro.config import CONF_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,5 +96,27 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) 
     )
 
 
-# Tiny but real: narrow nets, a few hundred images, few epochs.
-TINY = ["model.width=4", "train.batch_size=20", "train.eval_batch_size=50", "logger=none", "deterministic=true"]
+# Tiny but real: narrow nets, a few hundred images, few epochs (a test sets train.epochs, and milestones if it wants
+# a decay), a checkpoint at every epoch's end.
+TINY = [
+    "model.width=4",
+    "train.batch_size=20",
+    "train.eval_batch_size=50",
+    "train.milestones=[]",
+    "train.checkpoint_seconds=0",
+    "logger=none",
+    "deterministic=true",
+]
+
+
+def train_args(root: Path, run_dir: Path, *extra: str, dataset: str = "cifar10") -> list[str]:
+    """`train` on the real-format files under `root`, into `run_dir`."""
+    return [
+        "train",
+        f"dataset={dataset}",
+        f"dataset.root={root}",
+        "dataset.download=false",
+        *TINY,
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]

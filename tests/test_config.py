@@ -4,11 +4,12 @@ checks on values that Hydra cannot make."""
 from __future__ import annotations
 
 import pytest
+from omegaconf import OmegaConf
 
-from mm_repro.config import validate_train
+from mm_repro.config import CONF_DIR, RESUME_FREE_KEYS, TrainRunConfig, group_options, validate_train
 from mm_repro.errors import UserError
 from mm_repro.models import REGISTRY
-from tests.conftest import compose_train
+from tests.conftest import compose_train, run_cli
 
 DATASETS = ["cifar10", "cifar100", "svhn", "synthetic"]
 METHODS = ["erm", "mixup", "manifold"]
@@ -48,13 +49,18 @@ def test_defaults_are_the_official_protocol():
     assert run.method.alpha == 2.0
     assert validate_train(compose_train("method=mixup")).method.alpha == 1.0
     assert run.dataset.crop_padding == 2 and run.dataset.flip
-    assert run.dataset.mean == pytest.approx([125.3 / 255, 123.0 / 255, 113.9 / 255], abs=1e-5)
-    assert run.dataset.std == pytest.approx([63.0 / 255, 62.1 / 255, 66.7 / 255], abs=1e-5)
+    # exactly the official `[x / 255 for x in [125.3, 123.0, 113.9]]`, not rounded
+    assert run.dataset.mean == [x / 255 for x in (125.3, 123.0, 113.9)]
+    assert run.dataset.std == [x / 255 for x in (63.0, 62.1, 66.7)]
     c100 = validate_train(compose_train("dataset=cifar100")).dataset
-    assert c100.mean == pytest.approx([129.3 / 255, 124.1 / 255, 112.4 / 255], abs=1e-5)
-    assert c100.std == pytest.approx([68.2 / 255, 65.4 / 255, 70.4 / 255], abs=1e-5)
+    assert c100.mean == [x / 255 for x in (129.3, 124.1, 112.4)]
+    assert c100.std == [x / 255 for x in (68.2, 65.4, 70.4)]
     svhn = validate_train(compose_train("dataset=svhn")).dataset
-    assert (svhn.flip, svhn.crop_padding, svhn.mean, svhn.per_class_cap) == (False, 2, [0.5] * 3, None)
+    # the official README's SVHN runs pass --labels_per_class 7325
+    assert (svhn.flip, svhn.crop_padding, svhn.mean, svhn.per_class_cap) == (False, 2, [0.5] * 3, 7325)
+    assert validate_train(compose_train("dataset=svhn", "protocol=paper")).dataset.per_class_cap is None
+    assert validate_train(compose_train("dataset=svhn", "dataset.per_class_cap=null")).dataset.per_class_cap is None
+    assert run.model.bn_init == "uniform"
     assert run.logger.name == "wandb" and run.train.resume
 
 
@@ -63,15 +69,17 @@ def test_paper_protocol_switches_schedule_and_wrn_layers():
     assert (preact.train.epochs, preact.train.milestones, preact.method.layers) == (1200, [400, 800], [0, 1, 2])
     wrn = validate_train(compose_train("protocol=paper", "model=wrn28_10"))
     assert (wrn.train.epochs, wrn.train.milestones, wrn.method.layers) == (400, [200, 300], [0, 1])
-    explicit = validate_train(compose_train("protocol=paper", "train.epochs=7", "method.layers=[1]"))
+    explicit = validate_train(
+        compose_train("protocol=paper", "train.epochs=7", "train.milestones=[]", "method.layers=[1]")
+    )
     assert (explicit.train.epochs, explicit.method.layers) == (7, [1])
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["method.alpha=0"], r"method.alpha=0.0 must be > 0"),
-        (["method=mixup", "method.alpha=-1"], r"method.alpha=-1.0 must be > 0"),
+        (["method.alpha=0"], r"method.alpha=0.0 must be a finite number > 0"),
+        (["method=mixup", "method.alpha=-1"], r"method.alpha=-1.0 must be a finite number > 0"),
         (["method.layers=[0,5]"], r"no mixing point 5; its mixing points are \[0, 1, 2, 3, 4\]"),
         (["model=wrn28_2", "method.layers=[4]"], r"wrn28_2 has no mixing point 4"),
         (["train.batch_size=1"], r"batch_size=1: mixing needs at least 2"),
@@ -79,6 +87,15 @@ def test_paper_protocol_switches_schedule_and_wrn_layers():
         (["train.lr=abc"], r"train.lr: Value 'abc'"),
         (["device=tpu"], r"device='tpu' is not allowed"),
         (["method.layers=[]"], r"method.layers is empty"),
+        (["train.lr=nan"], r"train.lr=nan must be a finite number > 0"),
+        (["train.lr=inf"], r"train.lr=inf must be a finite number > 0"),
+        (["train.momentum=-0.5"], r"train.momentum=-0.5 must be a finite number >= 0"),
+        (["method.alpha=inf"], r"method.alpha=inf must be a finite number > 0"),
+        (["train.epochs=10", "train.milestones=[-3]"], r"milestone -3 is outside 1..9"),
+        (["train.epochs=10", "train.milestones=[5,10]"], r"milestone 10 is outside 1..9 \(train.epochs=10\)"),
+        (["train.epochs=10"], r"train.milestones=\[500, 1000, 1500\]: milestone 500 is outside 1..9"),
+        (["model.bn_init=zeros"], r"model.bn_init='zeros' is not allowed; choose one of uniform, ones"),
+        (["train.checkpoint_every=0"], r"train.checkpoint_every=0 must be >= 1"),
     ],
 )
 def test_bad_values_are_one_line_errors(overrides, message):
@@ -99,3 +116,61 @@ def test_unknown_key_is_an_error():
 def test_erm_accepts_any_batch_size_and_no_alpha():
     run = validate_train(compose_train("method=erm", "train.batch_size=1"))
     assert run.method.alpha == 0.0
+
+
+def test_each_options_list_is_written_once():
+    # group options are the conf/ files; the model registry must offer exactly those
+    assert group_options("model") == tuple(sorted(REGISTRY))
+    assert set(group_options("method")) == {"erm", "mixup", "manifold"}
+    assert "synthetic" in group_options("dataset")
+    with pytest.raises(UserError, match="dataset='imagenet' is not allowed; choose one of cifar10, cifar100, svhn"):
+        validate_train({**OmegaConf.to_container(compose_train()), "dataset": {"name": "imagenet"}})
+
+
+def test_the_experiment_name_comes_from_hydras_choice_not_a_typed_key():
+    for path in (CONF_DIR / "experiment").glob("*.yaml"):
+        assert "experiment" not in (OmegaConf.load(path) or {}), path.name
+    assert "experiment" not in OmegaConf.load(CONF_DIR / "train.yaml")
+
+
+def test_keys_left_out_of_the_run_directory_name_are_the_resume_free_ones():
+    excluded = set(OmegaConf.load(CONF_DIR / "train.yaml").hydra.job.config.override_dirname.exclude_keys)
+    assert set(RESUME_FREE_KEYS) <= excluded
+    assert {k.split(".")[0] for k in excluded - set(RESUME_FREE_KEYS)} <= {"logger", "hydra"}
+
+
+def _leaf_keys(schema: type, prefix: str = "") -> list[str]:
+    import dataclasses
+
+    keys = []
+    for f in dataclasses.fields(schema):
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            keys += _leaf_keys(f.default_factory, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def test_train_help_says_what_every_key_means(tmp_path):
+    proc = run_cli("train", "--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    keys = _leaf_keys(TrainRunConfig)
+    assert len(keys) > 50
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    for key in keys:
+        assert key in lines and len(lines[key].split()) > 2, key  # the key and a few words on it
+    assert "dataset: cifar10, cifar100, svhn, synthetic" in proc.stdout
+
+
+@pytest.mark.parametrize("experiment", ["table1_cifar100", "table2_svhn", "smoke"])
+def test_records_carry_the_experiment_hydra_chose(tmp_path, experiment):
+    from hydra import compose, initialize_config_dir
+
+    from mm_repro.sweeps import job_from_hydra
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        full = compose(config_name="train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    task = OmegaConf.masked_copy(full, [k for k in full if k != "hydra"])
+    job = job_from_hydra(task, OmegaConf.masked_copy(full, ["hydra"]), tmp_path, None)
+    assert job.cfg.experiment == experiment and job.config["experiment"] == experiment
+    assert job.hydra_files["config.yaml"].experiment == experiment

@@ -13,7 +13,7 @@ import torchvision.transforms.functional as TF
 from mm_repro.config import DatasetConfig
 from mm_repro.data import DeviceLoader, cap_per_class, crop_flip, load_arrays, make_synthetic
 from mm_repro.errors import UserError
-from tests.conftest import write_cifar
+from tests.conftest import write_cifar, write_svhn
 
 
 def test_cifar10_from_python_batches(cifar10_root):
@@ -69,8 +69,13 @@ def test_download_failure_is_one_clear_error(tmp_path, monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(data, "download_and_extract_archive", offline)
-    with pytest.raises(UserError, match=r"could not download cifar10 into .*place cifar-10-batches-py"):
-        load_arrays(DatasetConfig(name="cifar10", root=str(tmp_path), download=True))
+    root = tmp_path / "data"
+    with pytest.raises(UserError) as info:
+        load_arrays(DatasetConfig(name="cifar10", root=str(root), download=True))
+    message = str(info.value)
+    assert f"could not download cifar10 into {root.resolve()}" in message and "cifar-10-batches-py" in message
+    assert "dataset.root=DIR" in message and "MM_DATA_DIR" in message
+    assert not root.exists()  # no empty data directory left behind
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -93,8 +98,7 @@ def test_train_loader_normalises_and_covers_every_image_once(cifar10_root):
     cfg = DatasetConfig(name="cifar10", root=str(cifar10_root), download=False, crop_padding=0, flip=False)
     train, _ = load_arrays(cfg)
     loader = DeviceLoader(train, cfg, 30, torch.device("cpu"), train=True)
-    torch.manual_seed(0)
-    order = loader.order()
+    order = loader.order(torch.Generator().manual_seed(0))
     batches = list(loader.batches(order))
     assert len(batches) == len(loader) == 7 and len(batches[-1][1]) == 20
     labels = torch.cat([y for _, y in batches])
@@ -113,3 +117,58 @@ def test_per_class_cap_and_synthetic_are_deterministic():
     capped = cap_per_class(train, 7, seed=0)
     assert np.bincount(capped.labels.numpy()).tolist() == [7] * 10
     assert torch.equal(capped.labels, cap_per_class(train, 7, seed=0).labels)
+
+
+def test_the_run_generator_drives_order_crops_and_flips(cifar10_root):
+    cfg = DatasetConfig(name="cifar10", root=str(cifar10_root), download=False)
+    train, _ = load_arrays(cfg)
+    loader = DeviceLoader(train, cfg, 30, torch.device("cpu"), train=True)
+
+    def epoch(seed):
+        g = torch.Generator().manual_seed(seed)
+        torch.manual_seed(123)  # the global generator plays no part
+        return torch.cat([x for x, _ in loader.batches(loader.order(g), 0, g)])
+
+    assert torch.equal(epoch(4), epoch(4)) and not torch.equal(epoch(4), epoch(5))
+
+
+def test_images_not_stored_as_uint8_are_refused_not_cast(tmp_path):
+    root = write_cifar(tmp_path, "cifar10", per_file=4)
+    path = root / "cifar-10-batches-py" / "data_batch_2"
+    with open(path, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    entry["data"] = entry["data"].astype(np.float32) / 255
+    with open(path, "wb") as f:
+        pickle.dump(entry, f)
+    with pytest.raises(UserError, match="data_batch_2 is truncated or malformed .*stored as float32, not uint8"):
+        load_arrays(DatasetConfig(name="cifar10", root=str(root), download=False))
+
+
+def test_svhn_images_not_stored_as_uint8_are_refused(tmp_path):
+    import scipy.io
+
+    root = write_svhn(tmp_path)
+    mat = scipy.io.loadmat(root / "test_32x32.mat")
+    scipy.io.savemat(root / "test_32x32.mat", {"X": mat["X"].astype(np.float64), "y": mat["y"]})
+    with pytest.raises(UserError, match="test_32x32.mat is truncated or malformed .*float64, not uint8"):
+        load_arrays(DatasetConfig(name="svhn", root=str(root), download=False))
+
+
+@pytest.mark.parametrize("bad", [-1, 10])
+def test_labels_outside_the_classes_are_one_clear_error(tmp_path, bad):
+    root = write_cifar(tmp_path, "cifar10", per_file=4)
+    path = root / "cifar-10-batches-py" / "test_batch"
+    with open(path, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    entry["labels"][2] = bad
+    with open(path, "wb") as f:
+        pickle.dump(entry, f)
+    with pytest.raises(UserError, match=rf"test split in .*: label {bad} found; labels must lie in 0..9") as info:
+        load_arrays(DatasetConfig(name="cifar10", root=str(root), download=False))
+    assert "\n" not in str(info.value)
+
+
+def test_the_official_svhn_cap_keeps_7325_per_class_at_most(svhn_root):
+    cfg = DatasetConfig(name="svhn", root=str(svhn_root), download=False, per_class_cap=5)
+    train, _ = load_arrays(cfg, seed=0)
+    assert np.bincount(train.labels.numpy(), minlength=10).max() == 5

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mm_repro.evaluate import (
+from mm_repro.measures import (
     affine,
     deform,
     deformation_names,
@@ -21,7 +21,7 @@ from mm_repro.evaluate import (
     singular_values,
 )
 from mm_repro.models import build
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_cli, train_args
 
 MEAN = torch.tensor([0.49, 0.48, 0.45]).view(1, 3, 1, 1)
 STD = torch.tensor([0.25, 0.24, 0.26]).view(1, 3, 1, 1)
@@ -91,8 +91,10 @@ def test_flattening_figures_equal_numpys_svd():
     np.testing.assert_allclose(singular_values(wide), np.linalg.svd(wide.double().numpy(), compute_uv=False), rtol=1e-9)
 
 
-def test_evaluate_a_one_epoch_run_then_tables_shows_it(cifar100_root, tmp_path):
-    run_dir = tmp_path / "run"
+@pytest.mark.slow
+def test_evaluate_the_directory_train_made_then_tables_shows_it(cifar100_root, tmp_path):
+    # the run directory is the one train names itself (runs/<...>/dataset=...,method=...,...), passed as the README
+    # writes it: `evaluate run=DIR`, with its `=` and `,`
     proc = run_cli(
         "train",
         "dataset=cifar100",
@@ -103,11 +105,13 @@ def test_evaluate_a_one_epoch_run_then_tables_shows_it(cifar100_root, tmp_path):
         "protocol=paper",
         *TINY,
         "train.epochs=1",
-        f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    proc = run_cli("evaluate", f"run={run_dir}", "batch_size=50", "flattening_max_per_class=5", cwd=tmp_path)
+    (run_dir,) = [p.parent for p in (tmp_path / "runs").rglob("result.json")]
+    assert "=" in run_dir.name and "," in run_dir.name
+    relative = run_dir.relative_to(tmp_path)
+    proc = run_cli("evaluate", f"run={relative}", "batch_size=50", "flattening_max_per_class=5", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((run_dir / "eval.json").read_text())
     assert set(result["fgsm"]) == {"normalized_eps0.03", "pixel_eps0.0313725"}
@@ -115,6 +119,11 @@ def test_evaluate_a_one_epoch_run_then_tables_shows_it(cifar100_root, tmp_path):
     assert 0 <= result["calibration"]["ece"] <= 1 and (run_dir / "reliability.png").exists()
     assert set(result["flattening"]) >= {"k0", "k1", "k4"} and (run_dir / "flattening.png").exists()
     assert "FGSM normalized_eps0.03" in proc.stdout
+    # a second, partial suite merges into eval.json instead of replacing it
+    again = run_cli("evaluate", f"run={relative}", "suite=[calibration]", "batch_size=50", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    merged = json.loads((run_dir / "eval.json").read_text())
+    assert merged["fgsm"] == result["fgsm"] and merged["deformations"] == result["deformations"]
     tables = run_cli(
         "tables", f"runs={tmp_path}", f"out={tmp_path / 'tables'}", "tables=[table9_deformations]", cwd=tmp_path
     )
@@ -122,10 +131,26 @@ def test_evaluate_a_one_epoch_run_then_tables_shows_it(cifar100_root, tmp_path):
     ours = f"{result['deformations']['rotation_20']['accuracy']:.2f}"
     row = next(line for line in tables.stdout.splitlines() if "Manifold Mixup" in line and "Rotation U(−20°" in line)
     assert f"| 1 | 60.08 | {ours} |" in row
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_what_is_not_a_finished_run(cifar10_root, tmp_path):
     missing = run_cli("evaluate", f"run={tmp_path / 'nothing'}", cwd=tmp_path)
     assert missing.returncode == 2 and "no .hydra/config.yaml" in missing.stderr
+    run_dir = tmp_path / "run"
+    proc = run_cli(*train_args(cifar10_root, run_dir, "train.epochs=1"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir / "result.json").rename(run_dir / "result.json.away")
+    unfinished = run_cli("evaluate", f"run={run_dir}", cwd=tmp_path)
+    assert unfinished.returncode == 2 and "has not finished (no result.json)" in unfinished.stderr
+    (run_dir / "result.json.away").rename(run_dir / "result.json")
+    (run_dir / "failure.json").write_text(json.dumps({"status": "diverged", "message": "x"}))
+    failed = run_cli("evaluate", f"run={run_dir}", cwd=tmp_path)
+    assert failed.returncode == 2 and "diverged (see its failure.json)" in failed.stderr
+    assert not (run_dir / "eval.json").exists()
 
 
+@pytest.mark.slow
 def test_spiral_at_reduced_size_writes_figures_and_json(tmp_path):
     proc = run_cli("spiral", f"out={tmp_path}", "points=150", "steps=300", "grid=40", "width=16", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mm_repro.losses import bce_softmax, soft_ce
@@ -33,3 +34,27 @@ def test_losses_run_in_fp32_for_half_precision_logits():
     y = torch.nn.functional.one_hot(torch.arange(4), 10).float()
     assert bce_softmax(logits, y).dtype == torch.float32
     assert soft_ce(logits, y).dtype == torch.float32
+
+
+def test_bce_softmax_is_bit_for_bit_the_official_value_and_gradient_for_finite_logits():
+    torch.manual_seed(2)
+    logits = torch.randn(100, 10, requires_grad=True)
+    y = torch.softmax(torch.randn(100, 10), 1)
+    ours = bce_softmax(logits, y)
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    official = torch.nn.BCELoss()(torch.nn.Softmax(dim=1)(logits), y)
+    (g_official,) = torch.autograd.grad(official, logits)
+    assert torch.equal(ours, official) and torch.equal(g_ours, g_official)
+
+
+def test_non_finite_logits_give_a_nan_loss_not_an_assert():
+    # F.binary_cross_entropy rejects a NaN input (a device-side assert on CUDA); a diverged run must instead reach
+    # its epoch's end, where train.py stops it cleanly.
+    y = torch.nn.functional.one_hot(torch.arange(4), 10).float()
+    for bad in (float("nan"), float("inf")):
+        logits = torch.randn(4, 10)
+        logits[1, 3] = bad
+        assert torch.isnan(bce_softmax(logits, y))
+        assert torch.isnan(soft_ce(logits, y))
+    with pytest.raises(RuntimeError):  # what the official expression does with the same input
+        torch.nn.functional.binary_cross_entropy(torch.softmax(logits, 1), y)

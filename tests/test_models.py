@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mm_repro.models import MIXING_POINTS, REGISTRY, build, count_parameters
+from mm_repro.models import REGISTRY, build, count_parameters, mixing_points
 
 # paper.md section 9: counted from the official code.
 OFFICIAL_PARAMS = {
@@ -35,8 +35,11 @@ def test_forward_until_then_from_equals_forward_for_every_mixing_point(name):
     x = torch.randn(3, 3, 32, 32)
     full = model(x)
     assert full.shape == (3, 10)
-    family = REGISTRY[name][0]
-    assert tuple(model.mixing_points) == MIXING_POINTS[family]
+    assert (
+        tuple(model.mixing_points)
+        == mixing_points(name)
+        == {"preact": (0, 1, 2, 3, 4), "wrn": (0, 1, 2, 3)}[REGISTRY[name].family]
+    )
     for k in model.mixing_points:
         torch.testing.assert_close(model.forward_from(model.forward_until(x, k), k), full, rtol=0, atol=0)
     assert torch.equal(model.forward_until(x, 0), x)
@@ -143,3 +146,29 @@ def test_forward_equals_the_official_architecture_written_independently(name, re
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'resnet9'"):
         build("resnet9", 10)
+
+
+@pytest.mark.parametrize("name", ["preactresnet18", "preactresnet50", "wrn28_2"])
+def test_batchnorm_weights_start_uniform_by_default_as_in_the_official_codes_pytorch(name):
+    # PyTorch <= 1.1 drew BN weights from U(0, 1) (the official code's era); today's PyTorch starts them at 1.
+    torch.manual_seed(0)
+    bns = [m for m in build(name, 10, width=8).modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    weights = torch.cat([m.weight.detach() for m in bns])
+    assert weights.min() >= 0 and weights.max() < 1 and weights.std() > 0.2  # U(0, 1): std 0.289
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in bns)
+    ones = [m for m in build(name, 10, width=8, bn_init="ones").modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in ones)
+
+
+def test_uniform_bn_init_draws_in_construction_order_as_torch_1_0():
+    # torch 1.0 drew each BN weight in its constructor: the stem conv (built before any BN) is the same under both
+    # inits, and the first block's conv1 (built after bn1) differs, because bn1's draw came first.
+    torch.manual_seed(3)
+    uniform = build("preactresnet18", 10, width=8)
+    torch.manual_seed(3)
+    ones = build("preactresnet18", 10, width=8, bn_init="ones")
+    assert torch.equal(uniform.conv1.weight, ones.conv1.weight)
+    assert not torch.equal(uniform.layer1[0].conv1.weight, ones.layer1[0].conv1.weight)
+    torch.manual_seed(3)
+    torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)  # the stem
+    assert torch.equal(uniform.layer1[0].bn1.weight, torch.rand(8))  # nn.init.uniform_ is torch.rand's stream

@@ -1,11 +1,12 @@
-"""The fast paths compute what the reference path computes: bf16/fp16 against fp32, compiled against eager, with no
-recompilation per lam; and `bench` runs on the CPU in a reduced form. No timing assertions here: speed is measured
-by `bench` and recorded in docs/benchmarks.md."""
+"""The fast paths compute what the reference path computes: bf16/fp16 against fp32, compiled against eager, fused
+SGD and channels_last; compiled graphs per mixing point, never per lam, and none carried from one job of a sweep to
+the next; `wall_seconds` is the run's real time; `bench` runs and reports what it measured. No timing assertions
+here: speed is measured by `bench` and recorded in docs/benchmarks.md."""
 
 from __future__ import annotations
 
 import json
-import random
+import time
 
 import numpy as np
 import pytest
@@ -13,31 +14,31 @@ import torch
 from torch import nn
 from torch._dynamo.testing import CompileCounter
 
-from mm_repro.config import validate_train
+from mm_repro import bench, train
+from mm_repro.builders import build_model, single_trainer
+from mm_repro.config import MethodConfig, ModelConfig, validate_train
+from mm_repro.distributed import World
 from mm_repro.models import build
-from mm_repro.train import Network, Stepper, build_model_and_optimizer, compile_network
+from mm_repro.runtime import RunRandom
+from mm_repro.step import MixedForward, compile_module
 from tests.conftest import compose_train, run_cli
+
+CPU = torch.device("cpu")
 
 
 def _train_steps(steps: int, *overrides: str) -> tuple[list[float], nn.Module, torch.optim.Optimizer]:
-    """Losses of `steps` seeded steps on one fixed batch, through the training path's own builders."""
+    """Losses of `steps` seeded steps on one fixed batch, through the builders `train` uses."""
     cfg = validate_train(
         compose_train("dataset=synthetic", "model.width=16", "method=manifold", "device=cpu", *overrides)
     )
-    torch.manual_seed(0)
-    model, optimizer = build_model_and_optimizer(cfg, torch.device("cpu"))
-    stepper = Stepper(model, optimizer, cfg, torch.device("cpu"))
+    model = build_model(cfg, CPU)
+    trainer = single_trainer(cfg, model, RunRandom(0, CPU), World())
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)
     if cfg.train.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    losses = []
-    for i in range(steps):
-        random.seed(i)
-        np.random.seed(i)
-        torch.manual_seed(i)
-        losses.append(stepper.step(x, y).item())
-    return losses, model, optimizer
+    losses = [trainer.train_step([x], [y]).item() for _ in range(steps)]
+    return losses, model, trainer.optimizer
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -50,8 +51,8 @@ def test_half_precision_losses_agree_with_fp32_over_a_few_steps(precision):
 
 
 def test_no_recompilation_per_lam_and_one_graph_per_mixing_point():
-    torch.manual_seed(0)
-    net = Network(build("preactresnet18", 10, width=4))
+    torch._dynamo.reset()
+    net = MixedForward(build("preactresnet18", 10, width=4))
     counter = CompileCounter()
     compiled = torch.compile(net, backend=counter)
     x, t, idx = torch.randn(4, 3, 32, 32), torch.zeros(4, 10), torch.randperm(4)
@@ -64,17 +65,46 @@ def test_no_recompilation_per_lam_and_one_graph_per_mixing_point():
 def test_one_static_graph_per_mixing_point_and_batch_size_even_past_the_default_recompile_limit():
     # PreActResNet offers 5 mixing points; with a smaller last batch that is 10 graphs, more than dynamo's default
     # limit of 8, past which it would silently fall back to eager.
-    torch._dynamo.reset()  # earlier tests' graphs of Network.forward would count towards the limit
-    torch.manual_seed(0)
-    net = Network(build("preactresnet18", 10, width=4))
+    torch._dynamo.reset()  # earlier tests' graphs of MixedForward.forward would count towards the limit
+    net = MixedForward(build("preactresnet18", 10, width=4))
     counter = CompileCounter()
-    compiled = compile_network(net, [0, 1, 2, 3, 4], backend=counter)
+    compiled = compile_module(net, 5, backend=counter)
     for batch in (6, 4, 6):
         x, t, idx = torch.randn(batch, 3, 32, 32), torch.zeros(batch, 10), torch.randperm(batch)
         for k in (0, 1, 2, 3, 4):
             for lam in (0.2, 0.7):
                 compiled(x, t, k, torch.full((), lam), idx)
     assert counter.frame_count == 10
+
+
+@pytest.mark.slow
+def test_every_job_of_a_compiled_sweep_in_one_process_stays_compiled(tmp_path):
+    # Three models in one process (the basic launcher): 6 graphs each (3 mixing points x 2 batch sizes) on one code
+    # object. Without a dynamo reset between jobs, the third job would pass the recompile limit and fall back to
+    # eager without a word.
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "train",
+        "-m",
+        "experiment=smoke",
+        "model=preactresnet18,preactresnet34,wrn28_2",
+        "model.width=4",
+        "train.compile=true",
+        "train.compile_backend=eager",
+        "train.epochs=1",
+        "train.milestones=[]",
+        "train.batch_size=30",
+        "dataset.train_size=100",
+        "dataset.test_size=50",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        env={"TORCH_LOGS": "recompiles"},
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list(sweep.rglob("result.json"))) == 3
+    assert "Recompiling function forward" in proc.stderr  # the log is on: graphs per point and batch size show
+    assert "hit config.recompile_limit" not in proc.stderr
 
 
 def test_fused_sgd_updates_as_the_reference_sgd():
@@ -102,7 +132,7 @@ def test_channels_last_computes_the_same_step_as_nchw():
 @pytest.mark.slow
 def test_compiled_and_eager_outputs_agree():
     torch.manual_seed(0)
-    net = Network(build("preactresnet18", 10, width=4))
+    net = MixedForward(build("preactresnet18", 10, width=4))
     compiled = torch.compile(net)
     x, t, idx = torch.randn(8, 3, 32, 32), torch.zeros(8, 10), torch.randperm(8)
     lam = torch.full((), 0.3)
@@ -112,6 +142,50 @@ def test_compiled_and_eager_outputs_agree():
     torch.testing.assert_close(comp_t, eager_t)
 
 
+def test_wall_seconds_is_the_runs_real_time(tmp_path):
+    cfg = validate_train(
+        compose_train(
+            "experiment=smoke",
+            "model.width=4",
+            "train.epochs=4",
+            "train.milestones=[]",
+            "dataset.train_size=400",
+            "train.checkpoint_seconds=0",
+            "device=cpu",
+        )
+    )
+    start = time.perf_counter()
+    result = train.run(cfg, tmp_path / "run", {"seed": 0})
+    real = time.perf_counter() - start
+    assert result["wall_seconds"] == pytest.approx(real, rel=0.05)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["seconds"] for r in rows) == pytest.approx(result["wall_seconds"], rel=0.05)
+    assert all(r["train_images_per_second"] > 400 / r["seconds"] for r in rows)  # steps alone beat the epoch's time
+
+
+def test_bench_reports_ours_over_official_not_the_other_way_round(monkeypatch):
+    rates = iter([(300.0, 100.0), (5000.0, 500.0)])  # (ours, official): the steps, then the data pipelines
+    monkeypatch.setattr(bench, "median_rates", lambda *args: next(rates))
+    cfg = bench.BenchConfig(
+        model=ModelConfig(width=4),
+        method=MethodConfig(name="erm"),
+        images=64,
+        eval_images=16,
+        batch_size=16,
+        warmup=1,
+        steps=1,
+        repeats=1,
+        workers=0,
+        pack=0,
+    )
+    r = bench.run_bench(cfg)
+    assert (r["ours_images_per_second"], r["official_images_per_second"], r["ratio"]) == (300.0, 100.0, 3.0)
+    assert (r["data_ours_images_per_second"], r["data_ratio"]) == (5000.0, 10.0)
+    assert r["mfu_ours"] == pytest.approx(3 * r["mfu_official"])
+    assert 0 < r["epoch_overhead"] < 1 and "pack" not in r
+
+
+@pytest.mark.slow
 def test_bench_runs_on_cpu_in_reduced_form(tmp_path):
     proc = run_cli(
         "bench",
@@ -123,13 +197,17 @@ def test_bench_runs_on_cpu_in_reduced_form(tmp_path):
         "repeats=1",
         "workers=1",
         "images=256",
+        "eval_images=64",
+        "pack=2",
         f"out={tmp_path}",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "bench-cpu.json").read_text())
-    assert result["ratio"] == pytest.approx(result["ours_images_per_second"] / result["official_images_per_second"])
-    assert result["data_ratio"] > 0 and 0 < result["mfu_ours"] < 1
-    assert result["measured_peak_dtype"] == "float32" and result["compile_mode"] is None
+    assert result["data_ratio"] > 0 and 0 < result["mfu_ours"] < 1 and 0 < result["epoch_overhead"] < 1
+    assert result["measured_peak_mode"] == "float32" and result["compile_mode"] is None
+    assert result["pack"] == 2 and result["packed_images_per_second"] > 0
     assert result["torch_version"] == torch.__version__
-    assert "ours: train step" in proc.stdout and "official-style: data pipeline" in proc.stdout
+    for row in ("ours: train step", "official-style: data pipeline", "packed: 2 runs", "epoch outside training"):
+        assert row in proc.stdout
+    assert np.isfinite(result["checkpoint_stall_seconds"]) and result["eval_seconds_per_image"] > 0

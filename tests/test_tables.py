@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from mm_repro.cli import CONF_DIR
+from mm_repro.config import CONF_DIR
 from mm_repro.tables import load_specs, make_tables, mean_std, scan
 from tests.conftest import TINY, run_cli
 
@@ -91,15 +91,44 @@ def test_partial_and_malformed_records_are_reported_not_fatal(tmp_path):
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     (wrong / "result.json").write_text(json.dumps({"run": {}}))
+    typed = _record(tmp_path, "typed", "manifold", 1, 3.0, 3.0, 0.1)
+    result = json.loads((typed / "result.json").read_text())
+    result["final"]["test_error"] = "3.0"  # a string where a number belongs
+    (typed / "result.json").write_text(json.dumps(result))
+    nulls = _record(tmp_path, "nulls", "manifold", 2, 3.0, 3.0, 0.1)
+    result = json.loads((nulls / "result.json").read_text())
+    result["best"] = None
+    result["run"]["layers"] = "0,1"
+    (nulls / "result.json").write_text(json.dumps(result))
     found = scan([tmp_path, tmp_path / "does-not-exist"])
     assert [r.path.name for r in found.records] == ["good"]
     assert len(found.incomplete) == 1 and "partial (2 epochs recorded" in found.incomplete[0]
-    assert {Path(m.split(":")[0]).parent.name for m in found.malformed[1:]} == {"broken", "wrong"}
+    reasons = {Path(m.split(":")[0]).parent.name: m for m in found.malformed[1:]}
+    assert set(reasons) == {"broken", "wrong", "typed", "nulls"}
+    assert "final.test_error is '3.0', not a finite number" in reasons["typed"]
+    assert "run.layers is '0,1', not a list of integers" in reasons["nulls"]
     assert "does-not-exist: no such directory" in found.malformed[0]
     markdown = make_tables([tmp_path], tmp_path / "out", ["table1_cifar10"], figures=False)["tables"]["table1_cifar10"][
         0
     ]
-    assert "Incomplete runs" in markdown and "Malformed records" in markdown
+    assert "Incomplete runs (not in the table): 1" in markdown and "Malformed records (skipped): 4" in markdown
+
+
+def test_failed_and_diverged_runs_are_listed_apart_and_never_averaged(tmp_path):
+    for seed in (0, 1):
+        _record(tmp_path, f"mm{seed}", "manifold", seed, 3.0, 3.0, 0.1)
+    diverged = _record(tmp_path, "mm2", "manifold", 2, 90.0, 90.0, 9.9)  # a stray result beside the failure
+    (diverged / "failure.json").write_text(json.dumps({"status": "diverged", "epoch": 7, "message": "diverged"}))
+    failed = tmp_path / "crashed"
+    failed.mkdir()
+    (failed / "failure.json").write_text(json.dumps({"status": "failed", "message": "RuntimeError: boom"}))
+    made = make_tables([tmp_path], tmp_path / "out", ["table1_cifar10"], figures=False)
+    markdown, rows = made["tables"]["table1_cifar10"]
+    mm = next(r for r in rows if r["arch"] == "PreActResNet18" and r["method"].startswith("Manifold"))
+    assert mm["n"] == 2 and mm["ours test_error (final)"] == "3.00 ± 0.00"
+    assert "Diverged runs (not results: never averaged into a cell): 1" in markdown and "mm2 in epoch 7" in markdown
+    assert "Failed runs (not results): 1" in markdown and "RuntimeError: boom" in markdown
+    assert made["scan"].summary() == "2 complete runs, 0 incomplete, 1 failed, 1 diverged, 0 malformed"
 
 
 def test_paper_numbers_cover_every_table_and_cell():
@@ -154,6 +183,7 @@ def test_experiment_files_sweep_exactly_the_tables_cells(experiment, n):
         assert sum("method=erm" in j for j in jobs) == 15  # ERM once per model and seed, not per alpha
 
 
+@pytest.mark.slow
 def test_tiny_real_multirun_becomes_table_1a(cifar10_root, tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -187,6 +217,7 @@ def test_tiny_real_multirun_becomes_table_1a(cifar10_root, tmp_path):
     assert bad.returncode == 2 and "tables='table99' is not a table" in bad.stderr
 
 
+@pytest.mark.slow
 def test_tables_are_logged_to_wandb_offline_when_asked(tmp_path):
     _record(tmp_path / "runs", "a", "manifold", 0, 3.0, 3.0, 0.1)
     out = tmp_path / "out"

@@ -3,31 +3,48 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
-from mm_repro.models.preact_resnet import preactresnet
+from mm_repro.models.preact_resnet import PreActResNet, preactresnet
+from mm_repro.models.staged import BN_INITS, StagedNet
 from mm_repro.models.wide_resnet import WideResNet
 
-# name -> (family, builder(num_classes, width)); the family picks the protocol's schedule (conf/protocol).
-REGISTRY: dict[str, tuple[str, Callable[..., nn.Module]]] = {
-    "preactresnet18": ("preact", lambda c, width=64: preactresnet(18, c, width)),
-    "preactresnet34": ("preact", lambda c, width=64: preactresnet(34, c, width)),
-    "preactresnet50": ("preact", lambda c, width=64: preactresnet(50, c, width)),
-    "preactresnet101": ("preact", lambda c, width=64: preactresnet(101, c, width)),
-    "preactresnet152": ("preact", lambda c, width=64: preactresnet(152, c, width)),
-    "wrn28_10": ("wrn", lambda c, width=16: WideResNet(28, 10, c, width)),
-    "wrn28_2": ("wrn", lambda c, width=16: WideResNet(28, 2, c, width)),
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model name's family (which picks the protocol's schedule, conf/protocol), its class and its builder
+    `(num_classes, width, bn_init) -> model`."""
+
+    family: str
+    net: type[StagedNet]
+    builder: Callable[..., StagedNet]
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    **{
+        f"preactresnet{d}": ModelSpec("preact", PreActResNet, lambda c, d=d, **o: preactresnet(d, c, **o))
+        for d in (18, 34, 50, 101, 152)
+    },
+    "wrn28_10": ModelSpec("wrn", WideResNet, lambda c, **o: WideResNet(28, 10, c, **o)),
+    "wrn28_2": ModelSpec("wrn", WideResNet, lambda c, **o: WideResNet(28, 2, c, **o)),
 }
 
-MIXING_POINTS = {"preact": (0, 1, 2, 3, 4), "wrn": (0, 1, 2, 3)}
+BN_INIT_NAMES = tuple(BN_INITS)
 
 
-def build(name: str, num_classes: int, **options: int) -> nn.Module:
-    """Build model `name` for `num_classes` classes; `width` (initial channels) is the only option."""
+def mixing_points(name: str) -> tuple[int, ...]:
+    """The mixing points of model `name` (0 = input, i = output of stage i), from its class."""
+    return REGISTRY[name].net.points()
+
+
+def build(name: str, num_classes: int, width: int | None = None, bn_init: str = "uniform") -> StagedNet:
+    """Build model `name` for `num_classes` classes; `width` is the initial channels (the family's default if None)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
-    return REGISTRY[name][1](num_classes, **options)
+    options = {"bn_init": bn_init} if width is None else {"width": width, "bn_init": bn_init}
+    return REGISTRY[name].builder(num_classes, **options)
 
 
 def count_parameters(model: nn.Module) -> int:

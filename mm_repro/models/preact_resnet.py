@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm_repro.models.staged import StagedNet
+from mm_repro.models.staged import BN_INITS, StagedNet
 
 
 def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Sequential | None:
@@ -51,11 +51,11 @@ class PreActBlock(_PreActUnit):
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, norm: type[nn.Module] = nn.BatchNorm2d) -> None:
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.bn1 = norm(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self._add_shortcut(in_planes, planes, stride)
 
@@ -68,13 +68,13 @@ class PreActBottleneck(_PreActUnit):
 
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, norm: type[nn.Module] = nn.BatchNorm2d) -> None:
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.bn1 = norm(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes)
+        self.bn3 = norm(planes)
         self.conv3 = nn.Conv2d(planes, self.expansion * planes, 1, bias=False)
         self._add_shortcut(in_planes, planes, stride)
 
@@ -84,7 +84,8 @@ class PreActBottleneck(_PreActUnit):
 
 
 class PreActResNet(StagedNet):
-    """The official PreActResNet; `width` is the official `initial_channels` (64 in every paper run)."""
+    """The official PreActResNet; `width` is the official `initial_channels` (64 in every paper run); `bn_init` is
+    `uniform` (PyTorch <= 1.1, the official code's era) or `ones` (today's PyTorch), see models/staged.py."""
 
     num_stages = 4
 
@@ -94,8 +95,10 @@ class PreActResNet(StagedNet):
         num_blocks: list[int],
         num_classes: int,
         width: int = 64,
+        bn_init: str = "uniform",
     ) -> None:
         super().__init__()
+        self.norm = BN_INITS[bn_init]
         self.in_planes = width
         self.conv1 = nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False)
         self.layer1 = self._make_layer(block, width, num_blocks[0], stride=1)
@@ -107,7 +110,7 @@ class PreActResNet(StagedNet):
     def _make_layer(self, block: type[nn.Module], planes: int, n: int, stride: int) -> nn.Sequential:
         layers = []
         for s in [stride] + [1] * (n - 1):
-            layers.append(block(self.in_planes, planes, s))
+            layers.append(block(self.in_planes, planes, s, self.norm))
             self.in_planes = planes * block.expansion
         return nn.Sequential(*layers)
 
@@ -116,7 +119,7 @@ class PreActResNet(StagedNet):
         return self.linear(h.flatten(1))
 
 
-def preactresnet(depth: int, num_classes: int, width: int = 64) -> PreActResNet:
+def preactresnet(depth: int, num_classes: int, width: int = 64, bn_init: str = "uniform") -> PreActResNet:
     """PreActResNet of the given depth (18, 34, 50, 101, 152) with the official block counts."""
     blocks = {
         18: (PreActBlock, [2, 2, 2, 2]),
@@ -126,4 +129,4 @@ def preactresnet(depth: int, num_classes: int, width: int = 64) -> PreActResNet:
         152: (PreActBottleneck, [3, 8, 36, 3]),
     }
     block, num_blocks = blocks[depth]
-    return PreActResNet(block, num_blocks, num_classes, width)
+    return PreActResNet(block, num_blocks, num_classes, width, bn_init)

@@ -1,0 +1,133 @@
+"""Build what a pack of jobs trains with: each run's model (initial weights from its own seed), the data loaders,
+the optimizer and LR schedule, and the trainer: `SingleTrainer` for one run, `PackedTrainer` for several. Everything
+here can fail on bad input (a oneDNN-unsafe layout, say), so it runs before any run directory is taken over."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mm_repro import distributed
+from mm_repro.config import TrainRunConfig
+from mm_repro.data import Arrays, DeviceLoader, load_arrays
+from mm_repro.losses import LOSSES
+from mm_repro.mixing import MixSpec
+from mm_repro.models import build, count_parameters
+from mm_repro.runtime import RunRandom, init_model, refuse_onednn_bug, uses_channels_last
+from mm_repro.step import Evaluator, MixedForward, SingleTrainer, TrainStep, build_optimizer, compile_module
+
+
+def mix_spec(cfg: TrainRunConfig) -> MixSpec | None:
+    """The run's mixing method, or None for ERM."""
+    m = cfg.method
+    return None if m.name == "erm" else MixSpec(m.alpha, tuple(m.layers), m.pairing)
+
+
+def load_splits(jobs: list[Any]) -> dict[Path, tuple[Arrays, Arrays]]:
+    """Each job's train and test split, loaded once per distinct dataset (a per-class cap draws with the run's seed,
+    so capped runs of other seeds hold other subsets)."""
+    loaded: dict[str, tuple[Arrays, Arrays]] = {}
+    out = {}
+    for job in jobs:
+        d = job.cfg.dataset
+        key = json.dumps([asdict(d), job.cfg.seed if d.per_class_cap else None], sort_keys=True)
+        if key not in loaded:
+            loaded[key] = load_arrays(d, job.cfg.seed)
+        out[job.run_dir] = loaded[key]
+    return out
+
+
+def build_model(cfg: TrainRunConfig, device: torch.device) -> nn.Module:
+    """The run's model on `device`, initial weights from its seed, in channels_last where chosen."""
+    c = cfg
+    model = init_model(
+        lambda: build(c.model.name, c.dataset.num_classes, width=c.model.width, bn_init=c.model.bn_init), c.seed
+    )
+    channels_last = uses_channels_last(c.train.channels_last, device)
+    refuse_onednn_bug(
+        model, c.model.width, device, channels_last, c.train.compile and c.train.compile_backend == "inductor"
+    )
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def optimizer_for(params: Any, cfg: TrainRunConfig, device: torch.device) -> torch.optim.SGD:
+    t = cfg.train
+    fused = device.type == "cuda" if t.fused is None else t.fused
+    return build_optimizer(params, t.lr, t.momentum, t.weight_decay, t.nesterov, fused)
+
+
+def compiler(cfg: TrainRunConfig, points: int) -> Any:
+    """A function that compiles a module as the run asks (or None when it does not)."""
+    t = cfg.train
+    if not t.compile:
+        return None
+    return lambda module: compile_module(module, points, t.compile_mode, t.compile_backend)
+
+
+def single_trainer(cfg: TrainRunConfig, model: nn.Module, rng: RunRandom, world: distributed.World) -> SingleTrainer:
+    device = rng.device
+    optimizer = optimizer_for(model.parameters(), cfg, device)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.train.milestones, cfg.train.gamma)
+    net: nn.Module = MixedForward(model)
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    spec = mix_spec(cfg)
+    compile_fn = compiler(cfg, len(spec.layers) if spec else 1)
+    step = TrainStep(
+        compile_fn(net) if compile_fn else net,
+        optimizer,
+        LOSSES[cfg.train.loss],
+        cfg.dataset.num_classes,
+        spec,
+        cfg.train.precision,
+        rng,
+    )
+    return SingleTrainer(model, optimizer, scheduler, step, Evaluator(model, cfg.train.precision, compiler(cfg, 1)))
+
+
+def build_trainer(
+    jobs: list[Any], rngs: list[RunRandom], world: distributed.World, device: torch.device
+) -> tuple[Any, list[DeviceLoader], DeviceLoader]:
+    """The trainer, each run's train loader and the shared test loader for `jobs`."""
+    splits = load_splits(jobs)
+    lead = jobs[0].cfg
+    channels_last = uses_channels_last(lead.train.channels_last, device)
+    local_batch = lead.train.batch_size // world.size
+    models = [build_model(job.cfg, device) for job in jobs]
+    by_split: dict[int, DeviceLoader] = {}
+    loaders = []
+    for job in jobs:
+        train_split = splits[job.run_dir][0]
+        if id(train_split) not in by_split:
+            by_split[id(train_split)] = DeviceLoader(
+                train_split, job.cfg.dataset, local_batch, device, True, channels_last
+            )
+        loaders.append(by_split[id(train_split)])
+    test_split = splits[jobs[0].run_dir][1]
+    test_loader = DeviceLoader(test_split, lead.dataset, lead.train.eval_batch_size, device, False, channels_last)
+    if len(jobs) == 1:
+        trainer = single_trainer(lead, models[0], rngs[0], world)
+    else:
+        from mm_repro.packing import PackedTrainer
+
+        trainer = PackedTrainer(
+            models,
+            [mix_spec(job.cfg) for job in jobs],
+            rngs,
+            LOSSES[lead.train.loss],
+            lead.dataset.num_classes,
+            lead.train.precision,
+            lambda params: optimizer_for(params, lead, device),
+            lead.train.milestones,
+            lead.train.gamma,
+        )
+    trainer.param_count = count_parameters(models[0])
+    return trainer, loaders, test_loader

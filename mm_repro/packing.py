@@ -1,0 +1,201 @@
+"""Packed training: K runs of a sweep trained at once on one device, each exactly as if alone.
+
+Horizontal fusion (HFTA, Wang et al., MLSys 2021, arXiv 2102.02344) trains the models of several jobs as one: jobs
+too small to fill an accelerator (PreActResNet-18 at batch 100) then share it. We fuse with `torch.func`: the K
+models' parameters and buffers are stacked (`stack_module_state`) and one forward is `vmap`ped over them; PyTorch's
+batching rules turn the convolutions into one grouped convolution and BatchNorm into one over K x C channels, which
+is HFTA's fused operators without rewriting the model (packing.md; our measurements and the choice: README
+"Packed sweeps").
+
+Each run keeps what makes it itself: its initial weights (its seed), its random streams (mm_repro.runtime.RunRandom:
+epoch order, crops, flips, k, lam and partners, drawn by the same calls in the same order as alone), its BatchNorm
+statistics, its own k at each step (at each mixing point i the runs with k = i mix, the others pass through
+unchanged: `torch.where` selects, so no run sees another's mixing), its own loss mean (the pack's loss is the sum of
+the runs' losses, whose gradient with respect to one run's parameters is that run's own), and its own SGD state
+(SGD is elementwise, so one SGD over stacked tensors is K SGDs). ERM runs never mix. fp16 is not packed: its grad
+scaler would skip every run's step when one run overflows.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from mm_repro import mixing
+from mm_repro.runtime import RunRandom
+from mm_repro.step import autocast, one_hot
+
+
+class MixSelectForward(nn.Module):
+    """One run's forward in a pack: at each mixing point i in `points`, mix if this run's k == i (a 0-dim tensor,
+    -1 for ERM), else pass through. The mixed value is `mixup_process`'s expression, as alone."""
+
+    def __init__(self, model: nn.Module, points: tuple[int, ...]) -> None:
+        super().__init__()
+        self.model, self.points = model, points
+
+    def forward(
+        self, x: torch.Tensor, targets: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = x
+        for i in range(self.model.num_stages + 1):
+            if i > 0:
+                h = self.model.stage(i, h)
+            if i in self.points:
+                h = torch.where(k == i, h * lam + h[index] * (1 - lam), h)
+        targets = torch.where(k >= 0, targets * lam + targets[index] * (1 - lam), targets)
+        return self.model.head(h), targets
+
+
+class PackedTrainer:
+    """K runs' models, optimizer state and LR schedule, stacked; the interface of step.SingleTrainer."""
+
+    def __init__(
+        self,
+        models: list[nn.Module],
+        specs: list[mixing.MixSpec | None],
+        rngs: list[RunRandom],
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        num_classes: int,
+        precision: str,
+        make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+        milestones: list[int],
+        gamma: float = 0.1,
+    ) -> None:
+        """Models built with each run's seed, each run's mixing method (None: ERM) and streams; the rest is shared
+        by the pack: the loss, the classes, the precision, the optimizer's settings and the LR schedule."""
+        if precision == "fp16":
+            raise ValueError("fp16 runs are not packed (one grad scaler would couple them)")
+        self.device = rngs[0].device
+        self.keys = list(models[0].state_dict())
+        self.param_names = [n for n, _ in models[0].named_parameters()]
+        self.specs, self.rngs = list(specs), list(rngs)
+        self.num_classes, self.precision = num_classes, precision
+        self.loss_fn = vmap(loss_fn)
+        self.make_optimizer, self.milestones, self.gamma = make_optimizer, milestones, gamma
+        points = tuple(sorted({k for s in self.specs if s for k in s.layers}))
+        self.net = MixSelectForward(copy.deepcopy(models[0]).to("meta"), points)
+        params, buffers = stack_module_state(models)
+        self._install(params, buffers, None)
+
+    def _install(self, params: dict, buffers: dict, momentum: list | None, scheduler_state: dict | None = None) -> None:
+        self.params = {n: params[n].detach().requires_grad_(True) for n in self.param_names}
+        self.buffers = buffers
+        self.optimizer = self.make_optimizer(list(self.params.values()))
+        if momentum is not None:
+            for p, buf in zip(self.params.values(), momentum, strict=True):
+                if buf is not None:
+                    self.optimizer.state[p]["momentum_buffer"] = buf
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, self.milestones, self.gamma)
+        if scheduler_state is not None:
+            self.scheduler.load_state_dict(scheduler_state)
+
+    @property
+    def size(self) -> int:
+        return len(self.rngs)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _forward(self, params: dict, buffers: dict, *args: torch.Tensor) -> Any:
+        state = {f"model.{n}": v for n, v in {**params, **buffers}.items()}
+        return functional_call(self.net, state, args)
+
+    def draws(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each run's k (-1: ERM), lam and partners, drawn from its own streams by the calls a lone run makes."""
+        ks, lams, index = [], [], []
+        for spec, rng in zip(self.specs, self.rngs, strict=True):
+            if spec is None:  # ERM: no draw, never mixed
+                d = mixing.MixDraw(-1, 1.0, np.arange(batch_size))
+            else:
+                d = mixing.draw(spec, batch_size, rng.python, rng.numpy)
+            ks.append(d.k)
+            lams.append(d.lam)
+            index.append(np.arange(batch_size)[::-1].copy() if d.index is None else d.index)
+        to = {"device": self.device}
+        return (
+            torch.tensor(ks, **to),
+            torch.tensor(lams, dtype=torch.float32, **to),
+            torch.from_numpy(np.stack(index)).to(**to),
+        )
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Each run's training loss (K,) for inputs (K, B, ...) and labels (K, B)."""
+        k, lam, index = self.draws(y.shape[1])
+        targets = torch.stack([one_hot(yr, self.num_classes) for yr in y])
+        with autocast(self.device, self.precision):
+            logits, mixed = vmap(self._forward)(self.params, self.buffers, x, targets, k, lam, index)
+        return self.loss_fn(logits, mixed)
+
+    def train_step(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
+        losses = self.losses(torch.stack(xs), torch.stack(ys))
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        self.optimizer.step()
+        return losses.detach()
+
+    @torch.no_grad()
+    def evaluate(self, loader: Any) -> list[tuple[float, float]]:
+        """Each run's test error (%) and NLL on the same test batches (one host sync at the end)."""
+        self.net.eval()
+        n = self.size
+        wrong = torch.zeros(n, device=self.device)
+        nll = torch.zeros(n, device=self.device, dtype=torch.float64)
+        state = {f"model.{k}": v for k, v in {**self.params, **self.buffers}.items()}
+        for x, y in loader.batches(loader.order()):
+            with autocast(self.device, self.precision):
+                logits = vmap(lambda s, x: functional_call(self.net.model, _unprefix(s), (x,)), in_dims=(0, None))(
+                    state, x
+                ).float()
+            wrong += (logits.argmax(2) != y).sum(1)
+            nll += torch.stack([nn.functional.cross_entropy(lg, y, reduction="sum") for lg in logits]).double()
+        self.net.train()
+        m = loader.num_images
+        return [(100.0 * w / m, v / m) for w, v in zip(wrong.tolist(), nll.tolist(), strict=True)]
+
+    def end_epoch(self) -> None:
+        self.scheduler.step()
+
+    def state(self, r: int) -> dict:
+        """Run r's own state, in the format of a run trained alone (step.SingleTrainer.state)."""
+        model = {k: (self.params[k] if k in self.params else self.buffers[k])[r].detach() for k in self.keys}
+        sgd = self.optimizer.state_dict()
+        sgd["state"] = {
+            i: {name: value[r] for name, value in entry.items() if name == "momentum_buffer" and value is not None}
+            for i, entry in sgd["state"].items()
+        }
+        return {"model": model, "optimizer": sgd, "scheduler": self.scheduler.state_dict(), "scaler": {}}
+
+    @torch.no_grad()
+    def load(self, r: int, state: dict) -> None:
+        """Put run r's checkpoint (written packed or alone) into its slice of the pack."""
+        for k in self.keys:
+            (self.params[k] if k in self.params else self.buffers[k])[r].copy_(state["model"][k])
+        for i, p in enumerate(self.params.values()):
+            saved = state["optimizer"]["state"].get(i, {}).get("momentum_buffer")
+            if saved is not None:
+                buf = self.optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buf[r].copy_(saved)
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def drop(self, r: int) -> None:
+        """Run r leaves the pack (it diverged); the others go on with their state untouched."""
+        keep = [i for i in range(self.size) if i != r]
+        pick = torch.tensor(keep, device=self.device)
+        params = {n: p.detach().index_select(0, pick) for n, p in self.params.items()}
+        buffers = {n: b.index_select(0, pick) for n, b in self.buffers.items()}
+        momentum = [self.optimizer.state[p].get("momentum_buffer") for p in self.params.values()]
+        momentum = [None if m is None else m.index_select(0, pick) for m in momentum]
+        del self.specs[r], self.rngs[r]
+        self._install(params, buffers, momentum, self.scheduler.state_dict())
+
+
+def _unprefix(state: dict) -> dict:
+    return {k.removeprefix("model."): v for k, v in state.items()}

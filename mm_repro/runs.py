@@ -1,0 +1,139 @@
+"""The runs a training process holds: `Job` (what to train and where) and `Run` (one run's records, random
+streams, lock and tracker, and the lines it writes), plus the epoch's progress bar."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mm_repro import distributed, records
+from mm_repro.config import TrainRunConfig
+from mm_repro.errors import RunFailed
+from mm_repro.runtime import RunRandom
+from mm_repro.tracking import NullTracker
+
+if TYPE_CHECKING:
+    from mm_repro.pack import Pack
+
+
+@dataclass
+class Job:
+    """One run to train: its checked config, run directory, resolved config, W&B group, what Hydra composed (for
+    `.hydra/`), and the logger its lines go to (train.log)."""
+
+    cfg: TrainRunConfig
+    run_dir: Path
+    config: dict
+    group: str | None = None
+    hydra_files: dict[str, Any] = field(default_factory=dict)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("mm_repro.train"))
+
+
+@dataclass
+class Run:
+    job: Job
+    rng: RunRandom
+    world: distributed.World
+    params: int = 0
+    tracker: Any = field(default_factory=NullTracker)
+    lock: records.RunLock | None = None
+    metrics: list = field(default_factory=list)
+    wall_base: float = 0.0  # wall seconds of earlier sessions (from the checkpoint)
+    saved: dict | None = None  # the checkpoint resumed from
+    order: torch.Tensor | None = None
+    outcome: dict | RunFailed | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.job.run_dir
+
+    def say(self, message: str) -> None:
+        if self.world.is_main:
+            self.job.logger.info(message)
+
+    def banner(self, pack: Pack) -> str:
+        c = self.job.cfg
+        return (
+            f"{c.dataset.name} {c.model.name} (width {c.model.width}, {self.params:,} params) {c.method.name} "
+            f"alpha={c.method.alpha} layers={list(c.method.layers)} seed={c.seed} | {pack.train_images:,} train / "
+            f"{pack.test_loader.num_images:,} test images | {pack.device} x {self.world.size} process(es)"
+            f"{f', packed with {pack.trainer.size - 1} other run(s)' if pack.trainer.size > 1 else ''} | {self.run_dir}"
+        )
+
+    def record_epoch(self, row: dict) -> None:
+        self.metrics.append(row)
+        if self.world.is_main:
+            records.write_metrics(self.run_dir / records.METRICS, self.metrics)
+        self.tracker.log(row, step=row["epoch"])
+
+    def log_epoch(self, epoch: int, epochs: int) -> None:
+        row = self.metrics[-1]
+        left = (epochs - epoch) * sum(r["seconds"] for r in self.metrics) / len(self.metrics)
+        self.say(
+            f"{epoch:>7d} {row['lr']:>9.5f} {row['train_loss']:>11.5f} {row['test_error']:>9.2f} "
+            f"{row['test_nll']:>9.4f} {row['train_images_per_second']:>9.0f} {_hms(left):>10}"
+        )
+
+    def diverged_message(self, row: dict) -> str:
+        values = ", ".join(f"{k} {row[k]}" for k in ("train_loss", "test_error", "test_nll"))
+        return (
+            f"run {self.run_dir} diverged in epoch {row['epoch']} ({values}); stopped, and its last good checkpoint "
+            f"was kept (failure.json says so); lower train.lr, or start over with train.resume=false"
+        )
+
+    def finish(self, pack: Pack) -> dict:
+        result = records.make_result(
+            self.job.cfg, self.metrics, self.params, self.wall_base + pack.elapsed(), pack.device
+        )
+        if self.world.is_main:
+            records.write_json(self.run_dir / records.RESULT, result)
+        self.tracker.summary(result)
+        self.say(
+            f"final test error {result['final']['test_error']:.2f}% (NLL {result['final']['test_nll']:.4f}); best "
+            f"{result['best']['test_error']:.2f}% at epoch {result['best']['epoch']} | {self.run_dir / records.RESULT}"
+        )
+        return result
+
+
+def _hms(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def resume_point(saved: dict | None) -> tuple[int, int]:
+    """(epoch, step) a checkpoint resumes at; (0, 0) without one."""
+    if not saved:
+        return 0, 0
+    return saved["epoch"], (saved["position"] or {}).get("step", 0)
+
+
+def progress_bar(total: int, enabled: bool) -> Any:
+    """A one-line progress bar within the epoch, only when stderr is a terminal (no host sync: counts only)."""
+    return _Progress(total) if enabled and sys.stderr.isatty() else _NoProgress()
+
+
+class _NoProgress:
+    def update(self, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Progress(_NoProgress):
+    def __init__(self, total: int) -> None:
+        self.total = total
+
+    def update(self, step: int) -> None:
+        if step % 10 == 0 or step == self.total:
+            done = int(30 * step / self.total)
+            sys.stderr.write(f"\r  [{'#' * done}{'.' * (30 - done)}] {step}/{self.total}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\r" + " " * 60 + "\r")

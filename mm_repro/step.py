@@ -1,0 +1,208 @@
+"""One training step and one evaluation, built from what they use: the model, the optimizer, the loss, the mixing
+method (alpha, eligible layers, pairing) and the precision; nothing here reads a run's whole config.
+
+The step is the official one (paper.md 2): draw k, lam and the pairing (mm_repro.mixing), forward to point k, mix
+hidden states and one-hot targets, forward from k, loss in fp32 on the soft targets, backward, SGD. The optimizer is
+the official `SGD(lr, momentum, weight_decay, nesterov)` over every parameter, BN included; `fused` runs its update
+as one kernel (the same arithmetic to float32 rounding, tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mm_repro import mixing
+from mm_repro.runtime import RunRandom
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class MixedForward(nn.Module):
+    """The model's forward with mixing at point k, as one module call, so that DDP and torch.compile see one graph.
+
+    `lam` is a 0-dim tensor, never a Python float, so a compiled graph is not recompiled for every lam; k is a
+    Python int, so there is at most one graph per mixing point (performance.md 4). `lam=None` mixes nothing (ERM);
+    `index=None` pairs each example with the reversed batch (`pairing=flip`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor,
+        k: int = 0,
+        lam: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if lam is None:
+            return self.model(x), targets
+        h, targets = mixing.mix(self.model.forward_until(x, k), targets, lam, index)
+        return self.model.forward_from(h, k), targets
+
+
+def build_optimizer(
+    params: Any, lr: float, momentum: float, weight_decay: float, nesterov: bool, fused: bool
+) -> torch.optim.SGD:
+    """The official SGD over `params`; fused: one kernel for the update."""
+    return torch.optim.SGD(
+        params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, fused=fused or None
+    )  # fused=None, not False: torch then picks its foreach path
+
+
+def compile_module(module: nn.Module, points: int, mode: str | None = None, backend: str | Any = "inductor"):
+    """torch.compile with static shapes: one graph per (mixing point, batch size), never one per lam.
+
+    An epoch's last batch may be smaller than the others (the official loader keeps it), so each mixing point can
+    need two graphs; dynamo's recompile limit (8 by default) is raised to cover them rather than falling back to
+    eager for the later ones. A sweep in one process resets dynamo between jobs (train.py), so the limit is per job."""
+    dynamo_config = torch._dynamo.config
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 2 * max(points, 1))
+    return torch.compile(module, mode=None if mode == "default" else mode, backend=backend, dynamic=False)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast, or nothing for fp32."""
+    dtype = AUTOCAST_DTYPES.get(precision)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """float one-hot targets; scatter_ rather than F.one_hot, which waits for the GPU to check its input."""
+    return torch.zeros(len(y), num_classes, device=y.device).scatter_(1, y[:, None], 1.0)
+
+
+def index_on(index: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
+    """The numpy permutation on the device without a host sync (pinned, non-blocking on CUDA)."""
+    if index is None:
+        return None
+    t = torch.from_numpy(index)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
+class TrainStep:
+    """One training step of one run: mixing draw, mixed forward, loss in fp32, backward, optimizer step."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        num_classes: int,
+        spec: mixing.MixSpec | None,
+        precision: str,
+        rng: RunRandom,
+    ) -> None:
+        """`net` is a MixedForward (possibly wrapped by DDP or torch.compile); `spec=None` is ERM."""
+        self.net, self.optimizer, self.loss_fn = net, optimizer, loss_fn
+        self.num_classes, self.spec, self.precision, self.rng = num_classes, spec, precision, rng
+        self.scaler = torch.amp.GradScaler(rng.device.type, enabled=precision == "fp16")
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, layers: tuple[int, ...] | None = None) -> torch.Tensor:
+        """The training loss of one batch (mixed unless ERM); `layers` restricts k (bench warms up each point)."""
+        targets = one_hot(y, self.num_classes)
+        with autocast(x.device, self.precision):
+            if self.spec is None:
+                logits, targets = self.net(x, targets)
+            else:
+                spec = self.spec if layers is None else mixing.MixSpec(self.spec.alpha, layers, self.spec.pairing)
+                d = mixing.draw(spec, len(y), self.rng.python, self.rng.numpy)
+                lam = torch.full((), d.lam, dtype=torch.float32, device=x.device)
+                logits, targets = self.net(x, targets, d.k, lam, index_on(d.index, x.device))
+        return self.loss_fn(logits, targets)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, layers: tuple[int, ...] | None = None) -> torch.Tensor:
+        """One SGD step; returns the batch's loss (a detached device tensor: no host sync)."""
+        loss = self.loss(x, y, layers)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+
+class Evaluator:
+    """Test error (%) and test NLL (mean cross-entropy) of a model, in the run's precision and memory format
+    (the loader's), compiled when the run is; one host sync at the end."""
+
+    def __init__(self, model: nn.Module, precision: str, compiled: Callable[[nn.Module], Any] | None = None) -> None:
+        self.model, self.precision = model, precision
+        self.forward = compiled(model) if compiled else model
+
+    @torch.no_grad()
+    def __call__(self, loader: Any) -> tuple[float, float]:
+        self.model.eval()
+        device = loader.labels.device
+        wrong = torch.zeros((), device=device)
+        nll = torch.zeros((), device=device, dtype=torch.float64)
+        for x, y in loader.batches(loader.order()):
+            with autocast(device, self.precision):
+                logits = self.forward(x).float()
+            wrong += (logits.argmax(1) != y).sum()
+            nll += F.cross_entropy(logits, y, reduction="sum").double()
+        self.model.train()
+        n = loader.num_images
+        return 100.0 * wrong.item() / n, nll.item() / n
+
+
+class SingleTrainer:
+    """One run's model, optimizer, LR schedule, step and evaluation, behind the interface the training loop uses
+    for a pack of runs (mm_repro.packing.PackedTrainer): a pack of one."""
+
+    size = 1
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        step: TrainStep,
+        evaluator: Evaluator,
+    ) -> None:
+        self.model, self.optimizer, self.scheduler, self.step, self.evaluator = (
+            model,
+            optimizer,
+            scheduler,
+            step,
+            evaluator,
+        )
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def train_step(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
+        """One step; the loss as a device tensor of shape (1,)."""
+        return self.step.step(xs[0], ys[0])[None]
+
+    def evaluate(self, loader: Any) -> list[tuple[float, float]]:
+        return [self.evaluator(loader)]
+
+    def end_epoch(self) -> None:
+        self.scheduler.step()
+
+    def state(self, r: int) -> dict:
+        """The run's model, optimizer, schedule and grad-scaler state (live tensors: copy before keeping)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.step.scaler.state_dict(),
+        }
+
+    def load(self, r: int, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step.scaler.load_state_dict(state["scaler"])
+
+    def drop(self, r: int) -> None:
+        """A diverged run leaves the pack; a pack of one simply ends."""

@@ -1,0 +1,133 @@
+"""What a training job needs from Hydra, and how a sweep's failed jobs are reported, whatever the launcher.
+
+`job_from_hydra` turns a composed config into a `Job`: checked, its experiment name taken from Hydra's runtime
+choice (never typed by hand), and the files Hydra would have written into `.hydra/` (train.yaml turns Hydra's own
+writing off, so that a refused start leaves an existing run directory untouched; jobs.py writes them once the run is
+taken over).
+
+A failed job (bad input, a crash, a diverged run) writes its one-line error into its own train.log and, when its run
+directory holds no other run, a failure record there (failure.json), which `tables` lists. Jobs may run in other
+processes (joblib) or on other machines (SLURM), so each also drops a note into `<sweep dir>/.failures/<id>/`, a
+directory the parent process opens at the sweep's start (`FailureReport.on_multirun_start`, passed on through the
+environment) and reads at its end; the parent then prints every failed job and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mm_repro import records
+from mm_repro.config import validate_train
+from mm_repro.errors import RunFailed, UserError
+
+FAILURES_ENV = "MM_REPRO_SWEEP_FAILURES"
+FAILED_JOBS: list[tuple[str, int]] = []  # (line, exit code) of the jobs that failed, reported by cli.main
+
+
+def exit_code_of(exc: BaseException) -> int:
+    return getattr(exc, "exit_code", 2 if type(exc).__module__.startswith("omegaconf") else 1)
+
+
+def one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines) if lines else ""
+    if not isinstance(exc, UserError | RunFailed) and not type(exc).__module__.startswith("omegaconf"):
+        text = f"{type(exc).__name__}: {text}".rstrip(": ")
+    return text.replace("\t", " ")
+
+
+def job_from_hydra(task_cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, group: str | None) -> Any:
+    """The Job a composed config describes (validated; experiment from Hydra's choices; `.hydra/` files)."""
+    from mm_repro.runs import Job
+
+    task_cfg = OmegaConf.create(OmegaConf.to_container(task_cfg))
+    with open_dict(task_cfg):
+        task_cfg.experiment = hydra_cfg.hydra.runtime.choices.get("experiment")
+    cfg = validate_train(task_cfg)
+    hydra_files = {
+        "config.yaml": task_cfg,
+        "hydra.yaml": hydra_cfg,
+        "overrides.yaml": OmegaConf.create(list(hydra_cfg.hydra.overrides.task)),
+    }
+    config = OmegaConf.to_container(task_cfg, resolve=True)
+    return Job(cfg, Path(run_dir), config, group, hydra_files)
+
+
+def sweep_group(sweep_dir: str) -> str:
+    """The W&B group of a sweep's jobs: the sweep's overrides, which Hydra writes to multirun.yaml before it launches
+    any job (each job's own overrides differ, so they can't name the group)."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.exists():
+        return "sweep"
+    return " ".join(OmegaConf.load(path).hydra.overrides.task)[:120] or "sweep"
+
+
+def _append_to_log(run_dir: Path, text: str) -> None:
+    if run_dir.is_dir():
+        with open(run_dir / "train.log", "a") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+
+
+def _only_start_files(run_dir: Path) -> bool:
+    return run_dir.is_dir() and all(p.name in (records.LOCK, ".hydra", "train.log") for p in run_dir.iterdir())
+
+
+def _remove_empty_start(run_dir: Path) -> None:
+    """A single run that failed before training leaves no directory behind (nor the empty parents Hydra made)."""
+    if not _only_start_files(run_dir):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    parent = run_dir.resolve().parent
+    while parent != cwd and cwd in parent.parents and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+
+
+def record_failure(exc: BaseException, run_dir: Path, multirun: bool, job: str, num: int = 0) -> tuple[str, int]:
+    """Record a failed training job where it belongs; returns (one line, exit code)."""
+    message, code = one_line(exc), exit_code_of(exc)
+    in_use = records.RunLock(run_dir).holder() is not None
+    if getattr(exc, "recorded", False):  # the run's own failure.json is written; keep the traceback beside it
+        _append_to_log(run_dir, "".join(traceback.format_exception(exc)))
+    elif not in_use and not records.holds_a_run(run_dir):
+        if multirun:
+            _append_to_log(run_dir, f"error: {message}")
+            records.write_failure(run_dir, "failed", message, exit_code=code)
+        else:
+            _remove_empty_start(run_dir)
+    if multirun and os.environ.get(FAILURES_ENV):
+        note = Path(os.environ[FAILURES_ENV]) / f"{uuid.uuid4().hex}.json"
+        records.write_json(note, {"num": num, "job": job, "message": message, "exit_code": code})
+    elif not multirun:
+        FAILED_JOBS.append((message, code))
+    return message, code
+
+
+class FailureReport(Callback):
+    """Hydra callback (conf/train.yaml): opens the sweep's failure notes at its start, reports them at its end."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        path = Path(str(config.hydra.sweep.dir)) / ".failures" / uuid.uuid4().hex
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ[FAILURES_ENV] = str(path.resolve())
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        path = Path(os.environ.pop(FAILURES_ENV, ""))
+        if not path.name or not path.is_dir():
+            return
+        notes = [json.loads(p.read_text()) for p in path.glob("*.json")]
+        for note in sorted(notes, key=lambda n: n["num"]):
+            FAILED_JOBS.append((f"{note['job']}: {note['message']}", note["exit_code"]))
+        shutil.rmtree(path, ignore_errors=True)
+        if path.parent.is_dir() and not any(path.parent.iterdir()):
+            path.parent.rmdir()

@@ -1,0 +1,107 @@
+"""How fast: timings that wait for the device, training FLOPs per image, and the measured ceiling MFU is taken
+against (`bench`)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from mm_repro.runtime import sync
+
+
+def rate(run_once: Callable[[], int], device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    n = run_once()
+    sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def median_rates(a: Callable[[], int], b: Callable[[], int], device: torch.device, repeats: int) -> tuple[float, float]:
+    """Median images/s of a and of b, measured alternately (a, b, a, b, ...) so that drift hits both alike."""
+    rates_a, rates_b = [], []
+    for _ in range(repeats):
+        rates_a.append(rate(a, device))
+        rates_b.append(rate(b, device))
+    return statistics.median(rates_a), statistics.median(rates_b)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cycle(iterable_factory: Callable) -> Callable[[], tuple]:
+    state = {"it": iter(iterable_factory())}
+
+    def next_batch() -> tuple:
+        try:
+            return next(state["it"])
+        except StopIteration:
+            state["it"] = iter(iterable_factory())
+            return next(state["it"])
+
+    return next_batch
+
+
+def train_flops_per_image(model: nn.Module, device: torch.device) -> float:
+    """3 x the forward FLOPs (2 x MACs) of the convolutions and linear layers for one 32x32 image."""
+    macs = 0
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal macs
+        if isinstance(module, nn.Conv2d):
+            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            macs += output.numel() * k
+        else:
+            macs += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32, device=device))
+    model.train(was_training)
+    for h in handles:
+        h.remove()
+    return 3 * 2 * macs
+
+
+def measured_peak_flops(device: torch.device, dtype: torch.dtype, tf32: bool = False) -> float:
+    """FLOP/s of a large dense matmul in `dtype` (with TF32 math if asked) on `device`."""
+    n = 8192 if device.type == "cuda" else 1536
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        for _ in range(2):
+            a @ b
+        reps = 20 if device.type == "cuda" else 3
+        elapsed = timed(lambda: [a @ b for _ in range(reps)], device, 1)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    return 2 * n**3 * reps / elapsed
+
+
+def peak_for(device: torch.device, precision: str) -> tuple[float, str]:
+    """The ceiling MFU is measured against, and its math mode. fp32 convolutions on CUDA run in TF32 when cuDNN
+    allows it (PyTorch's default), so the fp32 ceiling is then TF32's; a CPU without native bf16 runs bf16 slower
+    than fp32, so the faster of fp32 and the run's dtype is taken (else MFU could read over 100 %)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
+    peaks = {"tf32" if tf32 else "float32": measured_peak_flops(device, torch.float32, tf32)}
+    if dtype != torch.float32:
+        peaks[str(dtype).removeprefix("torch.")] = measured_peak_flops(device, dtype)
+    mode = max(peaks, key=peaks.__getitem__)
+    return peaks[mode], mode
