@@ -48,7 +48,7 @@ def build_model(cfg: TrainRunConfig, device: torch.device) -> nn.Module:
     model = init_model(
         lambda: build(c.model.name, c.dataset.num_classes, width=c.model.width, bn_init=c.model.bn_init), c.seed
     )
-    channels_last = uses_channels_last(c.train.channels_last, device)
+    channels_last = uses_channels_last(c.train.channels_last, device, model)
     refuse_onednn_bug(
         model, c.model.width, device, channels_last, c.train.compile and c.train.compile_backend == "inductor"
     )
@@ -99,9 +99,9 @@ def build_trainer(
     """The trainer, each run's train loader and the shared test loader for `jobs`."""
     splits = load_splits(jobs)
     lead = jobs[0].cfg
-    channels_last = uses_channels_last(lead.train.channels_last, device)
     local_batch = lead.train.batch_size // world.size
     models = [build_model(job.cfg, device) for job in jobs]
+    channels_last = models[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)  # the layout chosen
     by_split: dict[int, DeviceLoader] = {}
     loaders = []
     for job in jobs:

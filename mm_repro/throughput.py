@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mm_repro.runtime import sync
@@ -21,16 +22,22 @@ def rate(run_once: Callable[[], int], device: torch.device) -> float:
     return n / (time.perf_counter() - start)
 
 
-def median_rates(a: Callable[[], int], b: Callable[[], int], device: torch.device, repeats: int) -> tuple[float, float]:
-    """Median images/s of a and of b, measured alternately (a, b, a, b, ...) so that drift hits both alike."""
+def median_rates(
+    a: Callable[[], int], b: Callable[[], int], device: torch.device, repeats: int, settle: float = 0.0
+) -> tuple[float, float]:
+    """Median images/s of a and of b, measured alternately (a, b, a, b, ...) so that drift hits both alike. `settle`
+    seconds pass before each timing of a: b's DataLoader workers go on prefetching after b's pass, and on a small
+    machine they would compete with a (docs/benchmarks.md)."""
     rates_a, rates_b = [], []
     for _ in range(repeats):
+        time.sleep(settle)
         rates_a.append(rate(a, device))
         rates_b.append(rate(b, device))
     return statistics.median(rates_a), statistics.median(rates_b)
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+def timed(fn: Callable[[], object], device: torch.device, repeats: int, best: bool = False) -> float:
+    """Seconds `fn` takes, waiting for the device: the median over `repeats` (the fastest with `best`)."""
     times = []
     for _ in range(repeats):
         sync(device)
@@ -38,7 +45,7 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
         fn()
         sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times) if best else statistics.median(times)
 
 
 def cycle(iterable_factory: Callable) -> Callable[[], tuple]:
@@ -78,20 +85,32 @@ def train_flops_per_image(model: nn.Module, device: torch.device) -> float:
 
 
 def measured_peak_flops(device: torch.device, dtype: torch.dtype, tf32: bool = False) -> float:
-    """FLOP/s of a large dense matmul in `dtype` (with TF32 math if asked) on `device`."""
-    n = 8192 if device.type == "cuda" else 1536
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = tf32
+    """The best FLOP/s of the device's fastest dense kernels in `dtype` (TF32 math if asked): large matmuls and a
+    large 3x3 convolution in both layouts, three timings each, the fastest kept. On a CPU both vary with size and with
+    what else the machine runs, and oneDNN's convolutions can outrun MKL's matmul (here 0.17 against 0.10-0.18
+    TFLOP/s), so a matmul alone is no ceiling: MFU against it read 120 %."""
+    cuda = device.type == "cuda"
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    kernels = []
+    for n in (8192,) if cuda else (1024, 2048, 4096):
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        kernels.append((lambda a=a, b=b: a @ b, 2 * n**3))
+    batch = 512 if cuda else 64
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(batch, 256, 16, 16, device=device, dtype=dtype).contiguous(memory_format=layout)
+        w = torch.randn(256, 256, 3, 3, device=device, dtype=dtype).contiguous(memory_format=layout)
+        kernels.append((lambda x=x, w=w: F.conv2d(x, w, padding=1), 2 * batch * 16 * 16 * 256 * 256 * 9))
+    best = 0.0
     try:
-        for _ in range(2):
-            a @ b
-        reps = 20 if device.type == "cuda" else 3
-        elapsed = timed(lambda: [a @ b for _ in range(reps)], device, 1)
+        for kernel, flops in kernels:
+            kernel()  # warm-up
+            reps = 20 if cuda else 1
+            seconds = timed(lambda kernel=kernel, reps=reps: [kernel() for _ in range(reps)], device, 3, best=True)
+            best = max(best, flops * reps / seconds)
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
-    return 2 * n**3 * reps / elapsed
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+    return best
 
 
 def peak_for(device: torch.device, precision: str) -> tuple[float, str]:

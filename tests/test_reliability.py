@@ -136,13 +136,18 @@ def test_slurm_launcher_composes(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (
+        pytest.param(
             ["dataset=imagenet"],
             "dataset='imagenet' is not an option; choose one of: cifar10, cifar100, svhn, synthetic",
+            marks=pytest.mark.slow,
         ),
         (["method=cutmix"], "method='cutmix' is not an option; choose one of: erm, manifold, mixup"),
-        (["dataset=synthetic", "method.layers=[7]"], "has no mixing point 7"),
-        (["dataset=synthetic", "train.batch_size=1"], "train.batch_size=1: mixing needs at least 2"),
+        pytest.param(["dataset=synthetic", "method.layers=[7]"], "has no mixing point 7", marks=pytest.mark.slow),
+        pytest.param(
+            ["dataset=synthetic", "train.batch_size=1"],
+            "train.batch_size=1: mixing needs at least 2",
+            marks=pytest.mark.slow,
+        ),
         (
             ["dataset=synthetic", "model.width=4", "train.channels_last=true", "device=cpu"],
             "model.width=4 with train.channels_last or train.compile on the CPU: a strided 1x1 convolution with 4",

@@ -165,7 +165,7 @@ def test_wall_seconds_is_the_runs_real_time(tmp_path):
 
 def test_bench_reports_ours_over_official_not_the_other_way_round(monkeypatch):
     rates = iter([(300.0, 100.0), (5000.0, 500.0)])  # (ours, official): the steps, then the data pipelines
-    monkeypatch.setattr(bench, "median_rates", lambda *args: next(rates))
+    monkeypatch.setattr(bench, "median_rates", lambda *args, **kwargs: next(rates))
     cfg = bench.BenchConfig(
         model=ModelConfig(width=4),
         method=MethodConfig(name="erm"),

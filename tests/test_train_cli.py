@@ -18,6 +18,7 @@ import torch
 from tests.conftest import run_cli, train_args
 
 CKPT = "checkpoints/last.pt"
+SLOW = pytest.mark.slow  # also checked in process by test_config; here once more through the CLI
 TIMING = {"seconds", "train_images_per_second", "wall_seconds"}
 
 
@@ -215,9 +216,11 @@ def test_wandb_offline_run_writes_its_files_into_the_run_directory(cifar10_root,
         (["train", "model=resnet9"], "model='resnet9' is not an option; choose one of: preactresnet101"),
         (["train", "method.alpha=0", "dataset=synthetic"], "method.alpha=0.0 must be a finite number > 0"),
         (["train", "dataset=cifar10", "dataset.download=false", "dataset.root=nodata"], "missing cifar-10-batches-py"),
-        (["train", "train.epochs=abc"], "config key train.epochs"),
-        (["train", "dataset=synthetic", "train.lr=nan"], "train.lr=nan must be a finite number > 0"),
-        (["train", "dataset=synthetic", "train.epochs=5"], "milestone 500 is outside 1..4"),
+        pytest.param(["train", "train.epochs=abc"], "config key train.epochs", marks=pytest.mark.slow),
+        pytest.param(
+            ["train", "dataset=synthetic", "train.lr=nan"], "train.lr=nan must be a finite number > 0", marks=SLOW
+        ),
+        pytest.param(["train", "dataset=synthetic", "train.epochs=5"], "milestone 500 is outside 1..4", marks=SLOW),
     ],
 )
 def test_bad_input_is_one_line_a_non_zero_exit_and_leaves_no_directory(tmp_path, args, message):
