@@ -247,10 +247,16 @@ def _plot_spectra(flat: dict, path: Path) -> str:
     handles, labels = axes[0][0].get_legend_handles_labels()
     shown = min(len(labels), 20)  # CIFAR-100 has 100 classes: name the first 20
     extra = f" (first {shown} of {len(labels)})" if shown < len(labels) else ""
-    fig.legend(handles[:shown], labels[:shown], loc="center right", fontsize=6, title=f"classes{extra}")
-    fig.tight_layout(rect=(0, 0, 0.88, 1))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.legend(
+        handles[:shown],
+        labels[:shown],
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        fontsize=6,
+        title=f"classes{extra}",
+    )
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend sits outside the axes
     plt.close(fig)
     return path.name
 
