@@ -71,6 +71,7 @@ class Pack:
             position = r.saved["position"] if r.saved else None
             if position:
                 r.order = position["order"].to(self.device)
+                r.share = self._share(r.order)
                 self.loss_sums[i] = position["loss_sum"].to(self.device)
                 self.seen = position["seen"]
             r.metrics = list(r.saved["metrics"]) if r.saved else []
@@ -80,15 +81,19 @@ class Pack:
         if self.step == 0:
             for r in self.active:
                 r.order = distributed.broadcast(self.loaders[id(r)].order(r.rng.torch), self.world)
+                r.share = self._share(r.order)
             self.loss_sums.zero_()
             self.seen, self.train_seconds = 0, 0.0
         self.resumed_seen = self.seen
 
+    def _share(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's interleaved part of an epoch order (all of it without DDP)."""
+        return order[self.world.rank :: self.world.size][: len(order) // self.world.size]
+
     def batch(self, i: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         xs, ys = [], []
         for r in self.active:
-            share = r.order[self.world.rank :: self.world.size][: len(r.order) // self.world.size]
-            x, y = self.loaders[id(r)].batch(share, i, r.rng.torch)
+            x, y = self.loaders[id(r)].batch(r.share, i, r.rng.torch)
             xs.append(x)
             ys.append(y)
         return xs, ys
@@ -186,6 +191,8 @@ def _take_over(run: Run) -> None:
         archived = records.archive(run_dir, earlier)
         if archived:
             run.say(f"earlier records moved to {archived}")
+        if run.saved:  # epochs recorded after the checkpoint belong to the stopped session: drop them
+            records.write_metrics(run_dir / records.METRICS, run.saved["metrics"])
         for name, node in job.hydra_files.items():
             (run_dir / ".hydra").mkdir(exist_ok=True)
             OmegaConf.save(node, run_dir / ".hydra" / name)
@@ -216,7 +223,7 @@ def open_runs(jobs: list[Job], world: distributed.World, device: torch.device, s
     except Exception as exc:
         if not isinstance(exc, UserError) and world.is_main:
             for run in pack.active:
-                if run.lock and run.lock.fd is not None:
+                if run.lock and run.lock.signed:  # only runs this process took over
                     records.write_failure(run.run_dir, "failed", f"{type(exc).__name__}: {exc}", pack.epoch)
             exc.recorded = True  # type: ignore[attr-defined]
         raise

@@ -31,7 +31,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from omegaconf import OmegaConf, open_dict, read_write
 
 from mm_repro import records
-from mm_repro.errors import RunFailed, UserError
+from mm_repro.errors import UserError
 from mm_repro.runs import Job, resume_point
 from mm_repro.sweeps import job_from_hydra, record_failure, sweep_group
 
@@ -195,7 +195,7 @@ class PackedLaunch:
 
     def _report(self, num: int, sweep_config: Any, job: Job, outcome: Any) -> JobReturn:
         overrides = list(sweep_config.hydra.overrides.task)
-        if isinstance(outcome, RunFailed | Exception) and not isinstance(outcome, dict):
+        if isinstance(outcome, Exception):  # a diverged run (RunFailed) or a crash of the pack
             label = f"job {num} ({' '.join(filter_overrides(overrides))})"
             record_failure(outcome, job.run_dir, True, label, num)
         ret = JobReturn(overrides=overrides, cfg=OmegaConf.create(job.config), hydra_cfg=sweep_config)

@@ -142,6 +142,7 @@ class RunLock:
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK
         self.fd: int | None = None
+        self.signed = False  # the run is taken over: this process's pid is in the lock file
 
     def holder(self) -> str | None:
         """The pid written by the process that holds the lock, if another process holds it."""
@@ -175,6 +176,7 @@ class RunLock:
         assert self.fd is not None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        self.signed = True
 
     def release(self) -> None:
         if self.fd is not None:

@@ -45,7 +45,8 @@ class Run:
     metrics: list = field(default_factory=list)
     wall_base: float = 0.0  # wall seconds of earlier sessions (from the checkpoint)
     saved: dict | None = None  # the checkpoint resumed from
-    order: torch.Tensor | None = None
+    order: torch.Tensor | None = None  # this epoch's order of the training images
+    share: torch.Tensor | None = None  # this rank's part of it
     outcome: dict | RunFailed | None = None
 
     @property

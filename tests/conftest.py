@@ -96,6 +96,18 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) 
     )
 
 
+def popen_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    """`python -m mm_repro <args>` started in the background (for tests that signal it), as a user runs it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "mm_repro", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "WANDB_MODE": "offline"},
+    )
+
+
 # Tiny but real: narrow nets, a few hundred images, few epochs (a test sets train.epochs, and milestones if it wants
 # a decay), a checkpoint at every epoch's end.
 TINY = [

@@ -5,11 +5,9 @@ the resumes (packed and alone), grouping, and the packed Table 1a sweep rendered
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +24,7 @@ from mm_repro.packing import PackedTrainer
 from mm_repro.runs import Job
 from mm_repro.runtime import RunRandom, init_model
 from mm_repro.step import MixedForward, SingleTrainer, TrainStep, build_optimizer
-from tests.conftest import TINY, compose_train, run_cli
+from tests.conftest import TINY, compose_train, popen_cli, run_cli
 
 CPU = torch.device("cpu")
 ERM, MIXUP, MANIFOLD = None, MixSpec(1.0, (0,)), MixSpec(2.0, (0, 1, 2))
@@ -185,14 +183,7 @@ def test_a_stopped_pack_checkpoints_every_run_and_resumes_packed_or_alone(cifar1
     assert _sweep(tmp_path, cifar10_root, "unbroken", *extra, launcher="packed").returncode == 0
     args = ["train", "-m", "dataset=cifar10", f"dataset.root={cifar10_root}", "dataset.download=false", *TINY]
     args += ["model.width=8", "hydra/launcher=packed", f"hydra.sweep.dir={tmp_path / 'stopped'}", *extra]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mm_repro", *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "WANDB_MODE": "offline"},
-    )
+    proc = popen_cli(args, tmp_path)
     logs = lambda: list((tmp_path / "stopped").rglob("train.log"))  # noqa: E731
     while proc.poll() is None and not (len(logs()) == 3 and all("test_err%" in p.read_text() for p in logs())):
         pass

@@ -5,17 +5,15 @@ offline, bad input."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import run_cli, train_args
+from tests.conftest import popen_cli, run_cli, train_args
 
 CKPT = "checkpoints/last.pt"
 SLOW = pytest.mark.slow  # also checked in process by test_config; here once more through the CLI
@@ -33,17 +31,6 @@ def _without_timing(obj):
 def _snapshot(run_dir: Path) -> dict:
     """Every file under a run directory with its bytes and modification time."""
     return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run_dir.rglob("*")) if p.is_file()}
-
-
-def _popen(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "mm_repro", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "WANDB_MODE": "offline"},
-    )
 
 
 def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
@@ -82,6 +69,12 @@ def test_three_epoch_run_on_real_format_files_writes_every_record(cifar10_root, 
     assert set(ckpt["rng_ranks"][0]) == {"python", "numpy", "torch", "device_type"}
     assert {"model", "optimizer", "scheduler", "scaler", "metrics", "config"} <= set(ckpt)
     assert "format" not in ckpt and "rng" not in ckpt  # nothing that is never read
+    # an epoch recorded after the last checkpoint (a killed session's) is dropped when the run resumes
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({**rows[-1], "epoch": 4}) + "\n")
+    again = run_cli(*train_args(cifar10_root, run_dir, "train.epochs=3", "train.milestones=[2]"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
 @pytest.mark.slow
@@ -94,7 +87,7 @@ def test_killed_run_resumes_to_the_same_weights_and_records(cifar10_root, tmp_pa
     assert run_cli(*train_args(cifar10_root, unbroken, *extra), cwd=tmp_path).returncode == 0
 
     broken = tmp_path / "broken"
-    proc = _popen(train_args(cifar10_root, broken, *extra), tmp_path)
+    proc = popen_cli(train_args(cifar10_root, broken, *extra), tmp_path)
     _wait_for(lambda: _epochs_done(broken) >= 1 and (broken / CKPT).exists(), proc, "epoch 1")
     proc.send_signal(signal.SIGTERM if path == "mid-epoch" else signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
@@ -161,7 +154,7 @@ def test_a_diverged_run_stops_with_a_record_and_keeps_its_last_good_checkpoint(c
 def test_a_second_process_on_the_same_run_directory_is_refused(cifar10_root, tmp_path):
     run_dir = tmp_path / "run"
     args = train_args(cifar10_root, run_dir, "train.epochs=1000", "train.batch_size=2")  # stopped below
-    first = _popen(args, tmp_path)
+    first = popen_cli(args, tmp_path)
     started = lambda: (run_dir / "train.log").exists() and "test_err%" in (run_dir / "train.log").read_text()  # noqa: E731
     _wait_for(started, first, "start")
     second = run_cli(*args, cwd=tmp_path)
