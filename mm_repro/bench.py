@@ -210,7 +210,6 @@ def measure_packed(cfg: BenchConfig, split: Arrays, device: torch.device, single
         10,
         cfg.precision,
         lambda params: build_optimizer(params, 0.1, 0.9, 1e-4, True, fused=device.type == "cuda"),
-        milestones=[],
     )
     loader = DeviceLoader(split, cfg.dataset, cfg.batch_size, device, True, False)
     g = torch.Generator(device=device).manual_seed(cfg.seed)

@@ -14,7 +14,7 @@ from torch import nn
 
 from mm_repro import distributed
 from mm_repro.config import TrainRunConfig
-from mm_repro.data import Arrays, DeviceLoader, load_arrays
+from mm_repro.data import Arrays, DeviceLoader, fingerprint, load_arrays
 from mm_repro.losses import LOSSES
 from mm_repro.mixing import MixSpec
 from mm_repro.models import build, count_parameters
@@ -73,7 +73,6 @@ def compiler(cfg: TrainRunConfig, points: int) -> Any:
 def single_trainer(cfg: TrainRunConfig, model: nn.Module, rng: RunRandom, world: distributed.World) -> SingleTrainer:
     device = rng.device
     optimizer = optimizer_for(model.parameters(), cfg, device)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.train.milestones, cfg.train.gamma)
     net: nn.Module = MixedForward(model)
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -90,14 +89,20 @@ def single_trainer(cfg: TrainRunConfig, model: nn.Module, rng: RunRandom, world:
         cfg.train.precision,
         rng,
     )
-    return SingleTrainer(model, optimizer, scheduler, step, Evaluator(model, cfg.train.precision, compiler(cfg, 1)))
+    return SingleTrainer(model, optimizer, step, Evaluator(model, cfg.train.precision, compiler(cfg, 1)))
 
 
 def build_trainer(
     jobs: list[Any], rngs: list[RunRandom], world: distributed.World, device: torch.device
-) -> tuple[Any, list[DeviceLoader], DeviceLoader]:
-    """The trainer, each run's train loader and the shared test loader for `jobs`."""
+) -> tuple[Any, list[DeviceLoader], DeviceLoader, list[dict]]:
+    """The trainer, each run's train loader, the shared test loader, and each run's data fingerprints."""
     splits = load_splits(jobs)
+    prints: dict[int, str] = {}
+    for train, test in splits.values():
+        for split in (train, test):
+            if id(split) not in prints:
+                prints[id(split)] = fingerprint(split)
+    data = [{"train": prints[id(splits[j.run_dir][0])], "test": prints[id(splits[j.run_dir][1])]} for j in jobs]
     lead = jobs[0].cfg
     local_batch = lead.train.batch_size // world.size
     models = [build_model(job.cfg, device) for job in jobs]
@@ -126,8 +131,6 @@ def build_trainer(
             lead.dataset.num_classes,
             lead.train.precision,
             lambda params: optimizer_for(params, lead, device),
-            lead.train.milestones,
-            lead.train.gamma,
         )
     trainer.param_count = count_parameters(models[0])
-    return trainer, loaders, test_loader
+    return trainer, loaders, test_loader, data

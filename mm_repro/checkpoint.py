@@ -21,29 +21,16 @@ from typing import Any
 import torch
 
 from mm_repro import records
-from mm_repro.config import RESUME_FREE_KEYS
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        out.update(_flatten(value, f"{prefix}{key}."))
-    return out if d else {prefix: d}
 
 
 def config_changes(saved: dict, new: dict) -> list[tuple[str, Any, Any]]:
     """(key, old, new) for every key that differs between two resolved configs, except RESUME_FREE_KEYS."""
-    a, b = _flatten(saved), _flatten(new)
-    changes = []
-    for key in sorted(set(a) | set(b)):
-        name = key.rstrip(".")
-        if any(name == free or name.startswith(free + ".") for free in RESUME_FREE_KEYS):
-            continue
-        if a.get(key, "<unset>") != b.get(key, "<unset>"):
-            changes.append((name, a.get(key, "<unset>"), b.get(key, "<unset>")))
-    return changes
+    a, b = records.flatten(saved), records.flatten(new)
+    return [
+        (key, a.get(key, "<unset>"), b.get(key, "<unset>"))
+        for key in sorted(set(a) | set(b))
+        if not records.is_free(key) and a.get(key, "<unset>") != b.get(key, "<unset>")
+    ]
 
 
 def describe_changes(run_dir: Path, changes: list[tuple[str, Any, Any]]) -> str:
@@ -72,6 +59,7 @@ class CheckpointWriter:
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.digests: dict[Path, str] = {}  # the checksum of the last checkpoint written to each path
 
     def write(self, files: list[tuple[Path, dict]]) -> None:
         """Write each (path, state) in the background, states already in host memory (`to_host`)."""
@@ -80,7 +68,7 @@ class CheckpointWriter:
         def work() -> None:
             try:
                 for path, host_state in files:
-                    records.save_checkpoint(path, host_state)
+                    self.digests[path] = records.save_checkpoint(path, host_state)
             except BaseException as exc:  # re-raised on the training thread by wait()
                 self._error = exc
 

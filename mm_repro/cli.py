@@ -35,6 +35,15 @@ def _train_task(cfg) -> None:  # noqa: ANN001 (a DictConfig; typed at validation
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode.name == "MULTIRUN"
+    sweep = dict(hydra_cfg.sweeper.get("params") or {})
+    if sweep and not multirun:  # without -m Hydra would train one cell of the table under the table's name
+        from mm_repro.errors import UserError
+
+        experiment = hydra_cfg.runtime.choices.get("experiment")
+        raise UserError(
+            f"experiment={experiment} is a sweep ({', '.join(f'{k}: {v}' for k, v in sweep.items())}); run it with "
+            f"-m: python -m mm_repro train -m experiment={experiment}"
+        )
     group = sweep_group(hydra_cfg.sweep.dir) if multirun else None
     job = job_from_hydra(cfg, HydraConfig.instance().cfg, Path(hydra_cfg.runtime.output_dir), group)
     train.run(job.cfg, job.run_dir, job.config, job.group, hydra_cfg.job.num if multirun else None, job.hydra_files)
@@ -47,7 +56,8 @@ def _tables_task(cfg) -> None:  # noqa: ANN001
 
     tcfg: TablesConfig = to_schema(cfg, TablesConfig)
     out = Path(tcfg.out)
-    made = make_tables([Path(p) for p in as_list(tcfg.runs)], out, as_list(tcfg.tables) or None, tcfg.figures)
+    paths = [Path(p) for p in as_list(tcfg.runs)]
+    made = make_tables(paths, out, as_list(tcfg.tables) or None, tcfg.figures, tcfg.include_chance)
     for markdown, _ in made["tables"].values():
         print(markdown)
     print(f"{made['scan'].summary()}; tables written to {out}/")

@@ -26,6 +26,8 @@ PAIRINGS = ("permutation", "flip")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+LOGGER_MODES = ("offline", "online", "disabled")  # W&B's modes (wandb.init(mode=...))
+SEED_LIMIT = 2**32  # numpy's RandomState takes seeds in 0..2^32-1; a DDP rank uses seed + rank
 
 # Keys that change where or how fast a run trains, not its numbers (beyond floating-point rounding): they stay out of
 # the run directory's name (conf/train.yaml repeats them, tested), and a run may resume with other values for them.
@@ -119,7 +121,7 @@ class TrainConfig:
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     compile_backend: str = "inductor"  # torch.compile backend; aot_eager / eager help debug a compile problem
-    channels_last: bool | None = None  # null: on CUDA only
+    channels_last: bool | None = None  # null: wherever it is safe (CUDA, and the CPU unless oneDNN bug #6035 bites)
     fused: bool | None = None  # fused SGD (one kernel for the update); null: on CUDA only
     checkpoint_seconds: float = 300.0  # a checkpoint at an epoch's end once this much wall time has passed
     checkpoint_every: int | None = None  # also every N epochs, if set
@@ -200,6 +202,8 @@ def _check_schedule(t: TrainConfig) -> None:
     _check_number("train.momentum", t.momentum, 0.0, strict=False)
     _check_number("train.weight_decay", t.weight_decay, 0.0, strict=False)
     _check_number("train.checkpoint_seconds", t.checkpoint_seconds, 0.0, strict=False)
+    if t.nesterov and t.momentum == 0:
+        raise UserError("train.nesterov=true needs train.momentum > 0 (got 0); set a momentum or train.nesterov=false")
     outside = [m for m in t.milestones if not 0 < m < t.epochs]
     if outside:
         raise UserError(
@@ -221,6 +225,9 @@ def validate_train(cfg: DictConfig | dict) -> TrainRunConfig:
     choose("method.pairing", run.method.pairing, PAIRINGS)
     choose("device", run.device, DEVICES)
     choose("train.compile_mode", run.train.compile_mode, COMPILE_MODES)
+    choose("logger.mode", run.logger.mode, LOGGER_MODES)
+    if not 0 <= run.seed < SEED_LIMIT - 64:
+        raise UserError(f"seed={run.seed} is out of range; a seed must lie in 0..{SEED_LIMIT - 65}")
     if run.method.name != "erm":
         _check_mixing(run)
     for key, value in (
@@ -229,6 +236,12 @@ def validate_train(cfg: DictConfig | dict) -> TrainRunConfig:
         ("train.eval_batch_size", run.train.eval_batch_size),
         ("model.width", run.model.width),
         ("train.checkpoint_every", 1 if run.train.checkpoint_every is None else run.train.checkpoint_every),
+        ("dataset.per_class_cap", 1 if run.dataset.per_class_cap is None else run.dataset.per_class_cap),
+        *(
+            (f"dataset.{k}", getattr(run.dataset, k))
+            for k in ("train_size", "test_size")
+            if run.dataset.name == "synthetic"
+        ),
     ):
         if value < 1:
             raise UserError(f"{key}={value} must be >= 1")
@@ -242,6 +255,7 @@ class TablesConfig:
     out: str = "results/tables"
     tables: Any = None  # null: every table; or a list of names (results/paper/<name>.json)
     figures: bool = True
+    include_chance: bool = False  # true: runs whose final error is at chance level enter the cells too
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 

@@ -14,6 +14,7 @@ in 0..num_classes-1, and a truncated or malformed file is an error that names it
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import shutil
 import urllib.error
@@ -99,13 +100,23 @@ def _read_cifar_file(path: Path, label_key: str) -> Arrays:
         data = np.asarray(entry["data"])
         if data.dtype != np.uint8:
             raise ValueError(f"images are stored as {data.dtype}, not uint8")
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"images have shape {data.shape}, not (N, 3072) rows of 3 x 32 x 32 channel planes")
         data = data.reshape(-1, 3, 32, 32)
-        labels = np.asarray(entry[label_key], dtype=np.int64)
+        labels = _integer_labels(entry[label_key])
         if len(labels) != len(data):
             raise ValueError(f"{len(data)} images but {len(labels)} labels")
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError) as exc:
         raise _malformed(path, exc) from None
     return Arrays(torch.from_numpy(data.copy()), torch.from_numpy(labels))
+
+
+def _integer_labels(raw: object) -> np.ndarray:
+    """Labels as int64, only when they are stored as integers (a float or text label is an error, never rounded)."""
+    labels = np.asarray(raw)
+    if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+        raise ValueError(f"labels are stored as {labels.dtype} with shape {labels.shape}, not a list of integers")
+    return labels.astype(np.int64)
 
 
 def _concat(parts: list[Arrays]) -> Arrays:
@@ -130,10 +141,19 @@ def _read_svhn_file(path: Path) -> Arrays:
         raw = np.asarray(mat["X"])
         if raw.dtype != np.uint8:
             raise ValueError(f"images are stored as {raw.dtype}, not uint8")
+        if raw.ndim != 4 or raw.shape[:3] != (32, 32, 3):
+            raise ValueError(f"images have shape {raw.shape}, not (32, 32, 3, N)")
         images = np.transpose(raw, (3, 2, 0, 1))  # HWCN -> NCHW
-        labels = np.asarray(mat["y"], dtype=np.int64).reshape(-1) % 10  # the digit 0 is stored as label 10
-        if images.shape[1:] != (3, 32, 32) or len(labels) != len(images):
-            raise ValueError(f"images {images.shape}, labels {labels.shape}")
+        y = np.asarray(mat["y"])
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        stored = _integer_labels(y)
+        outside = stored[(stored < 1) | (stored > 10)]
+        if len(outside):
+            raise ValueError(f"label {outside[0]} found; SVHN stores the digits 1..9 as 1..9 and 0 as 10")
+        labels = stored % 10  # the digit 0 is stored as label 10
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
     except (ValueError, KeyError, TypeError, OSError) as exc:
         raise _malformed(path, exc) from None
     return Arrays(torch.from_numpy(images.copy()), torch.from_numpy(labels))
@@ -186,6 +206,8 @@ def load_arrays(cfg: DatasetConfig, seed: int = 0) -> tuple[Arrays, Arrays]:
         ensure_files(cfg.name, root, cfg.download)
         train, test = read_svhn(root) if cfg.name == "svhn" else read_cifar(cfg.name, root)
     for split_name, split in (("train", train), ("test", test)):
+        if len(split.labels) == 0:
+            raise UserError(f"dataset {cfg.name} ({split_name} split in {root.resolve()}) holds no images")
         low, high = int(split.labels.min()), int(split.labels.max())
         if low < 0 or high >= cfg.num_classes:
             bad = low if low < 0 else high
@@ -196,6 +218,16 @@ def load_arrays(cfg: DatasetConfig, seed: int = 0) -> tuple[Arrays, Arrays]:
     if cfg.per_class_cap:
         train = cap_per_class(train, cfg.per_class_cap, seed)
     return train, test
+
+
+def fingerprint(split: Arrays) -> str:
+    """What a split is, to compare: its size and a hash of its pixels and labels (a resume on other data is
+    refused; result.json records it)."""
+    digest = hashlib.sha256()
+    digest.update(str(tuple(split.images.shape)).encode())
+    digest.update(split.images.contiguous().numpy())
+    digest.update(split.labels.to(torch.int64).contiguous().numpy())
+    return f"{len(split.labels)} images, sha256 {digest.hexdigest()[:16]}"
 
 
 def crop_flip(

@@ -18,7 +18,6 @@ Writes `eval.json` (and PNGs) into the run directory; `tables` reads it for Tabl
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,14 +58,6 @@ def _accuracy(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
     return 100.0 * correct / sum(len(y) for _, y in batches)
 
 
-def _checkpoint_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_run(run_dir: Path, device: torch.device, dataset_root: str | None = None):
     """The run's validated config, its model with the final checkpoint's weights (eval mode), and its test split.
     Only a complete run is evaluated: not one still training, failed or stopped half-way."""
@@ -77,16 +68,35 @@ def load_run(run_dir: Path, device: torch.device, dataset_root: str | None = Non
     if holder:
         raise UserError(f"run={run_dir} is still training (pid {holder}); evaluate it once it has finished")
     if (run_dir / records.FAILURE).exists():
-        status = json.loads((run_dir / records.FAILURE).read_text()).get("status", "failed")
+        try:
+            status = records.read_json(run_dir / records.FAILURE).get("status", "failed")
+        except ValueError:
+            status = "failed"
         raise UserError(f"run={run_dir} {status} (see its failure.json); it has no result to evaluate")
     if not (run_dir / records.RESULT).exists() or not (run_dir / records.CHECKPOINT).exists():
         raise UserError(f"run={run_dir} has not finished (no result.json); rerun its train command to complete it")
+    try:
+        claimed = records.read_json(run_dir / records.RESULT).get("checkpoint_sha256")
+    except ValueError as exc:
+        raise UserError(f"run={run_dir}: result.json {exc}") from None
+    held = records.checkpoint_digest(run_dir / records.CHECKPOINT)
+    if claimed and claimed != held:
+        raise UserError(
+            f"run={run_dir}: result.json belongs to checkpoint {claimed[:12]}, but checkpoints/last.pt is "
+            f"{held[:12]} (retrained or replaced since); evaluating it would join one run's model to another's result"
+        )
     cfg = validate_train(OmegaConf.load(config_path))
     if dataset_root:
         cfg.dataset.root = dataset_root
     checkpoint = records.load_checkpoint(run_dir / records.CHECKPOINT)
     model = build(cfg.model.name, cfg.dataset.num_classes, width=cfg.model.width, bn_init=cfg.model.bn_init).to(device)
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:
+        raise UserError(
+            f"run={run_dir}: checkpoints/last.pt does not fit {cfg.model.name} of its .hydra/config.yaml "
+            f"({str(exc).strip().splitlines()[0][:160]})"
+        ) from None
     model.eval()
     _, test = load_arrays(cfg.dataset, cfg.seed)
     return cfg, model, test, checkpoint["epoch"]
@@ -179,7 +189,7 @@ def evaluate_run(ecfg: EvalConfig) -> dict:
         ]
         clean = [(normalize(x, mean, std), y) for x, y in pixels]
         inputs = EvalInputs(ecfg, cfg, model, test, pixels, clean, mean, std, run_dir)
-        digest = _checkpoint_digest(run_dir / records.CHECKPOINT)
+        digest = records.checkpoint_digest(run_dir / records.CHECKPOINT)
         previous = _read_eval(run_dir / records.EVAL)
         out: dict[str, Any] = previous if previous.get("checkpoint_sha256") == digest else {}
         out.update({"run": str(run_dir), "checkpoint_epoch": epoch, "checkpoint_sha256": digest})

@@ -1,13 +1,13 @@
 """`hydra/launcher=packed`: a sweep's jobs grouped into packs that train together on one device (mm_repro.packing).
 
-Jobs pack together when they share everything but the seed, the method (alpha, layers, pairing) and the experiment:
-the same dataset, model, width, schedule, optimizer settings, batch, precision (fp16 never packs), loss and device,
-and the same point to resume from (a fresh start, or the same epoch and step). Packs run eager, so a job with
-`train.compile=true` runs alone and stays compiled. A pack holds at most `max_pack`
-runs, and on CUDA at most as many as fit in 80 % of the free device memory (a conservative estimate of each run's
-weights, optimizer state and saved activations). A job that packs with no other runs alone, through Hydra's own
-`run_job`, exactly as under the basic launcher; so does every job of a pack whose start was refused (a run
-directory in use, a changed config), so that each gets its own one-line error.
+Jobs pack together when they share everything but the seed, the method (alpha, layers, pairing) and the experiment: the
+same dataset, model, width, schedule, optimizer settings, batch, precision, loss and device, and the same point to
+resume from (a fresh start, or the same epoch and step). Only fp32 jobs pack (mm_repro.packing says why fp16 and bf16
+train alone), and packs run eager, so a job with `train.compile=true` runs alone and stays compiled. A pack holds at
+most `max_pack` runs, and on CUDA at most as many as fit in 80 % of the free device memory (a conservative estimate of
+each run's weights, optimizer state and saved activations). A job that packs with no other runs alone, through Hydra's
+own `run_job`, exactly as under the basic launcher; so does every job of a pack whose start was refused (a run directory
+in use, a changed config), so that each gets its own one-line error.
 
 Each packed run keeps its own run directory and records (`.hydra/`, `train.log`, metrics.jsonl, result.json, its own
 unpacked `checkpoints/last.pt` and W&B run): `tables` and `evaluate` can't tell it from a run trained alone, and it
@@ -32,6 +32,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 from mm_repro import records
 from mm_repro.errors import UserError
+from mm_repro.packing import PACKABLE_PRECISIONS
 from mm_repro.runs import Job, resume_point
 from mm_repro.sweeps import job_from_hydra, record_failure, sweep_group
 
@@ -43,15 +44,15 @@ def _saved_point(job: Job) -> tuple[int, int]:
     if not job.cfg.train.resume or not path.exists():
         return 0, 0
     try:
-        return resume_point(torch.load(path, map_location="cpu", weights_only=False, mmap=True))
-    except Exception:  # an unreadable checkpoint: the run alone says so, in one line
+        return resume_point(records.load_checkpoint(path))
+    except UserError:  # an unreadable checkpoint: the run alone says so, in one line
         return -1, id(job)
 
 
 def pack_key(job: Job) -> str:
     """What jobs of one pack share (everything but seed, method and experiment), as a string."""
     c = job.cfg
-    if c.train.precision == "fp16" or c.train.compile:  # packs run eager: a compiled job keeps its compiled step
+    if c.train.precision not in PACKABLE_PRECISIONS or c.train.compile:  # packs run eager and in fp32 only
         return f"alone:{job.run_dir}"
     shared = {
         "dataset": asdict(c.dataset),

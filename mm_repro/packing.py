@@ -12,8 +12,12 @@ epoch order, crops, flips, k, lam and partners, drawn by the same calls in the s
 statistics, its own k at each step (at each mixing point i the runs with k = i mix, the others pass through
 unchanged: `torch.where` selects, so no run sees another's mixing), its own loss mean (the pack's loss is the sum of
 the runs' losses, whose gradient with respect to one run's parameters is that run's own), and its own SGD state
-(SGD is elementwise, so one SGD over stacked tensors is K SGDs). ERM runs never mix. fp16 is not packed: its grad
-scaler would skip every run's step when one run overflows.
+(SGD is elementwise, so one SGD over stacked tensors is K SGDs). ERM runs never mix.
+
+Only fp32 runs pack (`PACKABLE_PRECISIONS`). fp16 would share one grad scaler, which skips every run's step when one
+run overflows. bf16 would not be the run alone: autocast does not reach through `vmap`, so a packed bf16 run computes
+its convolutions, BatchNorm and ReLU in fp32 where the same run alone casts them to bf16 (tests/test_packing.py
+records each op's dtype). Such jobs train alone.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from mm_repro import mixing
 from mm_repro.runtime import RunRandom
-from mm_repro.step import autocast, one_hot
+from mm_repro.step import autocast, host_to_device, one_hot, set_lr
+
+PACKABLE_PRECISIONS = ("fp32",)  # see the module docstring for why fp16 and bf16 train alone
 
 
 class MixSelectForward(nn.Module):
@@ -65,36 +71,33 @@ class PackedTrainer:
         num_classes: int,
         precision: str,
         make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
-        milestones: list[int],
-        gamma: float = 0.1,
     ) -> None:
         """Models built with each run's seed, each run's mixing method (None: ERM) and streams; the rest is shared
-        by the pack: the loss, the classes, the precision, the optimizer's settings and the LR schedule."""
-        if precision == "fp16":
-            raise ValueError("fp16 runs are not packed (one grad scaler would couple them)")
+        by the pack: the loss, the classes, the precision and the optimizer's settings (the loop sets the LR)."""
+        if precision not in PACKABLE_PRECISIONS:
+            raise ValueError(f"train.precision={precision} runs are not packed; only {PACKABLE_PRECISIONS} are")
         self.device = rngs[0].device
         self.keys = list(models[0].state_dict())
         self.param_names = [n for n, _ in models[0].named_parameters()]
         self.specs, self.rngs = list(specs), list(rngs)
         self.num_classes, self.precision = num_classes, precision
         self.loss_fn = vmap(loss_fn)
-        self.make_optimizer, self.milestones, self.gamma = make_optimizer, milestones, gamma
+        self.make_optimizer = make_optimizer
         points = tuple(sorted({k for s in self.specs if s for k in s.layers}))
         self.net = MixSelectForward(copy.deepcopy(models[0]).to("meta"), points)
         params, buffers = stack_module_state(models)
         self._install(params, buffers, None)
 
-    def _install(self, params: dict, buffers: dict, momentum: list | None, scheduler_state: dict | None = None) -> None:
+    def _install(self, params: dict, buffers: dict, momentum: list | None, lr: float | None = None) -> None:
         self.params = {n: params[n].detach().requires_grad_(True) for n in self.param_names}
         self.buffers = buffers
         self.optimizer = self.make_optimizer(list(self.params.values()))
+        if lr is not None:
+            set_lr(self.optimizer, lr)
         if momentum is not None:
             for p, buf in zip(self.params.values(), momentum, strict=True):
                 if buf is not None:
                     self.optimizer.state[p]["momentum_buffer"] = buf
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, self.milestones, self.gamma)
-        if scheduler_state is not None:
-            self.scheduler.load_state_dict(scheduler_state)
 
     @property
     def size(self) -> int:
@@ -104,27 +107,27 @@ class PackedTrainer:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
+    def set_lr(self, lr: float) -> None:
+        set_lr(self.optimizer, lr)
+
     def _forward(self, params: dict, buffers: dict, *args: torch.Tensor) -> Any:
         state = {f"model.{n}": v for n, v in {**params, **buffers}.items()}
         return functional_call(self.net, state, args)
 
     def draws(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Each run's k (-1: ERM), lam and partners, drawn from its own streams by the calls a lone run makes."""
-        ks, lams, index = [], [], []
-        for spec, rng in zip(self.specs, self.rngs, strict=True):
+        """Each run's k (-1: ERM), lam and partners, drawn from its own streams by the calls a lone run makes, and
+        sent to the device as one float64 array (exact for k, a float32 lam and any index below 2^53): one pinned,
+        non-blocking copy per step, as the single run's permutation."""
+        table = np.empty((self.size, 2 + batch_size), dtype=np.float64)
+        for r, (spec, rng) in enumerate(zip(self.specs, self.rngs, strict=True)):
             if spec is None:  # ERM: no draw, never mixed
                 d = mixing.MixDraw(-1, 1.0, np.arange(batch_size))
             else:
                 d = mixing.draw(spec, batch_size, rng.python, rng.numpy)
-            ks.append(d.k)
-            lams.append(d.lam)
-            index.append(np.arange(batch_size)[::-1].copy() if d.index is None else d.index)
-        to = {"device": self.device}
-        return (
-            torch.tensor(ks, **to),
-            torch.tensor(lams, dtype=torch.float32, **to),
-            torch.from_numpy(np.stack(index)).to(**to),
-        )
+            table[r, 0], table[r, 1] = d.k, np.float32(d.lam)
+            table[r, 2:] = np.arange(batch_size)[::-1] if d.index is None else d.index
+        on_device = host_to_device(table, self.device)
+        return on_device[:, 0].long(), on_device[:, 1].float(), on_device[:, 2:].long()
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Each run's training loss (K,) for inputs (K, B, ...) and labels (K, B)."""
@@ -160,9 +163,6 @@ class PackedTrainer:
         m = loader.num_images
         return [(100.0 * w / m, v / m) for w, v in zip(wrong.tolist(), nll.tolist(), strict=True)]
 
-    def end_epoch(self) -> None:
-        self.scheduler.step()
-
     def state(self, r: int) -> dict:
         """Run r's own state, in the format of a run trained alone (step.SingleTrainer.state)."""
         model = {k: (self.params[k] if k in self.params else self.buffers[k])[r].detach() for k in self.keys}
@@ -171,7 +171,7 @@ class PackedTrainer:
             i: {name: value[r] for name, value in entry.items() if name == "momentum_buffer" and value is not None}
             for i, entry in sgd["state"].items()
         }
-        return {"model": model, "optimizer": sgd, "scheduler": self.scheduler.state_dict(), "scaler": {}}
+        return {"model": model, "optimizer": sgd, "scaler": {}}
 
     @torch.no_grad()
     def load(self, r: int, state: dict) -> None:
@@ -183,10 +183,9 @@ class PackedTrainer:
             if saved is not None:
                 buf = self.optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
                 buf[r].copy_(saved)
-        self.scheduler.load_state_dict(state["scheduler"])
 
     def drop(self, r: int) -> None:
-        """Run r leaves the pack (it diverged); the others go on with their state untouched."""
+        """Run r leaves the pack (it diverged); the others go on with their state, and their LR, untouched."""
         keep = [i for i in range(self.size) if i != r]
         pick = torch.tensor(keep, device=self.device)
         params = {n: p.detach().index_select(0, pick) for n, p in self.params.items()}
@@ -194,7 +193,7 @@ class PackedTrainer:
         momentum = [self.optimizer.state[p].get("momentum_buffer") for p in self.params.values()]
         momentum = [None if m is None else m.index_select(0, pick) for m in momentum]
         del self.specs[r], self.rngs[r]
-        self._install(params, buffers, momentum, self.scheduler.state_dict())
+        self._install(params, buffers, momentum, self.lr)
 
 
 def _unprefix(state: dict) -> dict:

@@ -13,6 +13,7 @@ with the one-line reason and the epoch), or neither (still training, or stopped:
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -83,16 +84,55 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
+# A checkpoint file is one header line, `mm_repro-checkpoint <sha256 of the payload>`, then the payload (what
+# torch.save wrote). The digest is checked on every load, so a file damaged on disk or in a copy is refused by name,
+# and it names the checkpoint: result.json and eval.json record it, and `tables`/`evaluate` compare it with the
+# file's header (reading one line, not the whole file). Files without the header (written before the header existed)
+# still load, unchecked.
+CHECKPOINT_MAGIC = b"mm_repro-checkpoint "
+
+
+def save_checkpoint(path: Path, state: dict) -> str:
+    """Write `state` to `path` atomically, with its checksum; returns the checksum (the checkpoint's name)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write(path, buffer.getvalue())
+    payload = buffer.getbuffer()
+    digest = hashlib.sha256(payload).hexdigest()
+    atomic_write(path, CHECKPOINT_MAGIC + digest.encode() + b"\n" + bytes(payload))
+    return digest
+
+
+def checkpoint_digest(path: Path) -> str:
+    """The checksum in a checkpoint's header (the sha256 of the whole file for one written without a header)."""
+    with open(path, "rb") as f:
+        head = f.read(len(CHECKPOINT_MAGIC) + 65)
+        if head.startswith(CHECKPOINT_MAGIC):
+            return head[len(CHECKPOINT_MAGIC) : len(CHECKPOINT_MAGIC) + 64].decode("ascii", "replace")
+        digest = hashlib.sha256(head)
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checkpoint_payload(path: Path) -> bytes | Path:
+    """The payload of a checkpoint with a header, checked against its checksum; a headerless file as its path."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(CHECKPOINT_MAGIC):
+        return path
+    header, _, payload = data.partition(b"\n")
+    digest = header[len(CHECKPOINT_MAGIC) :].decode("ascii", "replace")
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise ValueError(f"its content does not match its checksum {digest[:12]}... (damaged on disk or in a copy)")
+    return payload
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint written by `save_checkpoint`; an unreadable one is a one-line `UserError`."""
+    """Load a checkpoint written by `save_checkpoint`; an unreadable or damaged one is a one-line `UserError`."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        payload = _checkpoint_payload(path)
+        source = io.BytesIO(payload) if isinstance(payload, bytes) else payload
+        state = torch.load(source, map_location="cpu", weights_only=False)
         if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
             raise ValueError("not an mm_repro checkpoint")
     except Exception as exc:  # torch.load raises many types on a damaged file
@@ -129,10 +169,22 @@ def holds_a_run(run_dir: Path) -> bool:
     return any((run_dir / n).exists() for n in (CHECKPOINT, Path(METRICS), Path(RESULT), Path(FAILURE)))
 
 
-def write_failure(run_dir: Path, status: str, message: str, epoch: int | None = None, **extra: Any) -> None:
-    """failure.json: this run is not a result (status "failed" or "diverged"), and why, in one line."""
+def write_failure(run_dir: Path, status: str, message: str, epoch: int | None = None, **extra: Any) -> bool:
+    """failure.json: this run is not a result (status "failed" or "diverged"), and why, in one line. Never beside a
+    complete run's result.json: a later attempt that fails leaves a finished run finished. Returns whether written."""
+    if (run_dir / RESULT).exists():
+        return False
     record = {"status": status, "message": message, "epoch": epoch, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_json(run_dir / FAILURE, {**record, **extra})
+    return True
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Temporary files of an atomic write that a kill interrupted (`.<name>.*.tmp`): never a record, removed."""
+    stale = [p for d in (run_dir, run_dir / CHECKPOINT.parent) if d.is_dir() for p in d.glob(".*.tmp")]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 class RunLock:
@@ -185,18 +237,6 @@ class RunLock:
             self.fd = None
 
 
-def check_writable(run_dir: Path) -> None:
-    """Fail early, with one line, when the run directory cannot be written."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=run_dir):
-            pass
-    except OSError as exc:
-        raise UserError(
-            f"run directory {run_dir} is not writable ({exc.strerror}); pick another hydra.run.dir"
-        ) from None
-
-
 def git_commit() -> str | None:
     """The commit of the mm_repro checkout (with '-dirty' if modified), or None outside git."""
     here = Path(__file__).resolve().parent
@@ -217,10 +257,12 @@ def git_commit() -> str | None:
 
 
 def run_info(cfg: Any) -> dict:
-    """The keys that identify a table cell and its setup (`tables` groups on them)."""
+    """The keys that name a table cell (dataset, model, method, alpha, layers), the seed and the experiment, plus a
+    few keys of the setup for a readable label; `setup` (below) is what groups runs."""
     mixes = cfg.method.name != "erm"
     return {
         "dataset": cfg.dataset.name,
+        "num_classes": cfg.dataset.num_classes,
         "model": cfg.model.name,
         "width": cfg.model.width,
         "bn_init": cfg.model.bn_init,
@@ -239,17 +281,53 @@ def run_info(cfg: Any) -> dict:
     }
 
 
-def make_result(cfg: Any, metrics: list[dict], params: int, wall_seconds: float, device: torch.device) -> dict:
+# Keys of the resolved config that say which run of a setup this is, not how it was set up.
+NOT_SETUP = ("seed", "experiment")
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a.b": value} for a nested dict; lists stay values."""
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        out.update(flatten(value, f"{prefix}{key}."))
+    return out if d else {prefix.rstrip("."): d}
+
+
+def is_free(key: str) -> bool:
+    """Is `key` one of config.RESUME_FREE_KEYS (or below one): a key that cannot change a run's numbers?"""
+    from mm_repro.config import RESUME_FREE_KEYS
+
+    return any(key == free or key.startswith(free + ".") for free in RESUME_FREE_KEYS)
+
+
+def setup_of(config: dict) -> dict[str, Any]:
+    """A run's setup: every key of its resolved config that can change its numbers, except the seed and the
+    experiment's name. Two runs with the same setup and cell differ only by their seed."""
+    return {k: v for k, v in sorted(flatten(config).items()) if k not in NOT_SETUP and not is_free(k)}
+
+
+def make_result(
+    cfg: Any,
+    config: dict,
+    metrics: list[dict],
+    identity: dict,
+    params: int,
+    wall_seconds: float,
+    device: torch.device,
+) -> dict:
     """result.json: final-epoch and best-on-test figures (the official code reported the best; we show both), and
     the real time the run took (`wall_seconds`: training, evaluation, checkpoints and records, over every session)
-    beside the training steps' median speed (`train_images_per_second`)."""
-    from dataclasses import asdict
-
+    beside the training steps' median speed (`train_images_per_second`). `identity` holds the run's id (written when
+    it started), the checksum of the checkpoint it belongs to and the fingerprints of its data."""
     final = metrics[-1]
     best = min(metrics, key=lambda r: (r["test_error"], r["epoch"]))
     rates = [r["train_images_per_second"] for r in metrics if "train_images_per_second" in r]
     return {
         "run": run_info(cfg),
+        "setup": setup_of(config),
+        **identity,
         "final": {"test_error": final["test_error"], "test_nll": final["test_nll"], "epoch": final["epoch"]},
         "best": {"test_error": best["test_error"], "test_nll": best["test_nll"], "epoch": best["epoch"]},
         "params": params,
@@ -259,5 +337,21 @@ def make_result(cfg: Any, metrics: list[dict], params: int, wall_seconds: float,
         "git_commit": git_commit(),
         "torch_version": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "config": {"method": asdict(cfg.method), "train": asdict(cfg.train)},
+        "config": config,
     }
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; ValueError (with the reason) for anything else: unreadable, not UTF-8, not JSON,
+    not an object, a directory where the file should be."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ValueError("is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"is not JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise ValueError("is not a JSON object")
+    return data

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mm_repro import distributed, records
+from mm_repro.checkpoint import config_changes, describe_changes
 from mm_repro.config import TrainRunConfig
-from mm_repro.errors import RunFailed
+from mm_repro.errors import RunFailed, UserError
+from mm_repro.outcomes import check_result as check_result_fields
 from mm_repro.runtime import RunRandom
 from mm_repro.tracking import NullTracker
 
@@ -45,6 +47,9 @@ class Run:
     metrics: list = field(default_factory=list)
     wall_base: float = 0.0  # wall seconds of earlier sessions (from the checkpoint)
     saved: dict | None = None  # the checkpoint resumed from
+    run_id: str = ""  # the run's identity, drawn when it starts from scratch and kept through every resume
+    data: dict = field(default_factory=dict)  # fingerprints of the train and test splits (data.fingerprint)
+    checkpoint_epoch: int | None = None  # the epoch of the last checkpoint on disk (None: none yet)
     order: torch.Tensor | None = None  # this epoch's order of the training images
     share: torch.Tensor | None = None  # this rank's part of it
     outcome: dict | RunFailed | None = None
@@ -56,6 +61,11 @@ class Run:
     def say(self, message: str) -> None:
         if self.world.is_main:
             self.job.logger.info(message)
+
+    def note(self, message: str) -> None:
+        """A line for train.log only: the terminal gets it once, from the command's final report."""
+        if self.world.is_main:
+            emit(self.job.logger, message, to_files=True)
 
     def banner(self, pack: Pack) -> str:
         c = self.job.cfg
@@ -80,16 +90,24 @@ class Run:
             f"{row['test_nll']:>9.4f} {row['train_images_per_second']:>9.0f} {_hms(left):>10}"
         )
 
-    def diverged_message(self, row: dict) -> str:
-        values = ", ".join(f"{k} {row[k]}" for k in ("train_loss", "test_error", "test_nll"))
+    def diverged_message(self, what: str) -> str:
+        kept = (
+            "no checkpoint had been written"
+            if self.checkpoint_epoch is None
+            else f"its last good checkpoint (after epoch {self.checkpoint_epoch}) was kept"
+        )
         return (
-            f"run {self.run_dir} diverged in epoch {row['epoch']} ({values}); stopped, and its last good checkpoint "
-            f"was kept (failure.json says so); lower train.lr, or start over with train.resume=false"
+            f"run {self.run_dir} diverged {what}; stopped, and {kept} (failure.json says so); lower train.lr, or "
+            "start over with train.resume=false"
         )
 
     def finish(self, pack: Pack) -> dict:
+        checkpoint = self.run_dir / records.CHECKPOINT
+        digest = pack.writer.digests.get(checkpoint) or records.checkpoint_digest(checkpoint)
+        identity = {"run_id": self.run_id, "checkpoint_sha256": digest, "data": self.data}
+        wall = self.wall_base + pack.elapsed()
         result = records.make_result(
-            self.job.cfg, self.metrics, self.params, self.wall_base + pack.elapsed(), pack.device
+            self.job.cfg, self.job.config, self.metrics, identity, self.params, wall, pack.device
         )
         if self.world.is_main:
             records.write_json(self.run_dir / records.RESULT, result)
@@ -99,6 +117,40 @@ class Run:
             f"{result['best']['test_error']:.2f}% at epoch {result['best']['epoch']} | {self.run_dir / records.RESULT}"
         )
         return result
+
+
+def emit(logger: logging.Logger, message: str, to_files: bool) -> None:
+    """`message` through the handlers of `logger` and its ancestors that write files (`to_files`) or the others."""
+    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, message, None, None)
+    node: logging.Logger | None = logger
+    while node is not None:
+        for handler in node.handlers:
+            if isinstance(handler, logging.FileHandler) == to_files:
+                handler.handle(record)
+        node = node.parent if node.propagate else None
+
+
+def completed(job: Job) -> dict | None:
+    """The result of the finished run in `job.run_dir`, when it was trained with this config: rerunning it changes
+    nothing. A result of another config refuses the start (one line naming the keys); a malformed one is archived
+    by a fresh start. Checked before anything is built, so a finished run is never touched."""
+    path = job.run_dir / records.RESULT
+    if not job.cfg.train.resume or not path.exists():
+        return None
+    try:
+        result = records.read_json(path)
+        check_result_fields(result)
+    except ValueError:
+        return None
+    if "setup" in result:
+        saved_config = result["config"]
+    else:  # a result.json of an earlier mm_repro holds part of the config: compare the checkpoint's
+        checkpoint = job.run_dir / records.CHECKPOINT
+        saved_config = records.load_checkpoint(checkpoint)["config"] if checkpoint.exists() else {"config": "?"}
+    changes = config_changes(saved_config, job.config)
+    if changes:
+        raise UserError(describe_changes(job.run_dir, changes))
+    return result
 
 
 def _hms(s: float) -> str:

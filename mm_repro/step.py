@@ -58,6 +58,21 @@ def build_optimizer(
     )  # fused=None, not False: torch then picks its foreach path
 
 
+def lr_at(epoch: int, lr: float, milestones: list[int], gamma: float) -> float:
+    """The learning rate of (0-based) epoch `epoch`: lr times gamma for each milestone <= epoch, multiplied in as
+    the official `adjust_learning_rate` does at each epoch's start (paper.md 2). A pure function of the epoch, so a
+    run resumed, or left in a pack after another run was dropped, cannot lose its place in the schedule."""
+    for m in sorted(milestones):
+        if m <= epoch:
+            lr *= gamma
+    return lr
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def compile_module(module: nn.Module, points: int, mode: str | None = None, backend: str | Any = "inductor"):
     """torch.compile with static shapes: one graph per (mixing point, batch size), never one per lam.
 
@@ -80,12 +95,15 @@ def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.zeros(len(y), num_classes, device=y.device).scatter_(1, y[:, None], 1.0)
 
 
-def index_on(index: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
-    """The numpy permutation on the device without a host sync (pinned, non-blocking on CUDA)."""
-    if index is None:
-        return None
-    t = torch.from_numpy(index)
+def host_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A numpy array on the device without a host sync: one pinned, non-blocking copy on CUDA, none on the CPU."""
+    t = torch.from_numpy(array)
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
+def index_on(index: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
+    """The numpy permutation on the device (None: `pairing=flip`, nothing to copy)."""
+    return None if index is None else host_to_device(index, device)
 
 
 class TrainStep:
@@ -160,24 +178,16 @@ class SingleTrainer:
     size = 1
 
     def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        step: TrainStep,
-        evaluator: Evaluator,
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, step: TrainStep, evaluator: Evaluator
     ) -> None:
-        self.model, self.optimizer, self.scheduler, self.step, self.evaluator = (
-            model,
-            optimizer,
-            scheduler,
-            step,
-            evaluator,
-        )
+        self.model, self.optimizer, self.step, self.evaluator = model, optimizer, step, evaluator
 
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+    def set_lr(self, lr: float) -> None:
+        set_lr(self.optimizer, lr)
 
     def train_step(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
         """One step; the loss as a device tensor of shape (1,)."""
@@ -186,22 +196,18 @@ class SingleTrainer:
     def evaluate(self, loader: Any) -> list[tuple[float, float]]:
         return [self.evaluator(loader)]
 
-    def end_epoch(self) -> None:
-        self.scheduler.step()
-
     def state(self, r: int) -> dict:
-        """The run's model, optimizer, schedule and grad-scaler state (live tensors: copy before keeping)."""
+        """The run's model, optimizer and grad-scaler state (live tensors: copy before keeping). The LR is not
+        state: it follows from the epoch (`lr_at`)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "scaler": self.step.scaler.state_dict(),
         }
 
     def load(self, r: int, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.step.scaler.load_state_dict(state["scaler"])
 
     def drop(self, r: int) -> None:

@@ -1,13 +1,13 @@
 """`python -m mm_repro tables runs=DIR out=DIR`: the paper's tables regenerated from run records, ours beside theirs.
 
-Run directories are read and sorted by outcome in mm_repro.outcomes: only complete runs enter the cells; failed,
-diverged, incomplete and malformed ones are listed, with their counts, under every table. Runs are grouped by the
-cell they reproduce (dataset, model, method, alpha, eligible layers) and by their setup (protocol, epochs, width,
-BN init, loss, batch, pairing, precision, class cap), so a 1-epoch test run is never mixed with a 2000-epoch one and
-the table says which is which. For each group: mean, sample std (ddof=1) and n over seeds, for the final epoch and
-the best epoch (the official code reported the best test accuracy over epochs, paper.md 6.4), and the distance to
-the paper's mean in units of the paper's std. Paper numbers: results/paper/<table>.json (from paper.md).
-"""
+Run directories are read and sorted by outcome in mm_repro.outcomes: only complete runs enter the cells, each once;
+failed, diverged, at-chance, repeated, stale, incomplete and malformed ones are listed, with their counts, under every
+table. Runs are grouped by the cell they reproduce (dataset, model, method, alpha, eligible layers) and by their whole
+setup (every key of the resolved config that can change a number, records.setup_of), so runs of two setups are never
+averaged together, and the table names what tells the groups of a cell apart. For each group: mean, sample std (ddof=1)
+and n over seeds, for the final epoch and the best epoch (the official code reported the best test accuracy over epochs,
+paper.md 6.4), and the distance to the paper's mean in units of the paper's std. Paper numbers:
+results/paper/<table>.json (from paper.md)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from typing import Any
 from mm_repro.outcomes import Record, Scan, scan
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
-SETUP_KEYS = ("protocol", "epochs", "width", "bn_init", "loss", "batch_size", "pairing", "precision", "per_class_cap")
+# Shown in every row's setup label; any other key that differs between the groups of a cell is shown too.
+LABEL_KEYS = ("protocol.name", "train.epochs", "model.width", "train.precision")
 MODEL_NAMES = {"preactresnet18": "PreActResNet18", "preactresnet34": "PreActResNet34", "wrn28_10": "Wide-ResNet-28-10"}
 MISSING = "—"
 
@@ -63,8 +64,12 @@ def matches(row: dict, run: dict) -> bool:
     return not ("layers" in row and row["method"] != "erm" and sorted(run.get("layers") or []) != sorted(row["layers"]))
 
 
-def setup_of(run: dict) -> str:
-    return ", ".join(f"{k}={run.get(k)}" for k in SETUP_KEYS if run.get(k) is not None)
+def setup_labels(setups: list[dict]) -> list[str]:
+    """A short label per setup: the LABEL_KEYS, and every key whose value differs between the setups."""
+    keys = set().union(*setups) if setups else set()
+    differing = sorted(k for k in keys if len({json.dumps(s.get(k), default=str) for s in setups}) > 1)
+    shown = [k for k in LABEL_KEYS if k in keys] + [k for k in differing if k not in LABEL_KEYS]
+    return [", ".join(f"{k.split('.')[-1]}={s.get(k)}" for k in shown if s.get(k) is not None) for s in setups]
 
 
 def _fmt(mean: float | None, std: float | None, digits: int) -> str:
@@ -85,10 +90,16 @@ def build_rows(spec: dict, records: list[Record]) -> list[dict]:
     """One output row per paper cell and setup of our runs; a cell without runs gets one 'missing' row."""
     out = []
     for row in spec["rows"]:
-        groups: dict[str, list[Record]] = {}
+        by_setup: dict[str, list[Record]] = {}
         for record in records:
             if matches(row, record.run):
-                groups.setdefault(setup_of(record.run), []).append(record)
+                by_setup.setdefault(record.setup_key, []).append(record)
+        labels = setup_labels([g[0].setup for g in by_setup.values()])
+        groups = dict(zip(labels, by_setup.values(), strict=True))
+        if len(groups) < len(by_setup):  # two setups whose labels coincide: tell them apart by their keys
+            groups = {
+                f"{label} [{i + 1}]": g for i, (label, g) in enumerate(zip(labels, by_setup.values(), strict=True))
+            }
         base = {
             "dataset": row["dataset"],
             "arch": MODEL_NAMES.get(row["model"], row["model"]),
@@ -133,12 +144,7 @@ def to_markdown(spec: dict, rows: list[dict], scanned: Scan) -> str:
         "|" + "---|" * len(columns),
     ]
     lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
-    for title, entries in (
-        ("Diverged runs (not results: never averaged into a cell)", scanned.diverged),
-        ("Failed runs (not results)", scanned.failed),
-        ("Incomplete runs (not in the table)", scanned.incomplete),
-        ("Malformed records (skipped)", scanned.malformed),
-    ):
+    for title, entries in scanned.apart():
         if entries:
             lines += ["", f"{title}: {len(entries)}", *[f"- {p}" for p in entries]]
     return "\n".join(lines) + "\n"
@@ -272,12 +278,25 @@ def plot_figures(specs: list[dict], records: list[Record], out: Path) -> list[Pa
     return written
 
 
-def make_tables(paths: list[Path], out: Path, names: list[str] | None = None, figures: bool = True) -> dict:
-    """Scan `paths`, write <table>.md/.csv/.tex (and figures) into `out`; returns {table: markdown}."""
+def make_tables(
+    paths: list[Path], out: Path, names: list[str] | None = None, figures: bool = True, include_chance: bool = False
+) -> dict:
+    """Scan `paths`, write <table>.md/.csv/.tex (and figures) into `out`; returns {table: markdown}. Refused, with
+    nothing written, when a path does not exist, when no run is found, or when `out` is not a directory."""
+    from mm_repro.errors import UserError
     from mm_repro.records import atomic_write
 
-    scanned = scan(paths)
+    if not paths:
+        raise UserError("tables needs runs=DIR (or runs=[DIR,DIR]): the directories that hold run directories")
+    for path in paths:
+        if not path.is_dir():
+            raise UserError(f"runs={path}: {'not a directory' if path.exists() else 'no such directory'}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out={out} is a file; tables writes a directory of tables: pick another out=")
     specs = load_specs(names)
+    scanned = scan(paths, include_chance)
+    if not any(vars(scanned).values()):
+        raise UserError(f"runs={','.join(map(str, paths))} holds no run directories; nothing was written")
     out.mkdir(parents=True, exist_ok=True)
     rendered = {}
     for spec in specs:

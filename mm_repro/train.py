@@ -25,7 +25,7 @@ from mm_repro import distributed
 from mm_repro.config import TrainRunConfig
 from mm_repro.errors import Diverged, RunFailed
 from mm_repro.pack import Pack, open_runs
-from mm_repro.runs import Job, progress_bar
+from mm_repro.runs import Job, completed, emit, progress_bar
 from mm_repro.runtime import Preempted, StopSignals, configure_backends, training_device
 
 log = logging.getLogger("mm_repro.train")
@@ -48,8 +48,25 @@ def run(
 
 
 def train_jobs(jobs: list[Job], job_num: int | None = None) -> list[dict | RunFailed]:
-    """Train (or resume) `jobs` together on one device; each job's result.json content, or its failure."""
+    """Train (or resume) `jobs` together on one device; each job's result.json content, or its failure. A job whose
+    run is already complete with the same config is left as it is, and its result returned."""
     started = time.perf_counter()  # wall_seconds counts everything from here: setup, steps, evaluation, records
+    done = {i: result for i, job in enumerate(jobs) if (result := completed(job)) is not None}
+    for i, result in done.items():
+        final, best = result["final"], result["best"]
+        emit(
+            jobs[i].logger,
+            f"{jobs[i].run_dir} is complete (final test error {final['test_error']:.2f}%, best "
+            f"{best['test_error']:.2f}% at epoch {best['epoch']}); nothing to do. Pass train.resume=false to train it "
+            "again (its records then move to previous/)",
+            to_files=False,
+        )
+    todo = [job for i, job in enumerate(jobs) if i not in done]
+    outcomes = iter(_train_jobs(todo, job_num, started) if todo else [])
+    return [done[i] if i in done else next(outcomes) for i in range(len(jobs))]
+
+
+def _train_jobs(jobs: list[Job], job_num: int | None, started: float) -> list[dict | RunFailed]:
     lead = jobs[0].cfg
     world = distributed.init(use_cuda=lead.device != "cpu" and torch.cuda.is_available())
     local_rank = world.local_rank if world.distributed else None
@@ -81,10 +98,13 @@ def _train(pack: Pack) -> list[dict | RunFailed]:
         while pack.active and pack.epoch < pack.epochs:
             finished = _train_epoch(pack, stop)
             if not finished:
-                pack.save_all()
+                pack.save_all()  # a run whose state went non-finite writes none and stops as diverged
+                if not pack.active:
+                    break
                 raise Preempted(pack.stop_message(stop.received, mid_epoch=True))
-            _end_epoch(pack, stopping=pack.any_rank(stop.received is not None))
-            if stop.received is not None and pack.active and pack.epoch < pack.epochs:
+            stopping = pack.any_rank(stop.received is not None)  # every rank decides alike, or one would hang
+            _end_epoch(pack, stopping)
+            if stopping and pack.active and pack.epoch < pack.epochs:
                 raise Preempted(pack.stop_message(stop.received, mid_epoch=False))
     pack.writer.wait()  # the last checkpoint is on disk before the run counts as done
     for r in pack.active:
@@ -119,15 +139,17 @@ def _end_epoch(pack: Pack, stopping: bool) -> None:
     """Losses and test figures of every run; a non-finite one stops that run alone; records, checkpoints, lines."""
     losses = pack.epoch_losses()
     lr = pack.trainer.lr
-    pack.trainer.end_epoch()
     figures = pack.trainer.evaluate(pack.test_loader)
     pack.epoch += 1
-    rows = [pack.metrics_row(r, lr, loss, *fig) for r, loss, fig in zip(pack.active, losses, figures, strict=True)]
+    seconds = pack.epoch_seconds()
+    rows = [pack.metrics_row(lr, loss, *fig, seconds) for loss, fig in zip(losses, figures, strict=True)]
     for r, row in list(zip(pack.active, rows, strict=True)):
-        if all(map(_finite, (row["train_loss"], row["test_error"], row["test_nll"]))):
+        values = {k: row[k] for k in ("train_loss", "test_error", "test_nll")}
+        if all(map(_finite, values.values())):
             r.record_epoch(row)
         else:
-            pack.drop(r, Diverged(r.diverged_message(row)), row)
+            listed = ", ".join(f"{k} {v}" for k, v in values.items())
+            pack.drop(r, Diverged(r.diverged_message(f"in epoch {pack.epoch} ({listed})")), {**row, **values})
     if pack.epoch == pack.epochs or stopping or pack.checkpoint_due():
         pack.save_all()
     for r in pack.active:

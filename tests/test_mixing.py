@@ -165,7 +165,7 @@ def test_the_configured_loss_reaches_the_step_train_builds(loss, tmp_path):
         )
     )
     rng = RunRandom(0, CPU)
-    trainer, _, _ = build_trainer([Job(cfg, tmp_path, {})], [rng], World(), CPU)
+    trainer, _, _, _ = build_trainer([Job(cfg, tmp_path, {})], [rng], World(), CPU)
     x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
     logits = trainer.model(x)
     expected = {"soft_ce": soft_ce, "bce_softmax": bce_softmax}[loss](logits, F.one_hot(y, 10).float())

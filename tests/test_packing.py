@@ -21,6 +21,7 @@ from mm_repro.mixing import MixSpec
 from mm_repro.models import build
 from mm_repro.packed_launch import plan_packs
 from mm_repro.packing import PackedTrainer
+from mm_repro.records import load_checkpoint
 from mm_repro.runs import Job
 from mm_repro.runtime import RunRandom, init_model
 from mm_repro.step import MixedForward, SingleTrainer, TrainStep, build_optimizer
@@ -61,7 +62,7 @@ def test_one_packed_step_equals_three_single_steps():
         loss = step.step(x, y)
         singles.append((loss, {n: p.grad.clone() for n, p in model.named_parameters()}, model.state_dict()))
     packed = PackedTrainer(
-        [_model(s) for s in seeds], specs, [RunRandom(s, CPU) for s in seeds], bce_softmax, 10, "fp32", _sgd, []
+        [_model(s) for s in seeds], specs, [RunRandom(s, CPU) for s in seeds], bce_softmax, 10, "fp32", _sgd
     )
     losses = packed.train_step(xs, ys)
     for r, (loss, grads, state) in enumerate(singles):
@@ -145,8 +146,8 @@ def _compare(a: Path, b: Path, test_images: int) -> None:
     """The stated tolerance for two short float32 epochs (20 steps; float64 is exact, see above): weights within
     2e-2 (they are of order 0.1), test error within two test images, test NLL within 2 %. Measured: at most 3.8e-3,
     equal errors, 0.3 %."""
-    ma = torch.load(a / "checkpoints" / "last.pt", weights_only=False)["model"]
-    mb = torch.load(b / "checkpoints" / "last.pt", weights_only=False)["model"]
+    ma = load_checkpoint(a / "checkpoints" / "last.pt")["model"]
+    mb = load_checkpoint(b / "checkpoints" / "last.pt")["model"]
     for key in ma:
         if ma[key].is_floating_point() and "running" not in key:
             assert (ma[key].double() - mb[key].double()).abs().max() <= 2e-2, key
@@ -173,7 +174,7 @@ def test_a_packed_sweep_ends_where_its_runs_alone_end_with_complete_records(cifa
         assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
         assert "packed with 2 other run(s)" in (run_dir / "train.log").read_text()
         single = build("preactresnet18", 10, width=8)  # the checkpoint holds this run's own, unpacked model
-        single.load_state_dict(torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"])
+        single.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"])
         _compare(run_dir, alone[name], test_images=40)
 
 
@@ -191,7 +192,7 @@ def test_a_stopped_pack_checkpoints_every_run_and_resumes_packed_or_alone(cifar1
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 75, err[-2000:]
     runs = _runs(tmp_path / "stopped")
-    positions = [torch.load(d / "checkpoints" / "last.pt", weights_only=False)["position"] for d in runs.values()]
+    positions = [load_checkpoint(d / "checkpoints" / "last.pt")["position"] for d in runs.values()]
     assert all(p is not None for p in positions) and len({p["step"] for p in positions}) == 1  # mid-epoch, together
     # a copy of one run resumes alone, with its own command; the three resume packed
     lone = tmp_path / "lone"
@@ -206,8 +207,8 @@ def test_a_stopped_pack_checkpoints_every_run_and_resumes_packed_or_alone(cifar1
     unbroken = _runs(tmp_path / "unbroken")
     for name, run_dir in runs.items():  # resumed packed: bitwise the unbroken packed run (a deterministic CPU run)
         assert "resuming" in (run_dir / "train.log").read_text()
-        a = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]
-        b = torch.load(unbroken[name] / "checkpoints" / "last.pt", weights_only=False)["model"]
+        a = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+        b = load_checkpoint(unbroken[name] / "checkpoints" / "last.pt")["model"]
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
@@ -224,7 +225,7 @@ def test_a_packed_runs_state_continues_alone_and_back_exactly():
 
     def pack() -> PackedTrainer:
         models = [_model(s).double() for s in seeds]
-        return PackedTrainer(models, specs, [RunRandom(s, CPU) for s in seeds], loss, 10, "fp32", _sgd, [5])
+        return PackedTrainer(models, specs, [RunRandom(s, CPU) for s in seeds], loss, 10, "fp32", _sgd)
 
     packed = pack()
     for _ in range(3):
@@ -234,7 +235,7 @@ def test_a_packed_runs_state_continues_alone_and_back_exactly():
     rng = RunRandom(1, CPU)
     rng.load_state(to_host(packed.rngs[1].state()), "checkpoint")
     step = TrainStep(MixedForward(model), optimizer, loss, 10, MIXUP, "fp32", rng)
-    single = SingleTrainer(model, optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, [5]), step, None)
+    single = SingleTrainer(model, optimizer, step, None)
     single.load(0, to_host(packed.state(1)))
     for _ in range(4):
         xs, ys = batches()
@@ -289,7 +290,12 @@ def test_the_packed_table_1a_sweep_runs_on_fixture_files_and_tables_renders_it(c
     assert len(results) == 45
     assert all(json.loads(p.read_text())["run"]["experiment"] == "table1_cifar10" for p in results)
     tables = run_cli(
-        "tables", f"runs={tmp_path / 'table1'}", f"out={tmp_path / 'out'}", "tables=[table1_cifar10]", cwd=tmp_path
+        "tables",
+        f"runs={tmp_path / 'table1'}",
+        f"out={tmp_path / 'out'}",
+        "tables=[table1_cifar10]",
+        "include_chance=true",  # tiny nets, few epochs: some runs are still at chance
+        cwd=tmp_path,
     )
     assert tables.returncode == 0, tables.stderr
     assert "45 complete runs, 0 incomplete, 0 failed, 0 diverged" in tables.stdout

@@ -3,6 +3,7 @@ writes that leave the previous file usable when they crash."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ from tests.conftest import TINY, run_cli
 
 def test_atomic_write_that_crashes_leaves_the_previous_file_and_no_temp_files(tmp_path, monkeypatch):
     path = tmp_path / "checkpoints" / "last.pt"
-    records.save_checkpoint(path, {"model": {"w": torch.ones(3)}, "epoch": 1})
+    first = records.save_checkpoint(path, {"model": {"w": torch.ones(3)}, "epoch": 1})
 
     def crash(src, dst):
         raise OSError("disk vanished mid-rename")
@@ -30,7 +31,8 @@ def test_atomic_write_that_crashes_leaves_the_previous_file_and_no_temp_files(tm
     with pytest.raises(OSError):
         records.save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "epoch": 2})
     monkeypatch.undo()
-    assert torch.load(path, weights_only=False)["epoch"] == 1
+    assert records.checkpoint_digest(path) == first
+    assert torch.load(io.BytesIO(path.read_bytes().partition(b"\n")[2]), weights_only=False)["epoch"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
 
 
@@ -84,14 +86,14 @@ def test_ddp_on_cpu_with_two_processes_rank_zero_writes_once(cifar10_root, tmp_p
     assert log.count("test_err%") == 1 and "x 2 process(es)" in log
     rows = records.read_metrics(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2]
-    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    ckpt = records.load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert len(ckpt["rng_ranks"]) == 2
     assert ckpt["rng_ranks"][0]["numpy"][1].tolist() != ckpt["rng_ranks"][1]["numpy"][1].tolist()  # per-rank seeds
     assert json.loads((run_dir / "result.json").read_text())["epochs"] == 2
     # Resuming a 2-process checkpoint in one process is refused, and the checkpoint is kept.
     more = run_cli(*args, cwd=tmp_path)
     assert more.returncode == 2 and "was written by 2 process(es)" in more.stderr
-    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 2
+    assert records.load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 2
 
 
 @pytest.mark.slow
@@ -212,7 +214,14 @@ def test_a_failed_sweep_job_is_recorded_named_and_listed_under_every_launcher(tm
     assert "error: method.alpha=0.0" in (bad.parent / "train.log").read_text()
     assert len(list(sweep.rglob("result.json"))) == 1  # the other job ran
     assert not (sweep / ".failures").exists()
-    tables = run_cli("tables", f"runs={sweep}", f"out={tmp_path / 'tables'}", "tables=[table1_cifar10]", cwd=tmp_path)
+    tables = run_cli(
+        "tables",
+        f"runs={sweep}",
+        f"out={tmp_path / 'tables'}",
+        "tables=[table1_cifar10]",
+        "include_chance=true",
+        cwd=tmp_path,
+    )
     assert tables.returncode == 0, tables.stderr
     assert "1 complete runs, 0 incomplete, 1 failed" in tables.stdout
     assert "Failed runs (not results): 1" in tables.stdout

@@ -202,7 +202,7 @@ def test_tiny_real_multirun_becomes_table_1a(cifar10_root, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "tables"
-    proc = run_cli("tables", f"runs={sweep}", f"out={out}", cwd=tmp_path)
+    proc = run_cli("tables", f"runs={sweep}", f"out={out}", "include_chance=true", cwd=tmp_path)  # 1 tiny epoch
     assert proc.returncode == 0, proc.stderr
     assert "Table 1(a): CIFAR-10" in proc.stdout and "6 complete runs" in proc.stdout
     for method, paper in (

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mm_repro.records import load_checkpoint
 from tests.conftest import popen_cli, run_cli, train_args
 
 CKPT = "checkpoints/last.pt"
@@ -64,12 +65,13 @@ def test_three_epoch_run_on_real_format_files_writes_every_record(cifar10_root, 
     assert result["torch_version"] == torch.__version__ and "git_commit" in result
     assert result["run"]["method"] == "manifold" and result["run"]["layers"] == [0, 1, 2]
     assert result["run"]["bn_init"] == "uniform" and result["run"]["experiment"] is None
-    ckpt = torch.load(run_dir / CKPT, weights_only=False)
+    ckpt = load_checkpoint(run_dir / CKPT)
     assert ckpt["epoch"] == 3 and ckpt["position"] is None
     assert set(ckpt["rng_ranks"][0]) == {"python", "numpy", "torch", "device_type"}
-    assert {"model", "optimizer", "scheduler", "scaler", "metrics", "config"} <= set(ckpt)
+    assert {"model", "optimizer", "scaler", "metrics", "config", "run_id", "data"} <= set(ckpt)
     assert "format" not in ckpt and "rng" not in ckpt  # nothing that is never read
     # an epoch recorded after the last checkpoint (a killed session's) is dropped when the run resumes
+    (run_dir / "result.json").unlink()  # killed before its result was written
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps({**rows[-1], "epoch": 4}) + "\n")
     again = run_cli(*train_args(cifar10_root, run_dir, "train.epochs=3", "train.milestones=[2]"), cwd=tmp_path)
@@ -91,7 +93,7 @@ def test_killed_run_resumes_to_the_same_weights_and_records(cifar10_root, tmp_pa
     _wait_for(lambda: _epochs_done(broken) >= 1 and (broken / CKPT).exists(), proc, "epoch 1")
     proc.send_signal(signal.SIGTERM if path == "mid-epoch" else signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
-    saved = torch.load(broken / CKPT, weights_only=False)
+    saved = load_checkpoint(broken / CKPT)
     if path == "mid-epoch":
         assert proc.returncode == 75, err
         assert "rerun the same command to resume" in err
@@ -104,8 +106,8 @@ def test_killed_run_resumes_to_the_same_weights_and_records(cifar10_root, tmp_pa
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
 
-    a = torch.load(unbroken / CKPT, weights_only=False)
-    b = torch.load(broken / CKPT, weights_only=False)
+    a = load_checkpoint(unbroken / CKPT)
+    b = load_checkpoint(broken / CKPT)
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     ra, rb = (json.loads((d / "result.json").read_text()) for d in (unbroken, broken))
@@ -147,7 +149,7 @@ def test_a_diverged_run_stops_with_a_record_and_keeps_its_last_good_checkpoint(c
     assert not (run_dir / "result.json").exists()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1] and rows[0]["train_loss"] == rows[0]["train_loss"]  # no NaN row
-    assert torch.load(run_dir / CKPT, weights_only=False)["epoch"] == 1  # the last good one
+    assert load_checkpoint(run_dir / CKPT)["epoch"] == 1  # the last good one
 
 
 @pytest.mark.slow
