@@ -124,6 +124,9 @@ def _guarded(command: str, task: Callable) -> Callable:
 
         try:
             task(cfg)
+            hc = HydraConfig.get()
+            if hc.mode.name == "MULTIRUN":
+                sweeps.record_success(hc.job.num)
         except Exception as exc:
             if os.environ.get("MM_REPRO_DEBUG") == "1":
                 raise

@@ -34,7 +34,7 @@ from mm_repro import records
 from mm_repro.errors import UserError
 from mm_repro.packing import PACKABLE_PRECISIONS
 from mm_repro.runs import Job, resume_point
-from mm_repro.sweeps import job_from_hydra, record_failure, sweep_group
+from mm_repro.sweeps import job_from_hydra, record_failure, record_success, sweep_group
 
 log = logging.getLogger("mm_repro.packed")
 
@@ -199,6 +199,8 @@ class PackedLaunch:
         if isinstance(outcome, Exception):  # a diverged run (RunFailed) or a crash of the pack
             label = f"job {num} ({' '.join(filter_overrides(overrides))})"
             record_failure(outcome, job.run_dir, True, label, num)
+        else:
+            record_success(num)
         ret = JobReturn(overrides=overrides, cfg=OmegaConf.create(job.config), hydra_cfg=sweep_config)
         ret.working_dir, ret.task_name, ret.status = os.getcwd(), "train", JobStatus.COMPLETED
         ret.return_value = outcome if isinstance(outcome, dict) else None

@@ -187,7 +187,7 @@ class PackedTrainer:
     def drop(self, r: int) -> None:
         """Run r leaves the pack (it diverged); the others go on with their state, and their LR, untouched."""
         keep = [i for i in range(self.size) if i != r]
-        pick = torch.tensor(keep, device=self.device)
+        pick = torch.tensor(keep, dtype=torch.long, device=self.device)
         params = {n: p.detach().index_select(0, pick) for n, p in self.params.items()}
         buffers = {n: b.index_select(0, pick) for n, b in self.buffers.items()}
         momentum = [self.optimizer.state[p].get("momentum_buffer") for p in self.params.values()]

@@ -113,19 +113,37 @@ def record_failure(exc: BaseException, run_dir: Path, multirun: bool, job: str, 
     return message, code
 
 
+def record_success(num: int) -> None:
+    """A sweep job that ran (so the sweep was not refused as a whole); see FailureReport."""
+    if os.environ.get(FAILURES_ENV):
+        records.write_json(Path(os.environ[FAILURES_ENV]) / f"ok-{uuid.uuid4().hex}.json", {"num": num})
+
+
 class FailureReport(Callback):
-    """Hydra callback (conf/train.yaml): opens the sweep's failure notes at its start, reports them at its end."""
+    """Hydra callback (conf/train.yaml): opens the sweep's failure notes at its start, reports them at its end. A
+    sweep whose every job was refused (bad input, exit 2: nothing trained) leaves the sweep directory's earlier
+    multirun.yaml as it was (Hydra writes the new one before it launches any job)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        path = Path(str(config.hydra.sweep.dir)) / ".failures" / uuid.uuid4().hex
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        path = sweep_dir / ".failures" / uuid.uuid4().hex
         path.mkdir(parents=True, exist_ok=True)
         os.environ[FAILURES_ENV] = str(path.resolve())
+        earlier = sweep_dir / "multirun.yaml"
+        self.earlier = (earlier, earlier.read_bytes() if earlier.is_file() else None)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         path = Path(os.environ.pop(FAILURES_ENV, ""))
         if not path.name or not path.is_dir():
             return
-        notes = [json.loads(p.read_text()) for p in path.glob("*.json")]
+        notes = [json.loads(p.read_text()) for p in path.glob("*.json") if not p.name.startswith("ok-")]
+        refused = notes and not list(path.glob("ok-*.json")) and all(n["exit_code"] == 2 for n in notes)
+        multirun_yaml, before = getattr(self, "earlier", (None, None))
+        if refused and multirun_yaml is not None:
+            if before is None:
+                multirun_yaml.unlink(missing_ok=True)
+            else:
+                records.atomic_write(multirun_yaml, before)
         for note in sorted(notes, key=lambda n: n["num"]):
             FAILED_JOBS.append((f"{note['job']}: {note['message']}", note["exit_code"]))
         shutil.rmtree(path, ignore_errors=True)

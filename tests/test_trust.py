@@ -1,0 +1,468 @@
+"""Trust: no silently wrong number. Packed runs keep their schedule through resumes and drops, a blow-up never
+replaces a good checkpoint, `tables` never averages two setups or counts a run twice, a stale or repeated record
+is set apart, a resume on other data or a rerun of a finished run changes nothing, and one bad job or directory never
+sinks the others. Tiny in-process runs on generated data (seconds each); the CLI where a user's view is the point."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mm_repro import records
+from mm_repro import train as train_module
+from mm_repro.config import validate_train
+from mm_repro.errors import Diverged, UserError
+from mm_repro.outcomes import scan
+from mm_repro.pack import Pack
+from mm_repro.packed_launch import plan_packs
+from mm_repro.packing import PackedTrainer
+from mm_repro.runs import Job
+from mm_repro.runtime import Preempted, RunRandom, init_model
+from mm_repro.tables import make_tables
+from tests.conftest import TINY, compose_train, run_cli, train_args, write_cifar
+
+SYNTHETIC = ["dataset=synthetic", "dataset.train_size=100", "dataset.test_size=50"]
+SMALL = [
+    *SYNTHETIC,
+    "train.epochs=3",
+    "train.milestones=[1]",
+    *[t for t in TINY if not t.startswith("train.milestones")],
+]
+
+
+def _job(run_dir: Path, *overrides: str) -> Job:
+    """A tiny run on generated data (or on the dataset=... that `overrides` name)."""
+    own_data = any(o.startswith("dataset=") for o in overrides)
+    node = compose_train(*[a for a in SMALL if not (own_data and a in SYNTHETIC)], *overrides)
+    return Job(validate_train(node), run_dir, OmegaConf.to_container(node, resolve=True))
+
+
+class _StopAt:
+    """A stand-in for StopSignals whose flag rises at the n-th time the loop reads it (a signal mid-run)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.reads = n, 0
+
+    @property
+    def received(self) -> int | None:
+        self.reads += 1
+        return 15 if self.reads >= self.n else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return records.read_metrics(run_dir / records.METRICS)
+
+
+def _weights(run_dir: Path) -> dict:
+    return records.load_checkpoint(run_dir / records.CHECKPOINT)["model"]
+
+
+PACK = [("erm", "seed=0", "method=erm"), ("mm", "seed=1", "method=manifold")]
+
+
+def test_a_packed_run_resumed_after_a_milestone_keeps_its_schedule(tmp_path, monkeypatch):
+    unbroken = train_module.train_jobs([_job(tmp_path / "a" / n, *o) for n, *o in PACK])
+    assert all(isinstance(o, dict) for o in unbroken)
+    # 5 steps an epoch; the loop reads the flag after steps 1-4 and at the epoch's end: read 7 is epoch 2, step 2
+    monkeypatch.setattr(train_module, "StopSignals", lambda: _StopAt(7))
+    with pytest.raises(Preempted):
+        train_module.train_jobs([_job(tmp_path / "b" / n, *o) for n, *o in PACK])
+    monkeypatch.undo()
+    assert records.load_checkpoint(tmp_path / "b" / "mm" / records.CHECKPOINT)["position"]["step"] == 2
+    train_module.train_jobs([_job(tmp_path / "b" / n, *o) for n, *o in PACK])
+    for name, *_ in PACK:
+        assert [r["lr"] for r in _rows(tmp_path / "b" / name)] == pytest.approx([0.1, 0.01, 0.01])
+        a, b = _weights(tmp_path / "a" / name), _weights(tmp_path / "b" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name  # ends where the unbroken pack ends
+        assert [r["test_error"] for r in _rows(tmp_path / "a" / name)] == [
+            r["test_error"] for r in _rows(tmp_path / "b" / name)
+        ]
+
+
+def test_the_survivors_of_a_dropped_run_keep_their_schedule_and_their_epoch_times(tmp_path, monkeypatch):
+    evaluate = PackedTrainer.evaluate
+
+    def poison_run_1_once(self, loader):  # run 1's weights blow up in epoch 1: its NLL is NaN, it is dropped
+        if self.size == 3 and not getattr(self, "poisoned", False):
+            self.poisoned = True
+            with torch.no_grad():
+                next(iter(self.params.values()))[1].fill_(float("nan"))
+        return evaluate(self, loader)
+
+    monkeypatch.setattr(PackedTrainer, "evaluate", poison_run_1_once)
+    jobs = [_job(tmp_path / f"r{s}", f"seed={s}", "method=manifold") for s in range(3)]
+    outcomes = train_module.train_jobs(jobs)
+    assert isinstance(outcomes[1], Diverged) and isinstance(outcomes[0], dict) and isinstance(outcomes[2], dict)
+    failure = json.loads((tmp_path / "r1" / records.FAILURE).read_text())
+    assert failure["status"] == "diverged" and failure["checkpoint_epoch"] is None
+    for s in (0, 2):
+        rows = _rows(tmp_path / f"r{s}")
+        assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.01, 0.01])
+    # every run of a pack gets the epoch's real time, not only the first
+    first, last = _rows(tmp_path / "r0"), _rows(tmp_path / "r2")
+    assert all(a["seconds"] == b["seconds"] > 0.001 for a, b in zip(first, last, strict=True))
+
+
+def test_a_stop_after_a_blow_up_never_replaces_the_last_good_checkpoint(tmp_path, monkeypatch):
+    # lr x1e8 from epoch 2 on: the weights are NaN within a step or two; the stop comes at epoch 2, step 4
+    blow_up = ("train.gamma=1e8", "method=erm")
+    for name, seeds in (("alone", [0]), ("packed", [0, 1])):
+        jobs = [_job(tmp_path / name / f"s{s}", f"seed={s}", *blow_up) for s in seeds]
+        monkeypatch.setattr(train_module, "StopSignals", lambda: _StopAt(9))
+        outcomes = train_module.train_jobs(jobs)
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            assert isinstance(outcome, Diverged), name
+            saved = records.load_checkpoint(job.run_dir / records.CHECKPOINT)
+            assert saved["epoch"] == 1 and saved["position"] is None  # the good one, of epoch 1
+            assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+            failure = json.loads((job.run_dir / records.FAILURE).read_text())
+            assert failure["status"] == "diverged" and failure["checkpoint_epoch"] == 1
+            assert "after epoch 1) was kept" in failure["message"]
+            assert not (job.run_dir / records.RESULT).exists()
+
+
+def test_a_stop_signal_on_another_rank_stops_this_rank_at_the_same_epoch(tmp_path, monkeypatch):
+    # this rank got no signal; the collective says one rank did: it must stop too (or it would hang alone)
+    monkeypatch.setattr(Pack, "any_rank", lambda self, flag: self.epoch == 0 and self.step == 0)  # end of epoch 1
+    with pytest.raises(Preempted):
+        train_module.train_jobs([_job(tmp_path / "r", "method=erm")])
+    saved = records.load_checkpoint(tmp_path / "r" / records.CHECKPOINT)
+    assert saved["epoch"] == 1 and len(_rows(tmp_path / "r")) == 1
+
+
+def test_a_resume_on_other_data_is_refused_and_touches_nothing(tmp_path, monkeypatch):
+    root_a, root_b = write_cifar(tmp_path / "a", "cifar10", seed=0), write_cifar(tmp_path / "b", "cifar10", seed=1)
+    run_dir = tmp_path / "run"
+
+    def job(root: Path) -> Job:
+        return _job(run_dir, "dataset=cifar10", f"dataset.root={root}", "dataset.download=false", "method=erm")
+
+    monkeypatch.setattr(train_module, "StopSignals", lambda: _StopAt(4))
+    with pytest.raises(Preempted):
+        train_module.train_jobs([job(root_a)])
+    monkeypatch.undo()
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    with pytest.raises(UserError, match="trained on other data") as refused:
+        train_module.train_jobs([job(root_b)])
+    assert "train split: 200 images, sha256" in str(refused.value)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    result = train_module.train_jobs([job(root_a)])[0]  # the same data elsewhere is fine (dataset.root is free)
+    assert result["data"]["train"].startswith("200 images")
+
+
+def _snapshot(run_dir: Path) -> dict:
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow  # CLI runs: ~10-25 s
+def test_a_finished_run_stays_finished_and_a_stale_result_never_counts(cifar10_root, tmp_path):
+    run_dir = tmp_path / "run"
+    args = train_args(cifar10_root, run_dir, "train.epochs=1", "method=erm")
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    result = json.loads((run_dir / records.RESULT).read_text())
+    assert result["checkpoint_sha256"] == records.checkpoint_digest(run_dir / records.CHECKPOINT)
+    assert len(result["run_id"]) == 32 and result["data"]["test"].startswith("40 images")
+    before = _snapshot(run_dir)
+    again = run_cli(*args, cwd=tmp_path)  # the same command: nothing to do, nothing stamped again
+    assert again.returncode == 0 and "is complete" in again.stdout
+    bad_logger = run_cli(*args, "logger=wandb", "logger.mode=bogus", cwd=tmp_path)  # fails before training
+    assert bad_logger.returncode == 2 and "logger.mode='bogus'" in bad_logger.stderr
+    assert _snapshot(run_dir) == before and not (run_dir / records.FAILURE).exists()
+    # the checkpoint deleted to save disk, then another config in the same directory: refused, nothing touched
+    (run_dir / records.CHECKPOINT).unlink()
+    before = _snapshot(run_dir)
+    other = run_cli(*args, "train.lr=0.05", cwd=tmp_path)
+    assert other.returncode == 2 and "train.lr: 0.1 -> 0.05" in other.stderr
+    assert _snapshot(run_dir) == before
+    # with train.resume=false it starts over, and every earlier record moves to previous/
+    fresh = run_cli(*args, "train.lr=0.05", "train.resume=false", cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr
+    (archived,) = (run_dir / "previous").iterdir()
+    assert (archived / records.RESULT).exists() and (archived / records.METRICS).exists()
+    # a checkpoint swapped in from another run: its result is stale for tables, and evaluate refuses it
+    shutil.copy(archived.parent.parent / records.CHECKPOINT, tmp_path / "keep.pt")
+    assert run_cli(*train_args(cifar10_root, tmp_path / "other", "train.epochs=1"), cwd=tmp_path).returncode == 0
+    shutil.copy(tmp_path / "other" / records.CHECKPOINT, run_dir / records.CHECKPOINT)
+    found = scan([run_dir])
+    assert not found.records and len(found.stale) == 1 and "belongs to checkpoint" in found.stale[0]
+    refused = run_cli("evaluate", f"run={run_dir}", "suite=[calibration]", "device=cpu", cwd=tmp_path)
+    assert refused.returncode == 2 and "belongs to checkpoint" in refused.stderr
+
+
+def _write_result(run_dir: Path, *overrides: str, final: float = 3.0, run_id: str | None = None) -> Path:
+    """A result.json as train writes it (records.make_result), for a config and a final error."""
+    job = _job(run_dir, "dataset=cifar10", *overrides)
+    metrics = [{"epoch": 1, "test_error": final, "test_nll": 0.1, "train_images_per_second": 1.0}]
+    identity = {"run_id": run_id or run_dir.name * 4, "checkpoint_sha256": None, "data": {}}
+    result = records.make_result(job.cfg, job.config, metrics, identity, 1, 1.0, torch.device("cpu"))
+    records.write_json(run_dir / records.RESULT, result)
+    return run_dir
+
+
+def _cell(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["arch"] == "PreActResNet18" and r["method"].startswith("Manifold")]
+
+
+def test_tables_never_average_two_setups_and_count_each_run_once(tmp_path):
+    runs = tmp_path / "runs"
+    _write_result(runs / "lr1-s0", "seed=0", final=3.0)
+    _write_result(runs / "lr1-s1", "seed=1", final=3.4)
+    _write_result(runs / "lr05-s0", "seed=0", "train.lr=0.05", final=9.0)  # differs in lr only
+    _write_result(runs / "flip-s0", "seed=0", "dataset.flip=false", final=7.0)  # augmentation only
+    shutil.copytree(runs / "lr1-s1", runs / "copy-of-lr1-s1")  # the same run, copied
+    _write_result(
+        runs / "zz-again-s0", "seed=0", final=5.0
+    )  # seed 0 of the first setup again (counted: the first path)
+    setup = json.loads((runs / "flip-s0" / records.RESULT).read_text())["setup"]
+    assert {"dataset.flip", "dataset.crop_padding", "dataset.mean", "train.lr", "train.nesterov"} <= set(setup)
+    made = make_tables([runs, runs / ".." / "runs"], tmp_path / "out", ["table1_cifar10"], figures=False)
+    markdown, rows = made["tables"]["table1_cifar10"]
+    cell = {r["setup"]: r for r in _cell(rows)}
+    assert len(cell) == 3, list(cell)
+    lr1 = next(r for s, r in cell.items() if "lr=0.1" in s and "flip=True" in s)
+    assert lr1["n"] == 2 and lr1["ours test_error (final)"] == "3.20 ± 0.28"  # seeds 0 and 1, once each
+    assert next(r for s, r in cell.items() if "lr=0.05" in s)["ours test_error (final)"] == "9.00"
+    assert next(r for s, r in cell.items() if "flip=False" in s)["ours test_error (final)"] == "7.00"
+    repeated = made["scan"].repeated
+    assert len(repeated) == 2 and any("the same run" in line for line in repeated)
+    assert any("seed 0 again" in line for line in repeated)
+    assert "Repeated runs (a second copy of a run, or a seed repeated in one setup: counted once): 2" in markdown
+
+
+def test_a_run_at_chance_is_listed_apart_unless_asked(tmp_path):
+    runs = tmp_path / "runs"
+    _write_result(runs / "s0", "seed=0", final=3.0)
+    _write_result(runs / "s1", "seed=1", final=90.0)  # predicts one class of ten
+    made = make_tables([runs], tmp_path / "out", ["table1_cifar10"], figures=False)
+    (row,) = _cell(made["tables"]["table1_cifar10"][1])
+    assert row["n"] == 1 and len(made["scan"].at_chance) == 1 and "at chance level" in made["scan"].at_chance[0]
+    made = make_tables([runs], tmp_path / "out", ["table1_cifar10"], figures=False, include_chance=True)
+    assert _cell(made["tables"]["table1_cifar10"][1])[0]["n"] == 2
+
+
+@pytest.mark.slow  # CLI runs: ~10-25 s
+def test_tables_list_bad_directories_apart_and_refuse_bad_paths_in_one_line(tmp_path):
+    runs = tmp_path / "runs"
+    _write_result(runs / "good", "seed=0")
+    (runs / "dir-for-file" / records.RESULT).mkdir(parents=True)
+    (runs / "latin1").mkdir()
+    (runs / "latin1" / records.RESULT).write_bytes('{"run": "é"}'.encode("latin-1"))
+    (runs / "bad-failure").mkdir()
+    (runs / "bad-failure" / records.FAILURE).write_bytes(b"\xff\xfe")
+    found = scan([runs])
+    assert [r.path.name for r in found.records] == ["good"]
+    assert any("dir-for-file" in m and "cannot be read" in m for m in found.malformed)
+    assert any("latin1" in m and "not UTF-8" in m for m in found.malformed)
+    assert any("bad-failure" in f for f in found.failed)
+    out = tmp_path / "out"
+    assert run_cli("tables", f"runs={runs}", f"out={out}", cwd=tmp_path).returncode == 0
+    before = {p: p.read_bytes() for p in out.iterdir()}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args, message in (
+        ([f"runs={tmp_path / 'nowhere'}", f"out={out}"], "no such directory"),
+        ([f"runs={empty}", f"out={out}"], "holds no run directories"),
+        ([f"runs={runs}", f"out={runs / 'good' / records.RESULT}"], "is a file"),
+    ):
+        proc = run_cli("tables", *args, cwd=tmp_path)
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, args
+    assert {p: p.read_bytes() for p in out.iterdir()} == before
+
+
+class _Dtypes(TorchDispatchMode):
+    """Records the dtype of the first input of every convolution, BatchNorm and ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, torch.dtype]] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if any(op in name for op in ("convolution", "batch_norm", "relu")) and isinstance(args[0], torch.Tensor):
+            self.seen.add((name.split("_backward")[0], args[0].dtype))
+        return func(*args, **(kwargs or {}))
+
+
+def test_bf16_runs_train_alone_because_vmap_would_not_cast_them(tmp_path):
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from mm_repro.models import build
+
+    models = [init_model(lambda: build("preactresnet18", 10, width=4), s) for s in (0, 1)]
+    x = torch.randn(2, 4, 3, 32, 32)
+    with _Dtypes() as alone, torch.autocast("cpu", dtype=torch.bfloat16):
+        models[0](x[0])
+    params, buffers = stack_module_state(models)
+    with _Dtypes() as packed, torch.autocast("cpu", dtype=torch.bfloat16):
+        vmap(lambda p, b, xi: functional_call(models[0], {**p, **b}, (xi,)))(params, buffers, x)
+    assert ("convolution", torch.bfloat16) in alone.seen
+    assert ("convolution", torch.bfloat16) not in packed.seen  # what a bf16 pack would compute: not the run alone
+    with pytest.raises(ValueError, match="bf16 runs are not packed"):
+        PackedTrainer(models, [None, None], [RunRandom(s, torch.device("cpu")) for s in (0, 1)], None, 10, "bf16", None)
+    jobs = [_job(tmp_path / f"{p}{s}", f"seed={s}", f"train.precision={p}") for p in ("bf16", "fp32") for s in (0, 1)]
+    assert sorted(plan_packs(jobs, 8)) == [[0], [1], [2, 3]]
+
+
+def test_the_draws_of_a_pack_are_the_runs_draws_in_one_copy(monkeypatch):
+    from mm_repro import mixing, packing
+    from mm_repro.mixing import MixSpec
+    from mm_repro.models import build
+
+    specs = [None, MixSpec(1.0, (0,)), MixSpec(2.0, (0, 1, 2)), MixSpec(2.0, (0, 1), "flip")]
+    cpu = torch.device("cpu")
+    models = [init_model(lambda: build("preactresnet18", 10, width=4), 0)] * 4
+    copies = []
+    real = packing.host_to_device
+    monkeypatch.setattr(packing, "host_to_device", lambda a, d: copies.append(a.shape) or real(a, d))
+    trainer = PackedTrainer(models, specs, [RunRandom(s, cpu) for s in range(4)], None, 10, "fp32", lambda p: None)
+    k, lam, index = trainer.draws(6)
+    assert copies == [(4, 8)]  # one array per step
+    for r, spec in enumerate(specs):
+        if spec is None:
+            assert k[r] == -1 and index[r].tolist() == list(range(6))
+            continue
+        rng = RunRandom(r, cpu)
+        d = mixing.draw(spec, 6, rng.python, rng.numpy)
+        assert k[r] == d.k and lam[r].item() == np.float32(d.lam)
+        assert index[r].tolist() == (list(range(6))[::-1] if d.index is None else d.index.tolist())
+
+
+def test_one_bad_job_is_refused_alone_and_the_rest_of_its_pack_trains(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "train",
+        "-m",
+        "hydra/launcher=packed",
+        *[a for a in SMALL if not a.startswith("train.epochs")],
+        "train.epochs=1",
+        "train.milestones=[]",
+        "seed=0,1,-1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "error: job 2 (" in proc.stderr and "seed=-1 is out of range" in proc.stderr
+    assert "packing jobs #0, #1 into one model" in proc.stdout + proc.stderr
+    assert len(list(sweep.rglob(records.RESULT))) == 2
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("seed=4294967296",), "seed=4294967296 is out of range"),
+        (("train.momentum=0",), "train.nesterov=true needs train.momentum > 0"),
+        (("logger=wandb", "logger.mode=bogus"), "logger.mode='bogus' is not allowed"),
+        (("dataset.train_size=0",), "dataset.train_size=0 must be >= 1"),
+    ],
+)
+def test_values_torch_would_reject_later_are_refused_up_front(extra, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        validate_train(compose_train(*SMALL, *extra))
+
+
+def test_a_checkpoint_is_checked_on_load_and_must_fit_the_model(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(train_module, "StopSignals", lambda: _StopAt(3))
+    with pytest.raises(Preempted):
+        train_module.train_jobs([_job(run_dir, "method=erm")])
+    monkeypatch.undo()
+    path = run_dir / records.CHECKPOINT
+    good = path.read_bytes()
+    damaged = bytearray(good)
+    damaged[-100] ^= 0xFF  # one flipped bit in the payload, as a bad disk or copy leaves it
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(UserError, match="does not match its checksum"):
+        train_module.train_jobs([_job(run_dir, "method=erm")])
+    path.write_bytes(good)
+    state = records.load_checkpoint(path)
+    state["model"]["conv1.weight"] = state["model"]["conv1.weight"][:, :2]  # a tensor of another shape
+    records.save_checkpoint(path, state)
+    before = path.read_bytes()
+    with pytest.raises(UserError, match="does not fit the model preactresnet18"):
+        train_module.train_jobs([_job(run_dir, "method=erm")])
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "name, entry, message",
+    [
+        ("floats", {"data": np.zeros((4, 3072), np.uint8), "labels": [0.0, 1.5, 2.0, 3.0]}, "not a list of integers"),
+        ("layout", {"data": np.zeros((4, 32, 32, 3), np.uint8), "labels": [0, 1, 2, 3]}, "not (N, 3072) rows"),
+        ("empty", {"data": np.zeros((0, 3072), np.uint8), "labels": []}, "holds no images"),
+    ],
+)
+def test_cifar_files_of_the_wrong_type_shape_or_size_are_one_line(tmp_path, name, entry, message):
+    import pickle
+
+    from mm_repro.data import load_arrays
+
+    root = write_cifar(tmp_path / name, "cifar10", per_file=4)
+    batches = [f"data_batch_{i}" for i in range(1, 6)] if name == "empty" else ["data_batch_1"]
+    for batch in batches:
+        with open(root / "cifar-10-batches-py" / batch, "wb") as f:
+            pickle.dump(entry, f)
+    cfg = validate_train(compose_train("dataset=cifar10", f"dataset.root={root}", "dataset.download=false"))
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_arrays(cfg.dataset)
+
+
+def test_svhn_labels_outside_1_to_10_are_refused_not_folded(tmp_path):
+    import scipy.io
+
+    from mm_repro.data import load_arrays
+    from tests.conftest import write_svhn
+
+    root = write_svhn(tmp_path / "svhn", n_train=8, n_test=8)
+    mat = scipy.io.loadmat(root / "train_32x32.mat")
+    mat["y"][0, 0] = 11  # `% 10` would silently make it a 1
+    scipy.io.savemat(root / "train_32x32.mat", {"X": mat["X"], "y": mat["y"]})
+    cfg = validate_train(compose_train("dataset=svhn", f"dataset.root={root}", "dataset.download=false"))
+    with pytest.raises(UserError, match="label 11 found; SVHN stores"):
+        load_arrays(cfg.dataset)
+
+
+@pytest.mark.slow  # CLI runs: ~10-25 s
+def test_leftovers_a_kill_leaves_are_removed_and_a_refused_sweep_keeps_its_multirun_yaml(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(train_module, "StopSignals", lambda: _StopAt(3))
+    with pytest.raises(Preempted):
+        train_module.train_jobs([_job(run_dir, "method=erm")])
+    monkeypatch.undo()
+    stale = run_dir / "checkpoints" / ".last.pt.abc123.tmp"  # what atomic_write leaves when killed mid-write
+    stale.write_bytes(b"half a checkpoint")
+    train_module.train_jobs([_job(run_dir, "method=erm")])
+    assert not stale.exists() and (run_dir / records.RESULT).exists()
+    sweep = tmp_path / "sweep"
+    base = ["train", "-m", *SMALL, "train.epochs=1", "train.milestones=[]", f"hydra.sweep.dir={sweep}"]
+    assert run_cli(*base, "seed=0,1", cwd=tmp_path).returncode == 0
+    before = (sweep / "multirun.yaml").read_bytes()
+    refused = run_cli(*base, "seed=0,1", "method.alpha=-1", cwd=tmp_path)
+    assert refused.returncode == 2 and (sweep / "multirun.yaml").read_bytes() == before
+
+
+def test_a_divergence_is_one_line_on_the_terminal_and_in_train_log(cifar10_root, tmp_path):
+    run_dir = tmp_path / "run"
+    extra = ("method=erm", "train.epochs=3", "train.milestones=[1]", "train.gamma=1e8")
+    proc = run_cli(*train_args(cifar10_root, run_dir, *extra), cwd=tmp_path)
+    assert proc.returncode == 3
+    assert (proc.stdout + proc.stderr).count("diverged in epoch 2") == 1
+    assert (run_dir / "train.log").read_text().count("diverged in epoch 2") == 1
+
+
+def test_an_experiment_sweep_without_multirun_is_one_line(tmp_path):
+    proc = run_cli("train", "experiment=table6_alpha", "logger=none", cwd=tmp_path)
+    assert proc.returncode == 2 and "run it with -m: python -m mm_repro train -m experiment=table6_alpha" in proc.stderr
+    assert not (tmp_path / "runs").exists()
