@@ -45,21 +45,39 @@ def _job(run_dir: Path, *overrides: str) -> Job:
 
 
 class _StopAt:
-    """A stand-in for StopSignals whose flag rises at the n-th time the loop reads it (a signal mid-run)."""
+    """A stand-in for StopSignals whose flag rises once `n` training steps have run (a signal mid-run)."""
+
+    steps = 0
 
     def __init__(self, n: int) -> None:
-        self.n, self.reads = n, 0
+        self.n = n
+        _StopAt.steps = 0
 
     @property
     def received(self) -> int | None:
-        self.reads += 1
-        return 15 if self.reads >= self.n else None
+        return 15 if _StopAt.steps >= self.n else None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         pass
+
+
+@pytest.fixture
+def stop_after(monkeypatch):
+    """stop_after(n): the next train_jobs call gets a stop signal after its n-th training step."""
+    add_losses = Pack.add_losses
+
+    def counted(self, losses, n):
+        _StopAt.steps += 1
+        return add_losses(self, losses, n)
+
+    def arm(n: int) -> None:
+        monkeypatch.setattr(Pack, "add_losses", counted)
+        monkeypatch.setattr(train_module, "StopSignals", lambda: _StopAt(n))
+
+    return arm
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -73,11 +91,10 @@ def _weights(run_dir: Path) -> dict:
 PACK = [("erm", "seed=0", "method=erm"), ("mm", "seed=1", "method=manifold")]
 
 
-def test_a_packed_run_resumed_after_a_milestone_keeps_its_schedule(tmp_path, monkeypatch):
+def test_a_packed_run_resumed_after_a_milestone_keeps_its_schedule(tmp_path, monkeypatch, stop_after):
     unbroken = train_module.train_jobs([_job(tmp_path / "a" / n, *o) for n, *o in PACK])
     assert all(isinstance(o, dict) for o in unbroken)
-    # 5 steps an epoch; the loop reads the flag after steps 1-4 and at the epoch's end: read 7 is epoch 2, step 2
-    monkeypatch.setattr(train_module, "StopSignals", lambda: _StopAt(7))
+    stop_after(7)  # 5 steps an epoch: epoch 2 (after the milestone), step 2
     with pytest.raises(Preempted):
         train_module.train_jobs([_job(tmp_path / "b" / n, *o) for n, *o in PACK])
     monkeypatch.undo()
@@ -116,12 +133,12 @@ def test_the_survivors_of_a_dropped_run_keep_their_schedule_and_their_epoch_time
     assert all(a["seconds"] == b["seconds"] > 0.001 for a, b in zip(first, last, strict=True))
 
 
-def test_a_stop_after_a_blow_up_never_replaces_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_a_stop_after_a_blow_up_never_replaces_the_last_good_checkpoint(tmp_path, stop_after):
     # lr x1e8 from epoch 2 on: the weights are NaN within a step or two; the stop comes at epoch 2, step 4
     blow_up = ("train.gamma=1e8", "method=erm")
     for name, seeds in (("alone", [0]), ("packed", [0, 1])):
         jobs = [_job(tmp_path / name / f"s{s}", f"seed={s}", *blow_up) for s in seeds]
-        monkeypatch.setattr(train_module, "StopSignals", lambda: _StopAt(9))
+        stop_after(9)
         outcomes = train_module.train_jobs(jobs)
         for job, outcome in zip(jobs, outcomes, strict=True):
             assert isinstance(outcome, Diverged), name
@@ -143,14 +160,14 @@ def test_a_stop_signal_on_another_rank_stops_this_rank_at_the_same_epoch(tmp_pat
     assert saved["epoch"] == 1 and len(_rows(tmp_path / "r")) == 1
 
 
-def test_a_resume_on_other_data_is_refused_and_touches_nothing(tmp_path, monkeypatch):
+def test_a_resume_on_other_data_is_refused_and_touches_nothing(tmp_path, monkeypatch, stop_after):
     root_a, root_b = write_cifar(tmp_path / "a", "cifar10", seed=0), write_cifar(tmp_path / "b", "cifar10", seed=1)
     run_dir = tmp_path / "run"
 
     def job(root: Path) -> Job:
         return _job(run_dir, "dataset=cifar10", f"dataset.root={root}", "dataset.download=false", "method=erm")
 
-    monkeypatch.setattr(train_module, "StopSignals", lambda: _StopAt(4))
+    stop_after(4)
     with pytest.raises(Preempted):
         train_module.train_jobs([job(root_a)])
     monkeypatch.undo()
@@ -373,9 +390,9 @@ def test_values_torch_would_reject_later_are_refused_up_front(extra, message):
         validate_train(compose_train(*SMALL, *extra))
 
 
-def test_a_checkpoint_is_checked_on_load_and_must_fit_the_model(tmp_path, monkeypatch):
+def test_a_checkpoint_is_checked_on_load_and_must_fit_the_model(tmp_path, monkeypatch, stop_after):
     run_dir = tmp_path / "run"
-    monkeypatch.setattr(train_module, "StopSignals", lambda: _StopAt(3))
+    stop_after(3)
     with pytest.raises(Preempted):
         train_module.train_jobs([_job(run_dir, "method=erm")])
     monkeypatch.undo()
@@ -435,9 +452,11 @@ def test_svhn_labels_outside_1_to_10_are_refused_not_folded(tmp_path):
 
 
 @pytest.mark.slow  # CLI runs: ~10-25 s
-def test_leftovers_a_kill_leaves_are_removed_and_a_refused_sweep_keeps_its_multirun_yaml(tmp_path, monkeypatch):
+def test_leftovers_a_kill_leaves_are_removed_and_a_refused_sweep_keeps_its_multirun_yaml(
+    tmp_path, monkeypatch, stop_after
+):
     run_dir = tmp_path / "run"
-    monkeypatch.setattr(train_module, "StopSignals", lambda: _StopAt(3))
+    stop_after(3)
     with pytest.raises(Preempted):
         train_module.train_jobs([_job(run_dir, "method=erm")])
     monkeypatch.undo()
