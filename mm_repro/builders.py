@@ -1,5 +1,5 @@
 """Build what a pack of jobs trains with: each run's model (initial weights from its own seed), the data loaders,
-the optimizer and LR schedule, and the trainer: `SingleTrainer` for one run, `PackedTrainer` for several. Everything
+the optimizer, and the trainer: `SingleTrainer` for one run, `PackedTrainer` for several. Everything
 here can fail on bad input (a oneDNN-unsafe layout, say), so it runs before any run directory is taken over."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A run's checkpoint: what it holds, how a resume checks it, and how it is written without stalling training.
 
-`checkpoints/last.pt` holds one run's own model and optimizer state, LR schedule, grad scaler, random streams (one
+`checkpoints/last.pt` holds one run's own model and optimizer state, grad scaler, random streams (one
 per DDP rank), epoch, position within the epoch after a mid-epoch stop, the records so far, the wall time and the
 resolved config. A run trained packed with others writes the same file as one trained alone, so either can resume
 it (mm_repro.packing).

@@ -60,7 +60,7 @@ class MixSelectForward(nn.Module):
 
 
 class PackedTrainer:
-    """K runs' models, optimizer state and LR schedule, stacked; the interface of step.SingleTrainer."""
+    """K runs' models and optimizer state, stacked; the interface of step.SingleTrainer."""
 
     def __init__(
         self,

@@ -172,7 +172,7 @@ class Evaluator:
 
 
 class SingleTrainer:
-    """One run's model, optimizer, LR schedule, step and evaluation, behind the interface the training loop uses
+    """One run's model, optimizer, step and evaluation, behind the interface the training loop uses
     for a pack of runs (mm_repro.packing.PackedTrainer): a pack of one."""
 
     size = 1
