@@ -3,8 +3,9 @@ pipeline, and a packed row.
 
 In one process, on the same model, batch and device, after a warm-up at every mixing point (so that no compilation
 or CUDA-graph capture is timed), the median images/s over alternating repeats of:
-- ours: the training path's own step (mm_repro.step.TrainStep) on the device-resident dataset, crop and flip as one
-  copy per batch, no host sync inside the loop, optional bf16/fp16, channels_last and torch.compile;
+- ours: the training path's own step and evaluation, built by the builders `train` uses from conf/train.yaml (its
+  optimizer, loss and classes) and the bench's options, on the device-resident dataset, crop and flip as one copy
+  per batch, no host sync inside the loop, optional bf16/fp16, channels_last and torch.compile;
 - official-style: a re-implementation of the official pipeline (paper.md 2): uint8 images as PIL images through
   torchvision's per-sample RandomHorizontalFlip + RandomCrop(32, padding=2) + ToTensor + Normalize in a DataLoader
   with workers, fp32, eager, NCHW, per-step host work as in `main.py` (numpy lam and permutation, CPU one-hot copied
@@ -35,15 +36,27 @@ import torch
 from torch import nn
 
 from mm_repro import records
+from mm_repro.builders import build_model, packed_trainer, single_trainer
 from mm_repro.checkpoint import to_host
-from mm_repro.config import COMPILE_MODES, PRECISIONS, DatasetConfig, MethodConfig, ModelConfig, choose, to_schema
+from mm_repro.config import (
+    COMPILE_MODES,
+    PRECISIONS,
+    DatasetConfig,
+    MethodConfig,
+    ModelConfig,
+    TrainRunConfig,
+    choose,
+    compose_train,
+    to_schema,
+    validate_train,
+)
 from mm_repro.data import Arrays, DeviceLoader, random_split
+from mm_repro.distributed import World
 from mm_repro.losses import LOSSES
-from mm_repro.mixing import MixSpec
 from mm_repro.models import build
 from mm_repro.official import official_loader, official_step
-from mm_repro.runtime import RunRandom, init_model, refuse_onednn_bug, training_device, uses_channels_last
-from mm_repro.step import Evaluator, MixedForward, TrainStep, build_optimizer, compile_module
+from mm_repro.runtime import RunRandom, init_model, training_device
+from mm_repro.step import SingleTrainer, build_optimizer
 from mm_repro.throughput import cycle, median_rates, peak_for, rate, timed, train_flops_per_image
 
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
@@ -72,30 +85,46 @@ class BenchConfig:
     seed: int = 0
 
 
-def _model(cfg: BenchConfig, device: torch.device, seed: int) -> nn.Module:
-    m = cfg.model
-    return init_model(lambda: build(m.name, 10, width=m.width, bn_init=m.bn_init), seed).to(device)
+def run_config(cfg: BenchConfig, seed: int | None = None) -> TrainRunConfig:
+    """The config `train` would run with these options: conf/train.yaml (its optimizer, loss and classes) with the
+    bench's model, method, batch, precision and compile options."""
+    m, d = cfg.method, cfg.dataset
+    overrides = [
+        f"dataset={d.name}",
+        f"model={cfg.model.name}",
+        f"model.width={cfg.model.width}",
+        f"model.bn_init={cfg.model.bn_init}",
+        f"method={m.name}",
+        f"method.alpha={m.alpha}",
+        f"method.layers={list(m.layers)}",
+        f"method.pairing={m.pairing}",
+        f"train.batch_size={cfg.batch_size}",
+        f"train.precision={cfg.precision}",
+        f"train.compile={cfg.compile}",
+        f"train.compile_mode={cfg.compile_mode}",
+        f"seed={cfg.seed if seed is None else seed}",
+        f"device={cfg.device}",
+        "logger=none",
+    ]
+    return validate_train(compose_train(overrides))
 
 
-def _spec(cfg: BenchConfig) -> MixSpec | None:
-    m = cfg.method
-    return None if m.name == "erm" else MixSpec(m.alpha, tuple(m.layers), m.pairing)
+def _ours(cfg: BenchConfig, device: torch.device) -> tuple[nn.Module, SingleTrainer, bool]:
+    """Our training step and evaluation, built by the builders `train` uses."""
+    run = run_config(cfg)
+    model = build_model(run, device)
+    channels_last = model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    return model, single_trainer(run, model, RunRandom(cfg.seed, device), World()), channels_last
 
 
-def _ours(cfg: BenchConfig, device: torch.device) -> tuple[nn.Module, TrainStep, bool]:
-    """Our training step, built from its parts as `train` builds it (official SGD settings)."""
-    model = _model(cfg, device, cfg.seed)
-    channels_last = uses_channels_last(None, device, model)
-    refuse_onednn_bug(model, cfg.model.width, device, channels_last, cfg.compile)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model.parameters(), 0.1, 0.9, 1e-4, True, fused=device.type == "cuda")
-    spec = _spec(cfg)
-    net: nn.Module = MixedForward(model)
-    if cfg.compile:
-        net = compile_module(net, len(spec.layers) if spec else 1, cfg.compile_mode)
-    step = TrainStep(net, optimizer, LOSSES["bce_softmax"], 10, spec, cfg.precision, RunRandom(cfg.seed, device))
-    return model, step, channels_last
+def _official(cfg: BenchConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer, Callable]:
+    """The official-style model (same initial weights, NCHW, eager), its plain SGD with the run's settings, and the
+    run's loss."""
+    run = run_config(cfg)
+    m, t = run.model, run.train
+    model = init_model(lambda: build(m.name, run.dataset.num_classes, width=m.width, bn_init=m.bn_init), run.seed)
+    optimizer = build_optimizer(model.to(device).parameters(), t.lr, t.momentum, t.weight_decay, t.nesterov, False)
+    return model, optimizer, LOSSES[t.loss]
 
 
 def _warm_up(step: Callable, cfg: BenchConfig) -> None:
@@ -109,7 +138,8 @@ def _warm_up(step: Callable, cfg: BenchConfig) -> None:
 
 def measure_steps(cfg: BenchConfig, split: Arrays, device: torch.device) -> dict:
     """Ours against the official-style step, and both data pipelines alone."""
-    model, step, channels_last = _ours(cfg, device)
+    model, trainer, channels_last = _ours(cfg, device)
+    step = trainer.step
     ours_loader = DeviceLoader(split, cfg.dataset, cfg.batch_size, device, True, channels_last)
     full = len(split.labels) // cfg.batch_size * cfg.batch_size  # full batches only: one batch shape is timed
     g = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -120,15 +150,18 @@ def measure_steps(cfg: BenchConfig, split: Arrays, device: torch.device) -> dict
             step.step(*ours_batches(), layers)
         return n * cfg.batch_size
 
-    ref_model = _model(cfg, device, cfg.seed)
-    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)
+    ref_model, ref_opt, loss_fn = _official(cfg, device)
     loader = official_loader(split, cfg.dataset, cfg.batch_size, cfg.workers, device)
     ref_batches = cycle(lambda: loader)
+    classes = cfg.dataset.num_classes
 
     def official_steps(n: int) -> int:
+        images = 0
         for _ in range(n):
-            official_step(ref_model, ref_opt, *ref_batches(), cfg.method)
-        return n * cfg.batch_size
+            x, y = ref_batches()
+            official_step(ref_model, ref_opt, x, y, cfg.method, loss_fn, classes)
+            images += len(y)  # the official loader keeps an epoch's last, smaller batch
+        return images
 
     _warm_up(ours_steps, cfg)
     official_steps(cfg.warmup)
@@ -155,7 +188,7 @@ def measure_steps(cfg: BenchConfig, split: Arrays, device: torch.device) -> dict
     data_ours, data_official = median_rates(ours_data, official_data, device, cfg.repeats, settle)
     return {
         "model_obj": model,
-        "step_obj": step,
+        "trainer_obj": trainer,
         "ours_images_per_second": ours,
         "official_images_per_second": official,
         "ratio": ours / official,
@@ -166,14 +199,13 @@ def measure_steps(cfg: BenchConfig, split: Arrays, device: torch.device) -> dict
 
 
 def measure_epoch_rest(
-    cfg: BenchConfig, model: nn.Module, step: TrainStep, split: Arrays, device: torch.device, step_rate: float
+    cfg: BenchConfig, model: nn.Module, trainer: SingleTrainer, split: Arrays, device: torch.device, step_rate: float
 ) -> dict:
     """What an epoch spends outside training steps: evaluation, one checkpoint (stall and write), the records."""
     channels_last = model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     test = Arrays(split.images[: cfg.eval_images], split.labels[: cfg.eval_images])
     test_loader = DeviceLoader(test, cfg.dataset, 500, device, False, channels_last)
-    compiled = (lambda m: compile_module(m, 1, cfg.compile_mode)) if cfg.compile else None
-    evaluate = Evaluator(model, cfg.precision, compiled)
+    evaluate, step = trainer.evaluator, trainer.step
     evaluate(test_loader)  # warm-up (and compilation)
     eval_per_image = timed(lambda: evaluate(test_loader), device, cfg.repeats) / len(test.labels)
     state = {"model": model.state_dict(), "optimizer": step.optimizer.state_dict(), "metrics": []}
@@ -198,20 +230,12 @@ def measure_epoch_rest(
 
 def measure_packed(cfg: BenchConfig, split: Arrays, device: torch.device, single_rate: float) -> dict:
     """Aggregate images/s of `pack` runs trained as one (mm_repro.packing), against one run."""
-    from mm_repro.packing import PackedTrainer
-
-    k, spec = cfg.pack, _spec(cfg)
-    seeds = [cfg.seed + i for i in range(k)]
-    trainer = PackedTrainer(
-        [_model(cfg, device, s) for s in seeds],
-        [spec] * k,
-        [RunRandom(s, device) for s in seeds],
-        LOSSES["bce_softmax"],
-        10,
-        cfg.precision,
-        lambda params: build_optimizer(params, 0.1, 0.9, 1e-4, True, fused=device.type == "cuda"),
-    )
-    loader = DeviceLoader(split, cfg.dataset, cfg.batch_size, device, True, False)
+    k = cfg.pack
+    runs = [run_config(cfg, cfg.seed + i) for i in range(k)]
+    models = [build_model(run, device) for run in runs]
+    trainer = packed_trainer(runs, models, [RunRandom(run.seed, device) for run in runs])
+    channels_last = models[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    loader = DeviceLoader(split, cfg.dataset, cfg.batch_size, device, True, channels_last)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     order = loader.order(g)
     batches = len(order) // cfg.batch_size
@@ -234,8 +258,8 @@ def run_bench(cfg: BenchConfig) -> dict:
         np.random.seed(cfg.seed)  # the official-style step draws from the global streams, as the official code
         split = random_split(cfg.images, cfg.seed)
         steps = measure_steps(cfg, split, device)
-        model, step = steps.pop("model_obj"), steps.pop("step_obj")
-        rest = measure_epoch_rest(cfg, model, step, split, device, steps["ours_images_per_second"])
+        model, trainer = steps.pop("model_obj"), steps.pop("trainer_obj")
+        rest = measure_epoch_rest(cfg, model, trainer, split, device, steps["ours_images_per_second"])
         packed = measure_packed(cfg, split, device, steps["ours_images_per_second"]) if cfg.pack > 1 else {}
         flops = train_flops_per_image(model, device)
         peak, peak_mode = peak_for(device, cfg.precision)

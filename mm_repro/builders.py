@@ -17,9 +17,17 @@ from mm_repro.config import TrainRunConfig
 from mm_repro.data import Arrays, DeviceLoader, fingerprint, load_arrays
 from mm_repro.losses import LOSSES
 from mm_repro.mixing import MixSpec
-from mm_repro.models import build, count_parameters
+from mm_repro.models import build
 from mm_repro.runtime import RunRandom, init_model, refuse_onednn_bug, uses_channels_last
-from mm_repro.step import Evaluator, MixedForward, SingleTrainer, TrainStep, build_optimizer, compile_module
+from mm_repro.step import (
+    Evaluator,
+    MixedForward,
+    SingleTrainer,
+    Trainer,
+    TrainStep,
+    build_optimizer,
+    compile_module,
+)
 
 
 def mix_spec(cfg: TrainRunConfig) -> MixSpec | None:
@@ -92,9 +100,26 @@ def single_trainer(cfg: TrainRunConfig, model: nn.Module, rng: RunRandom, world:
     return SingleTrainer(model, optimizer, step, Evaluator(model, cfg.train.precision, compiler(cfg, 1)))
 
 
+def packed_trainer(cfgs: list[TrainRunConfig], models: list[nn.Module], rngs: list[RunRandom]) -> Trainer:
+    """Several runs as one (mm_repro.packing); they share the loss, classes, precision and optimizer settings (the
+    packed launcher groups them so), each with its own mixing method and streams."""
+    from mm_repro.packing import PackedTrainer
+
+    lead, device = cfgs[0], rngs[0].device
+    return PackedTrainer(
+        models,
+        [mix_spec(c) for c in cfgs],
+        rngs,
+        LOSSES[lead.train.loss],
+        lead.dataset.num_classes,
+        lead.train.precision,
+        lambda params: optimizer_for(params, lead, device),
+    )
+
+
 def build_trainer(
     jobs: list[Any], rngs: list[RunRandom], world: distributed.World, device: torch.device
-) -> tuple[Any, list[DeviceLoader], DeviceLoader, list[dict]]:
+) -> tuple[Trainer, list[DeviceLoader], DeviceLoader, list[dict]]:
     """The trainer, each run's train loader, the shared test loader, and each run's data fingerprints."""
     splits = load_splits(jobs)
     prints: dict[int, str] = {}
@@ -119,18 +144,7 @@ def build_trainer(
     test_split = splits[jobs[0].run_dir][1]
     test_loader = DeviceLoader(test_split, lead.dataset, lead.train.eval_batch_size, device, False, channels_last)
     if len(jobs) == 1:
-        trainer = single_trainer(lead, models[0], rngs[0], world)
+        trainer: Trainer = single_trainer(lead, models[0], rngs[0], world)
     else:
-        from mm_repro.packing import PackedTrainer
-
-        trainer = PackedTrainer(
-            models,
-            [mix_spec(job.cfg) for job in jobs],
-            rngs,
-            LOSSES[lead.train.loss],
-            lead.dataset.num_classes,
-            lead.train.precision,
-            lambda params: optimizer_for(params, lead, device),
-        )
-    trainer.param_count = count_parameters(models[0])
+        trainer = packed_trainer([job.cfg for job in jobs], models, rngs)
     return trainer, loaders, test_loader, data

@@ -50,6 +50,18 @@ RESUME_FREE_KEYS = (
 )
 
 
+def compose_train(overrides: list[str]) -> DictConfig:
+    """conf/train.yaml composed with `overrides`, as `python -m mm_repro train` composes it (inside another command's
+    Hydra app, or outside any)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="train", overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
 def group_options(group: str) -> tuple[str, ...]:
     """The options of a config group: the YAML files in conf/<group>/."""
     return tuple(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")))

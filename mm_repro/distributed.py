@@ -78,3 +78,38 @@ def barrier(world: World) -> None:
 def shutdown(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class Shards:
+    """One session's view of the world: this rank's share of an epoch order and the collectives the training loop
+    uses, on the session's device (all of them trivial in a world of one)."""
+
+    def __init__(self, world: World, device: torch.device) -> None:
+        self.world, self.device = world, device
+
+    @property
+    def size(self) -> int:
+        return self.world.size
+
+    @property
+    def is_main(self) -> bool:
+        return self.world.is_main
+
+    def share(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's interleaved part of an epoch order (all of it without DDP), every rank the same length."""
+        return order[self.world.rank :: self.world.size][: len(order) // self.world.size]
+
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        return broadcast(tensor, self.world)
+
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return all_sum(tensor, self.world)
+
+    def any_rank(self, flag: bool) -> bool:
+        return any_rank(flag, self.world, self.device)
+
+    def gather(self, obj: Any) -> list[Any]:
+        return gather(obj, self.world)
+
+    def barrier(self) -> None:
+        barrier(self.world)

@@ -53,10 +53,15 @@ def partner(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     return x.flip(0) if index is None else x[index]
 
 
+def interpolate(x: torch.Tensor, lam: float | torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """`x * lam + x[index] * (1 - lam)`, the official `mixup_process` expression: the only place it is written.
+
+    `lam` may be a float or a 0-dim float32 tensor (which keeps bf16 hidden states in bf16)."""
+    return x * lam + partner(x, index) * (1 - lam)
+
+
 def mix(
     h: torch.Tensor, targets: torch.Tensor, lam: float | torch.Tensor, index: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`h * lam + h[index] * (1 - lam)` for the hidden states and the soft targets alike, as `mixup_process`.
-
-    `lam` may be a float or a 0-dim float32 tensor (which keeps bf16 hidden states in bf16)."""
-    return h * lam + partner(h, index) * (1 - lam), targets * lam + partner(targets, index) * (1 - lam)
+    """The hidden states and the soft targets, mixed alike (same lam, same partners), as `mixup_process`."""
+    return interpolate(h, lam, index), interpolate(targets, lam, index)

@@ -14,7 +14,7 @@ from torch import nn
 
 from mm_repro.config import DatasetConfig, MethodConfig
 from mm_repro.data import Arrays
-from mm_repro.losses import bce_softmax
+from mm_repro.mixing import mix
 
 
 class _PILDataset(torch.utils.data.Dataset):
@@ -48,28 +48,32 @@ def official_loader(
         shuffle=True,
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        drop_last=True,
         persistent_workers=workers > 0,
-    )
+    )  # no drop_last: the official `load_data_subset` keeps an epoch's last, smaller batch
 
 
 def official_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, method: MethodConfig
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    method: MethodConfig,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    num_classes: int,
 ) -> float:
     """One step as the official `main.py` + `preresnet.py` take it, host work included."""
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
-    onehot = torch.zeros(len(y), 10).scatter_(1, y.cpu()[:, None], 1).to(device)  # official to_one_hot
+    onehot = torch.zeros(len(y), num_classes).scatter_(1, y.cpu()[:, None], 1).to(device)  # official to_one_hot
     if method.name == "erm":
         logits, targets = model(x), onehot
     else:
         k = method.layers[random.randint(0, len(method.layers) - 1)]
         lam = torch.from_numpy(np.array([np.random.beta(method.alpha, method.alpha)]).astype("float32")).to(device)
         indices = torch.from_numpy(np.random.permutation(len(y))).to(device)
-        h = model.forward_until(x, k)
-        h, targets = h * lam + h[indices] * (1 - lam), onehot * lam + onehot[indices] * (1 - lam)
+        h, targets = mix(model.forward_until(x, k), onehot, lam, indices)
         logits = model.forward_from(h, k)
-    loss = bce_softmax(logits, targets)
+    loss = loss_fn(logits, targets)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

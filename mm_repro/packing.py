@@ -32,8 +32,9 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from mm_repro import mixing
+from mm_repro.models import count_parameters
 from mm_repro.runtime import RunRandom
-from mm_repro.step import autocast, host_to_device, one_hot, set_lr
+from mm_repro.step import autocast, host_to_device, one_hot, set_lr, test_figures
 
 PACKABLE_PRECISIONS = ("fp32",)  # see the module docstring for why fp16 and bf16 train alone
 
@@ -54,8 +55,8 @@ class MixSelectForward(nn.Module):
             if i > 0:
                 h = self.model.stage(i, h)
             if i in self.points:
-                h = torch.where(k == i, h * lam + h[index] * (1 - lam), h)
-        targets = torch.where(k >= 0, targets * lam + targets[index] * (1 - lam), targets)
+                h = torch.where(k == i, mixing.interpolate(h, lam, index), h)
+        targets = torch.where(k >= 0, mixing.interpolate(targets, lam, index), targets)
         return self.model.head(h), targets
 
 
@@ -83,6 +84,7 @@ class PackedTrainer:
         self.num_classes, self.precision = num_classes, precision
         self.loss_fn = vmap(loss_fn)
         self.make_optimizer = make_optimizer
+        self.param_count = count_parameters(models[0])
         points = tuple(sorted({k for s in self.specs if s for k in s.layers}))
         self.net = MixSelectForward(copy.deepcopy(models[0]).to("meta"), points)
         params, buffers = stack_module_state(models)
@@ -144,24 +146,15 @@ class PackedTrainer:
         self.optimizer.step()
         return losses.detach()
 
-    @torch.no_grad()
     def evaluate(self, loader: Any) -> list[tuple[float, float]]:
-        """Each run's test error (%) and NLL on the same test batches (one host sync at the end)."""
-        self.net.eval()
-        n = self.size
-        wrong = torch.zeros(n, device=self.device)
-        nll = torch.zeros(n, device=self.device, dtype=torch.float64)
+        """Each run's test error (%) and NLL on the same test batches, as a run alone computes them."""
         state = {f"model.{k}": v for k, v in {**self.params, **self.buffers}.items()}
-        for x, y in loader.batches(loader.order()):
-            with autocast(self.device, self.precision):
-                logits = vmap(lambda s, x: functional_call(self.net.model, _unprefix(s), (x,)), in_dims=(0, None))(
-                    state, x
-                ).float()
-            wrong += (logits.argmax(2) != y).sum(1)
-            nll += torch.stack([nn.functional.cross_entropy(lg, y, reduction="sum") for lg in logits]).double()
-        self.net.train()
-        m = loader.num_images
-        return [(100.0 * w / m, v / m) for w, v in zip(wrong.tolist(), nll.tolist(), strict=True)]
+        forward = vmap(lambda s, x: functional_call(self.net.model, _unprefix(s), (x,)), in_dims=(0, None))
+        self.net.eval()
+        try:
+            return test_figures(lambda x: forward(state, x), loader, self.precision, self.size)
+        finally:
+            self.net.train()
 
     def state(self, r: int) -> dict:
         """Run r's own state, in the format of a run trained alone (step.SingleTrainer.state)."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from mm_repro import distributed, records
 from mm_repro.checkpoint import config_changes, describe_changes
@@ -18,9 +20,6 @@ from mm_repro.errors import RunFailed, UserError
 from mm_repro.outcomes import check_result as check_result_fields
 from mm_repro.runtime import RunRandom
 from mm_repro.tracking import NullTracker
-
-if TYPE_CHECKING:
-    from mm_repro.pack import Pack
 
 
 @dataclass
@@ -50,8 +49,6 @@ class Run:
     run_id: str = ""  # the run's identity, drawn when it starts from scratch and kept through every resume
     data: dict = field(default_factory=dict)  # fingerprints of the train and test splits (data.fingerprint)
     checkpoint_epoch: int | None = None  # the epoch of the last checkpoint on disk (None: none yet)
-    order: torch.Tensor | None = None  # this epoch's order of the training images
-    share: torch.Tensor | None = None  # this rank's part of it
     outcome: dict | RunFailed | None = None
 
     @property
@@ -67,14 +64,18 @@ class Run:
         if self.world.is_main:
             emit(self.job.logger, message, to_files=True)
 
-    def banner(self, pack: Pack) -> str:
+    def banner(self, train_images: int, test_images: int, device: torch.device, pack_size: int) -> str:
         c = self.job.cfg
+        packed = f", packed with {pack_size - 1} other run(s)" if pack_size > 1 else ""
         return (
             f"{c.dataset.name} {c.model.name} (width {c.model.width}, {self.params:,} params) {c.method.name} "
-            f"alpha={c.method.alpha} layers={list(c.method.layers)} seed={c.seed} | {pack.train_images:,} train / "
-            f"{pack.test_loader.num_images:,} test images | {pack.device} x {self.world.size} process(es)"
-            f"{f', packed with {pack.trainer.size - 1} other run(s)' if pack.trainer.size > 1 else ''} | {self.run_dir}"
+            f"alpha={c.method.alpha} layers={list(c.method.layers)} seed={c.seed} | {train_images:,} train / "
+            f"{test_images:,} test images | {device} x {self.world.size} process(es){packed} | {self.run_dir}"
         )
+
+    def identity_state(self) -> dict:
+        """What a checkpoint holds of the run besides its training state: records, config, identity, data."""
+        return {"metrics": self.metrics, "config": self.job.config, "run_id": self.run_id, "data": self.data}
 
     def record_epoch(self, row: dict) -> None:
         self.metrics.append(row)
@@ -101,14 +102,11 @@ class Run:
             "start over with train.resume=false"
         )
 
-    def finish(self, pack: Pack) -> dict:
-        checkpoint = self.run_dir / records.CHECKPOINT
-        digest = pack.writer.digests.get(checkpoint) or records.checkpoint_digest(checkpoint)
-        identity = {"run_id": self.run_id, "checkpoint_sha256": digest, "data": self.data}
-        wall = self.wall_base + pack.elapsed()
-        result = records.make_result(
-            self.job.cfg, self.job.config, self.metrics, identity, self.params, wall, pack.device
-        )
+    def finish(self, wall_seconds: float, checkpoint_digest: str, device: torch.device) -> dict:
+        """result.json, written; the last line."""
+        identity = {"run_id": self.run_id, "checkpoint_sha256": checkpoint_digest, "data": self.data}
+        c = self.job
+        result = records.make_result(c.cfg, c.config, self.metrics, identity, self.params, wall_seconds, device)
         if self.world.is_main:
             records.write_json(self.run_dir / records.RESULT, result)
         self.tracker.summary(result)
@@ -151,6 +149,73 @@ def completed(job: Job) -> dict | None:
     if changes:
         raise UserError(describe_changes(job.run_dir, changes))
     return result
+
+
+def claim(run: Run, trainer: Any, index: int) -> None:
+    """Lock the run directory and check everything a start or resume reads (the checkpoint, its config, data and
+    tensors, loaded into the trainer's place `index`) before anything in the directory changes: a refused start
+    leaves it as it was."""
+    job, run_dir = run.job, run.job.run_dir
+    if run.world.is_main:
+        run.lock = records.RunLock(run_dir)
+        run.lock.acquire()
+    checkpoint = run_dir / records.CHECKPOINT
+    if not (job.cfg.train.resume and checkpoint.exists()):
+        run.run_id = uuid.uuid4().hex  # a new run: its identity, kept through every resume
+        return
+    run.saved = saved = records.load_checkpoint(checkpoint)
+    if len(saved["rng_ranks"]) != run.world.size:
+        raise UserError(
+            f"checkpoint {checkpoint} was written by {len(saved['rng_ranks'])} process(es); resume it with as many"
+        )
+    changes = config_changes(saved["config"], job.config)
+    if changes:
+        raise UserError(describe_changes(run_dir, changes))
+    moved = [
+        f"{split} split: {saved['data'][split]} -> {run.data[split]}"
+        for split in ("train", "test")
+        if saved.get("data") and saved["data"].get(split) != run.data[split]
+    ]
+    if moved:
+        raise UserError(
+            f"{run_dir} was trained on other data than dataset.root={job.cfg.dataset.root} holds now "
+            f"({'; '.join(moved)}); resuming would mix two datasets. Point dataset.root at the data it was "
+            "trained on, or pass train.resume=false to start over"
+        )
+    try:
+        trainer.load(index, saved)
+    except (RuntimeError, KeyError, ValueError, IndexError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"checkpoint {checkpoint} does not fit the model {job.cfg.model.name} (width {job.cfg.model.width}): "
+            f"{reason}; it was left untouched: pass train.resume=false to start over"
+        ) from None
+    run.rng.load_state(saved["rng_ranks"][run.world.rank], str(checkpoint))
+    run.run_id = saved.get("run_id") or uuid.uuid4().hex
+    run.checkpoint_epoch = saved["epoch"]
+
+
+def take_over(run: Run) -> None:
+    """Make the claimed run directory this process's: pid in the lock, interrupted temporary files removed, earlier
+    records archived (all of them for a run that starts from scratch), `.hydra/` written."""
+    job, run_dir = run.job, run.job.run_dir
+    if run.world.is_main:
+        run.lock.sign()
+        records.remove_stale_temporaries(run_dir)
+        earlier = (Path(records.FAILURE),) if run.saved else records.ARCHIVED
+        archived = records.archive(run_dir, earlier)
+        if archived:
+            run.say(f"earlier records moved to {archived}")
+        if run.saved:  # epochs recorded after the checkpoint belong to the stopped session: drop them
+            records.write_metrics(run_dir / records.METRICS, run.saved["metrics"])
+        for name, node in job.hydra_files.items():
+            (run_dir / ".hydra").mkdir(exist_ok=True)
+            OmegaConf.save(node, run_dir / ".hydra" / name)
+        if run.saved:
+            step = (run.saved.get("position") or {}).get("step", 0)
+            mid = f", at step {step} of epoch {run.saved['epoch'] + 1}" if step else ""
+            run.say(f"resuming {run_dir} after epoch {run.saved['epoch']}{mid}")
+    distributed.barrier(run.world)
 
 
 def _hms(s: float) -> str:

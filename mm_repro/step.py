@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm_repro import mixing
+from mm_repro.models import count_parameters
 from mm_repro.runtime import RunRandom
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -147,33 +148,73 @@ class TrainStep:
         return loss.detach()
 
 
+@torch.no_grad()
+def test_figures(
+    logits_of: Callable[[torch.Tensor], torch.Tensor], loader: Any, precision: str, runs: int
+) -> list[tuple[float, float]]:
+    """Test error (%) and NLL (mean cross-entropy) of `runs` models whose logits for a test batch `logits_of` gives
+    as (runs, batch, classes); one host sync at the end. A single run and a pack evaluate through this alone."""
+    device = loader.labels.device
+    wrong = torch.zeros(runs, device=device)
+    nll = torch.zeros(runs, device=device, dtype=torch.float64)
+    for x, y in loader.batches(loader.order()):
+        with autocast(device, precision):
+            logits = logits_of(x).float()
+        wrong += (logits.argmax(2) != y).sum(1)
+        nll += F.cross_entropy(logits.transpose(1, 2), y.expand(runs, -1), reduction="none").double().sum(1)
+    n = loader.num_images
+    return [(100.0 * w / n, v / n) for w, v in zip(wrong.tolist(), nll.tolist(), strict=True)]
+
+
 class Evaluator:
-    """Test error (%) and test NLL (mean cross-entropy) of a model, in the run's precision and memory format
-    (the loader's), compiled when the run is; one host sync at the end."""
+    """Test error (%) and test NLL of one model, in the run's precision and memory format (the loader's), compiled
+    when the run is."""
 
     def __init__(self, model: nn.Module, precision: str, compiled: Callable[[nn.Module], Any] | None = None) -> None:
         self.model, self.precision = model, precision
         self.forward = compiled(model) if compiled else model
 
-    @torch.no_grad()
     def __call__(self, loader: Any) -> tuple[float, float]:
         self.model.eval()
-        device = loader.labels.device
-        wrong = torch.zeros((), device=device)
-        nll = torch.zeros((), device=device, dtype=torch.float64)
-        for x, y in loader.batches(loader.order()):
-            with autocast(device, self.precision):
-                logits = self.forward(x).float()
-            wrong += (logits.argmax(1) != y).sum()
-            nll += F.cross_entropy(logits, y, reduction="sum").double()
-        self.model.train()
-        n = loader.num_images
-        return 100.0 * wrong.item() / n, nll.item() / n
+        try:
+            return test_figures(lambda x: self.forward(x)[None], loader, self.precision, 1)[0]
+        finally:
+            self.model.train()
+
+
+class Trainer(Protocol):
+    """What the training loop asks of the runs a process trains together: one run (`SingleTrainer`) or a pack
+    (mm_repro.packing.PackedTrainer). Runs are numbered 0..size-1 in the pack's order; `drop` renumbers."""
+
+    param_count: int  # of one run's model
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def lr(self) -> float: ...
+
+    def set_lr(self, lr: float) -> None:
+        """The LR of every run (the loop sets it at each epoch's start from the schedule, `lr_at`)."""
+
+    def train_step(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
+        """One step of every run on its own batch; the losses as a device tensor of shape (size,)."""
+
+    def evaluate(self, loader: Any) -> list[tuple[float, float]]:
+        """Each run's test error (%) and NLL."""
+
+    def state(self, r: int) -> dict:
+        """Run r's model, optimizer and grad-scaler state, in the format of a run alone (live tensors)."""
+
+    def load(self, r: int, state: dict) -> None:
+        """Run r's checkpoint (written alone or packed) into its place."""
+
+    def drop(self, r: int) -> None:
+        """Run r leaves (it diverged); the others go on untouched."""
 
 
 class SingleTrainer:
-    """One run's model, optimizer, step and evaluation, behind the interface the training loop uses
-    for a pack of runs (mm_repro.packing.PackedTrainer): a pack of one."""
+    """One run's model, optimizer, step and evaluation: the `Trainer` of a pack of one."""
 
     size = 1
 
@@ -181,6 +222,7 @@ class SingleTrainer:
         self, model: nn.Module, optimizer: torch.optim.Optimizer, step: TrainStep, evaluator: Evaluator
     ) -> None:
         self.model, self.optimizer, self.step, self.evaluator = model, optimizer, step, evaluator
+        self.param_count = count_parameters(model)
 
     @property
     def lr(self) -> float:

@@ -24,7 +24,7 @@ import torch
 from mm_repro import distributed
 from mm_repro.config import TrainRunConfig
 from mm_repro.errors import Diverged, RunFailed
-from mm_repro.pack import Pack, open_runs
+from mm_repro.pack import Session, open_session
 from mm_repro.runs import Job, completed, emit, progress_bar
 from mm_repro.runtime import Preempted, StopSignals, configure_backends, training_device
 
@@ -75,8 +75,8 @@ def _train_jobs(jobs: list[Job], job_num: int | None, started: float) -> list[di
             configure_backends(lead.deterministic)
             if lead.train.compile:  # each job of a sweep compiles afresh: no recompile limit carried over
                 _reset_compiled_state()
-            with open_runs(jobs, world, device, started) as pack:
-                return _train(pack)
+            with open_session(jobs, world, device, started) as session:
+                return _train(session)
     finally:
         distributed.shutdown(world)
 
@@ -89,71 +89,73 @@ def _reset_compiled_state() -> None:
         cudagraph_trees.reset_cudagraph_trees()
 
 
-def _train(pack: Pack) -> list[dict | RunFailed]:
+def _train(session: Session) -> list[dict | RunFailed]:
     """The loop: epochs of training steps, then evaluation, records and (on the time policy) checkpoints."""
-    for r in pack.active:
-        r.say(r.banner(pack))
+    cursor = session.cursor
+    for r in session.active:
+        r.say(session.banner(r))
         r.say(HEADER)
     with StopSignals() as stop:
-        while pack.active and pack.epoch < pack.epochs:
-            finished = _train_epoch(pack, stop)
+        while session.active and cursor.epoch < session.epochs:
+            finished = _train_epoch(session, stop)
             if not finished:
-                pack.save_all()  # a run whose state went non-finite writes none and stops as diverged
-                if not pack.active:
+                session.save_all()  # a run whose state went non-finite writes none and stops as diverged
+                if not session.active:
                     break
-                raise Preempted(pack.stop_message(stop.received, mid_epoch=True))
-            stopping = pack.any_rank(stop.received is not None)  # every rank decides alike, or one would hang
-            _end_epoch(pack, stopping)
-            if stopping and pack.active and pack.epoch < pack.epochs:
-                raise Preempted(pack.stop_message(stop.received, mid_epoch=False))
-    pack.writer.wait()  # the last checkpoint is on disk before the run counts as done
-    for r in pack.active:
-        r.outcome = r.finish(pack)
-    return [r.outcome for r in pack.runs]
+                raise Preempted(session.stop_message(stop.received, mid_epoch=True))
+            stopping = session.shards.any_rank(stop.received is not None)  # all ranks alike, or one would hang
+            _end_epoch(session, stopping)
+            if stopping and session.active and cursor.epoch < session.epochs:
+                raise Preempted(session.stop_message(stop.received, mid_epoch=False))
+    for r in session.active:  # finish waits for the last checkpoint: it is on disk before the run counts as done
+        r.outcome = session.finish(r)
+    return [r.outcome for r in session.runs]
 
 
-def _train_epoch(pack: Pack, stop: StopSignals) -> bool:
+def _train_epoch(session: Session, stop: StopSignals) -> bool:
     """One epoch of every active run (or its rest, after a mid-epoch stop); False if a stop signal ended it."""
-    pack.start_epoch()
-    steps = pack.steps_per_epoch
-    check_every = 25 if pack.world.distributed else 1  # a collective per check under DDP: not every step
-    bar = progress_bar(steps, pack.world.is_main)
+    session.start_epoch()
+    cursor, shards = session.cursor, session.shards
+    steps = cursor.steps_per_epoch
+    check_every = 25 if shards.size > 1 else 1  # a collective per check under DDP: not every step
+    bar = progress_bar(steps, shards.is_main)
     start = time.perf_counter()
-    for i in range(pack.step, steps):
-        xs, ys = pack.batch(i)
-        pack.add_losses(pack.trainer.train_step(xs, ys), len(ys[0]))
-        pack.step = i + 1
-        bar.update(pack.step)
-        if pack.step < steps and pack.step % check_every == 0 and pack.any_rank(stop.received is not None):
+    for i in range(cursor.step, steps):
+        xs, ys = cursor.batch(i)
+        cursor.add(session.trainer.train_step(xs, ys), len(ys[0]))
+        cursor.step = i + 1
+        bar.update(cursor.step)
+        if cursor.step < steps and cursor.step % check_every == 0 and shards.any_rank(stop.received is not None):
             bar.close()
-            pack.train_seconds += time.perf_counter() - start
+            cursor.train_seconds += time.perf_counter() - start
             return False
-    pack.sync()
+    session.sync()
     bar.close()
-    pack.train_seconds += time.perf_counter() - start
-    pack.step = 0  # the epoch is done: the next checkpoint holds no mid-epoch position
+    cursor.train_seconds += time.perf_counter() - start
+    cursor.step = 0  # the epoch is done: the next checkpoint holds no mid-epoch position
     return True
 
 
-def _end_epoch(pack: Pack, stopping: bool) -> None:
+def _end_epoch(session: Session, stopping: bool) -> None:
     """Losses and test figures of every run; a non-finite one stops that run alone; records, checkpoints, lines."""
-    losses = pack.epoch_losses()
-    lr = pack.trainer.lr
-    figures = pack.trainer.evaluate(pack.test_loader)
-    pack.epoch += 1
-    seconds = pack.epoch_seconds()
-    rows = [pack.metrics_row(lr, loss, *fig, seconds) for loss, fig in zip(losses, figures, strict=True)]
-    for r, row in list(zip(pack.active, rows, strict=True)):
+    cursor = session.cursor
+    losses = cursor.epoch_losses()
+    lr = session.trainer.lr
+    figures = session.trainer.evaluate(session.test_loader)
+    cursor.epoch += 1
+    seconds = session.epoch_seconds()
+    rows = [session.metrics_row(lr, loss, *fig, seconds) for loss, fig in zip(losses, figures, strict=True)]
+    for r, row in list(zip(session.active, rows, strict=True)):
         values = {k: row[k] for k in ("train_loss", "test_error", "test_nll")}
         if all(map(_finite, values.values())):
             r.record_epoch(row)
         else:
             listed = ", ".join(f"{k} {v}" for k, v in values.items())
-            pack.drop(r, Diverged(r.diverged_message(f"in epoch {pack.epoch} ({listed})")), {**row, **values})
-    if pack.epoch == pack.epochs or stopping or pack.checkpoint_due():
-        pack.save_all()
-    for r in pack.active:
-        r.log_epoch(pack.epoch, pack.epochs)
+            session.drop(r, Diverged(r.diverged_message(f"in epoch {cursor.epoch} ({listed})")), values)
+    if cursor.epoch == session.epochs or stopping or session.checkpoints.due(cursor.epoch):
+        session.save_all()
+    for r in session.active:
+        r.log_epoch(cursor.epoch, session.epochs)
 
 
 def _finite(x: float) -> bool:

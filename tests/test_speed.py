@@ -211,3 +211,16 @@ def test_bench_runs_on_cpu_in_reduced_form(tmp_path):
     for row in ("ours: train step", "official-style: data pipeline", "packed: 2 runs", "epoch outside training"):
         assert row in proc.stdout
     assert np.isfinite(result["checkpoint_stall_seconds"]) and result["eval_seconds_per_image"] > 0
+
+
+def test_the_official_style_loader_keeps_an_epochs_last_smaller_batch():
+    # The official `load_data_subset` builds its training DataLoader without drop_last (docs/protocol.md), so an
+    # epoch of 250 images at batch 100 ends with a batch of 50; the baseline `bench` times must do the same.
+    from mm_repro.config import DatasetConfig
+    from mm_repro.data import random_split
+    from mm_repro.official import official_loader
+
+    loader = official_loader(random_split(250, 0), DatasetConfig(), 100, 0, CPU)
+    batches = list(loader)
+    assert [len(y) for _, y in batches] == [100, 100, 50]
+    assert sorted(torch.cat([y for _, y in batches]).tolist()) == sorted(random_split(250, 0).labels.tolist())

@@ -18,9 +18,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mm_repro import records
 from mm_repro import train as train_module
 from mm_repro.config import validate_train
+from mm_repro.distributed import Shards
 from mm_repro.errors import Diverged, UserError
 from mm_repro.outcomes import scan
-from mm_repro.pack import Pack
+from mm_repro.pack import Cursor
 from mm_repro.packed_launch import plan_packs
 from mm_repro.packing import PackedTrainer
 from mm_repro.runs import Job
@@ -67,14 +68,14 @@ class _StopAt:
 @pytest.fixture
 def stop_after(monkeypatch):
     """stop_after(n): the next train_jobs call gets a stop signal after its n-th training step."""
-    add_losses = Pack.add_losses
+    add = Cursor.add
 
     def counted(self, losses, n):
         _StopAt.steps += 1
-        return add_losses(self, losses, n)
+        return add(self, losses, n)
 
     def arm(n: int) -> None:
-        monkeypatch.setattr(Pack, "add_losses", counted)
+        monkeypatch.setattr(Cursor, "add", counted)
         monkeypatch.setattr(train_module, "StopSignals", lambda: _StopAt(n))
 
     return arm
@@ -153,7 +154,13 @@ def test_a_stop_after_a_blow_up_never_replaces_the_last_good_checkpoint(tmp_path
 
 def test_a_stop_signal_on_another_rank_stops_this_rank_at_the_same_epoch(tmp_path, monkeypatch):
     # this rank got no signal; the collective says one rank did: it must stop too (or it would hang alone)
-    monkeypatch.setattr(Pack, "any_rank", lambda self, flag: self.epoch == 0 and self.step == 0)  # end of epoch 1
+    calls = []
+
+    def another_rank_stops_after_epoch_1(self, flag: bool) -> bool:
+        calls.append(flag)
+        return len(calls) == 5  # 5 steps an epoch: reads after steps 1-4, then the epoch's end
+
+    monkeypatch.setattr(Shards, "any_rank", another_rank_stops_after_epoch_1)
     with pytest.raises(Preempted):
         train_module.train_jobs([_job(tmp_path / "r", "method=erm")])
     saved = records.load_checkpoint(tmp_path / "r" / records.CHECKPOINT)
