@@ -6,7 +6,7 @@ or CUDA-graph capture is timed), the median images/s over alternating repeats of
 - ours: the training path's own step and evaluation, built by the builders `train` uses from conf/train.yaml (its
   optimizer, loss and classes) and the bench's options, on the device-resident dataset, crop and flip as one copy
   per batch, no host sync inside the loop, optional bf16/fp16, channels_last and torch.compile;
-- official-style: a re-implementation of the official pipeline (paper.md 2): uint8 images as PIL images through
+- official-style: a re-implementation of the official pipeline (docs/protocol.md §2): uint8 images as PIL images through
   torchvision's per-sample RandomHorizontalFlip + RandomCrop(32, padding=2) + ToTensor + Normalize in a DataLoader
   with workers, fp32, eager, NCHW, per-step host work as in `main.py` (numpy lam and permutation, CPU one-hot copied
   to the device, `loss.item()` every step), BCE on softmax;
@@ -212,8 +212,10 @@ def measure_epoch_rest(
     stall = timed(lambda: to_host(state), device, cfg.repeats)
     rows = [{"epoch": e, "lr": 0.1, "train_loss": 0.1, "test_error": 5.0, "test_nll": 0.2} for e in range(2000)]
     with tempfile.TemporaryDirectory() as tmp:
-        write = timed(lambda: records.save_checkpoint(Path(tmp) / "last.pt", to_host(state)), device, 1) - stall
-        record = timed(lambda: records.write_metrics(Path(tmp) / "metrics.jsonl", rows), device, cfg.repeats)
+        write = (
+            timed(lambda: records.save_checkpoint(Path(tmp) / records.CHECKPOINT, to_host(state)), device, 1) - stall
+        )
+        record = timed(lambda: records.write_metrics(Path(tmp) / records.METRICS, rows), device, cfg.repeats)
     train_s = CIFAR10_TRAIN / step_rate
     eval_s = CIFAR10_TEST * eval_per_image
     epoch_s = train_s + eval_s + record

@@ -198,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from mm_repro.config import CONF_DIR
-    from mm_repro.errors import UserError
-    from mm_repro.runtime import Preempted
+    from mm_repro.errors import Preempted, UserError
     from mm_repro.sweeps import FAILED_JOBS, one_line
 
     debug = os.environ.get("MM_REPRO_DEBUG") == "1"
@@ -219,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = f"cannot write {exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else one_line(exc)
         sys.stderr.write(f"error: {message}\n")
-        return 2
+        return UserError.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130

@@ -9,7 +9,7 @@ options are the files in its conf/ directory (`group_options`), the others are t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +19,19 @@ from omegaconf.errors import OmegaConfBaseException
 from mm_repro.errors import UserError
 from mm_repro.losses import LOSSES
 from mm_repro.models import BN_INIT_NAMES, REGISTRY, mixing_points
+from mm_repro.step import PRECISION_DTYPES
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 PAIRINGS = ("permutation", "flip")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = tuple(PRECISION_DTYPES)
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 LOGGER_MODES = ("offline", "online", "disabled")  # W&B's modes (wandb.init(mode=...))
 SEED_LIMIT = 2**32  # numpy's RandomState takes seeds in 0..2^32-1; a DDP rank uses seed + rank
 
 # Keys that change where or how fast a run trains, not its numbers (beyond floating-point rounding): they stay out of
-# the run directory's name (conf/train.yaml repeats them, tested), and a run may resume with other values for them.
+# the run directory's name (`dirname_excludes`), and a run may resume with other values for them.
 # Every other key is compared with the checkpoint's before a run resumes (README "Resuming and preemption").
 RESUME_FREE_KEYS = (
     "logger",
@@ -81,7 +82,7 @@ class DatasetConfig:
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     crop_padding: int = 2
     flip: bool = True
-    per_class_cap: int | None = None  # official SVHN: 7325 (paper.md 6.6); null = every image
+    per_class_cap: int | None = None  # official SVHN: 7325 (docs/protocol.md §4); null = every image
     train_size: int = 0  # synthetic only
     test_size: int = 0  # synthetic only
 
@@ -147,6 +148,16 @@ class LoggerConfig:
     entity: str | None = None
     group: str | None = None
     dir: str | None = None
+
+
+def dirname_excludes() -> list[str]:
+    """The override keys left out of a run directory's name (conf/train.yaml asks for them through the resolver
+    `mm_repro.dirname_excludes`): RESUME_FREE_KEYS, every logger key, and Hydra's own paths."""
+    logger = [f"logger.{f.name}" for f in fields(LoggerConfig)]
+    return [*RESUME_FREE_KEYS, *logger, "hydra.run.dir", "hydra.sweep.dir"]
+
+
+OmegaConf.register_new_resolver("mm_repro.dirname_excludes", dirname_excludes, replace=True)
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 Files: when they are missing and `dataset.download` is true, torchvision's checksum-verified downloader fetches
 the standard archives (URLs and MD5s are torchvision's own class attributes); the standard files are then parsed
-straight into uint8 tensors (CIFAR python pickles, SVHN `.mat`). Augmentation is the official one (paper.md 2:
+straight into uint8 tensors (CIFAR python pickles, SVHN `.mat`). Augmentation is the official one (docs/protocol.md §2:
 RandomCrop(32, padding=2) with zero fill, plus a horizontal flip on CIFAR), done as one gather per batch on the
-device instead of per-sample PIL transforms in DataLoader workers (performance.md 2). Shuffling and augmentation
+device instead of per-sample PIL transforms in DataLoader workers (docs/performance.md §2). Shuffling and augmentation
 draw from the run's own torch generator (mm_repro.runtime.RunRandom), which `train` checkpoints, so a resumed run
 sees the same batches, and runs packed into one process each see their own.
 

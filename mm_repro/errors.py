@@ -1,6 +1,10 @@
 """The exceptions that end a job with one line: the CLI prints the message and exits with the exception's code."""
 
 
+# The exit codes of every command (README "Resuming and preemption"): 0 done, 1 unexpected (RunFailed), 2 bad input
+# or a refused start (UserError), 3 diverged (Diverged), 75 stopped by a signal, resume to go on (Preempted).
+
+
 class UserError(Exception):
     """Bad input (config value, missing data, unreadable checkpoint, a run directory in use...): exit code 2, and
     the run directory is left as it was."""
@@ -18,3 +22,10 @@ class Diverged(RunFailed):
     """A non-finite training loss, test error or test NLL at an epoch's end: exit code 3, last good checkpoint kept."""
 
     exit_code = 3
+
+
+class Preempted(BaseException):
+    """Raised after a stop signal once every checkpoint is written (BaseException: it stops a whole sweep). Exit
+    code 75 (EX_TEMPFAIL, "try again later"): rerun the same command to resume."""
+
+    exit_code = 75

@@ -2,7 +2,7 @@
 
 Writes `eval.json` (and PNGs) into the run directory; `tables` reads it for Tables 7 and 9.
 - FGSM (Table 7): white-box, one step, x + eps * sign(grad_x loss), model in eval mode. The paper gives no eps or
-  input space (paper.md 2, UNCONFIRMED), so both conventions are reported:
+  input space (docs/protocol.md §2, UNCONFIRMED), so both conventions are reported:
   `normalized_eps<eps>`: the official code's old `attacks.py`: normalised inputs, loss = BCE on softmax, no clipping
   (eps 0.03 by default; Table 7 is compared with this one);
   `pixel_eps<eps>`: the common one: pixels in [0, 1], cross-entropy, clipped to [0, 1] (eps 8/255 by default).

@@ -1,8 +1,8 @@
 """Training losses on soft targets. Both run in fp32, outside autocast (BCE is not autocast-safe).
 
 - `bce_softmax`, the official code's loss for every method, ERM included: `nn.BCELoss()(softmax(logits), y)`,
-  the mean over N x C entries (paper.md 4.1). Its cross-entropy-like part is divided by C, so swapping it for CE
-  changes the effective learning rate (paper.md 6.9).
+  the mean over N x C entries (docs/protocol.md §3). Its cross-entropy-like part is divided by C, so swapping it for CE
+  changes the effective learning rate (docs/protocol.md §4).
 - `soft_ce`: cross-entropy with soft targets, -sum_c y_c log softmax(logits)_c averaged over the batch; equal to
   Zhang et al.'s `lam * CE(out, y_a) + (1 - lam) * CE(out, y_b)`.
 

@@ -4,9 +4,10 @@ expected calibration error, and per-class singular values of hidden states (sect
 - Deformations: rotation by U(-d, d) degrees, shear by U(-s, s) radians (the Keras/torchsample matrix
   [[1, -sin s], [0, cos s]] of the official `affine_transforms.py`), zoom by z (z < 1 zooms in on a central box of
   z x size, z > 1 shrinks the image); one bilinear `grid_sample` per batch, black fill in pixel space (where the
-  official loader filled is UNCONFIRMED, paper.md 1), angles from a seeded generator.
+  official loader filled is UNCONFIRMED, docs/protocol.md §5), angles from a seeded generator.
 - FGSM: white-box, one step, x + eps * sign(grad_x loss), in the official code's normalised space with BCE on softmax
-  and no clipping, or in pixel space with cross-entropy and clipping to [0, 1] (paper.md 2: the paper gives neither).
+  and no clipping, or in pixel space with cross-entropy and clipping to [0, 1] (docs/protocol.md §2: the paper gives
+  neither).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The official code's training pipeline, re-implemented for `bench` to measure ours against (paper.md 2):
+"""The official code's training pipeline, re-implemented for `bench` to measure ours against (docs/protocol.md §2):
 uint8 images as PIL images through torchvision's per-sample RandomHorizontalFlip + RandomCrop(32, padding=2) +
 ToTensor + Normalize in a DataLoader with workers (`load_data_subset`), and the step of `main.py` + `preresnet.py`
 with its host work: numpy lam and permutation, a CPU one-hot copied to the device, `loss.item()` every step."""

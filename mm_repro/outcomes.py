@@ -15,7 +15,6 @@ Records archived under previous/ by a new start are skipped. One bad directory n
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,34 +109,6 @@ class Scan:
         ]
 
 
-def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{what} is {value!r}, not a finite number")
-    return float(value)
-
-
-def check_result(result: dict) -> None:
-    """Raise ValueError naming the first field of a result.json that a table cannot use."""
-    run = result.get("run")
-    if not isinstance(run, dict):
-        raise ValueError("'run' is missing or not an object")
-    for key in ("dataset", "model", "method"):
-        if not isinstance(run.get(key), str):
-            raise ValueError(f"run.{key} is {run.get(key)!r}, not a string")
-    if run.get("alpha") is not None:
-        _number(run["alpha"], "run.alpha")
-    layers = run.get("layers", [])
-    if not isinstance(layers, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in layers):
-        raise ValueError(f"run.layers is {layers!r}, not a list of integers")
-    for part in ("final", "best"):
-        if not isinstance(result.get(part), dict):
-            raise ValueError(f"'{part}' is missing or not an object")
-        for key in ("test_error", "test_nll"):
-            _number(result[part].get(key), f"{part}.{key}")
-    if "setup" in result and not isinstance(result["setup"], dict):
-        raise ValueError("'setup' is not an object")
-
-
 def _failure(run_dir: Path) -> tuple[str, str]:
     """(status, one line) of a run's failure.json."""
     try:
@@ -185,7 +156,7 @@ def _read_record(run_dir: Path, found: Scan) -> Record | None:
     """The complete run in `run_dir`, or None (with the directory listed where it belongs)."""
     try:
         result = records.read_json(run_dir / records.RESULT)
-        check_result(result)
+        records.check_result(result)
     except ValueError as exc:
         found.malformed.append(f"{run_dir / records.RESULT}: {exc}")
         return None

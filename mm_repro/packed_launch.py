@@ -108,7 +108,7 @@ def _run_logger(num: int, run_dir: Path) -> logging.Logger:
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO)
-    file = logging.FileHandler(run_dir / "train.log", delay=True)
+    file = logging.FileHandler(run_dir / records.TRAIN_LOG, delay=True)
     file.setFormatter(logging.Formatter("%(message)s"))
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter(f"[job {num}] %(message)s"))

@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -34,6 +35,7 @@ RESULT = "result.json"
 FAILURE = "failure.json"
 EVAL = "eval.json"
 LOCK = ".lock"
+TRAIN_LOG = "train.log"  # conf/hydra/job_logging writes it as ${hydra.job.name}.log, the job being `train`
 # What a new start moves to previous/<time>/ (train.resume=false, or a failure record of an earlier attempt).
 ARCHIVED = (
     CHECKPOINT.parent,
@@ -76,12 +78,6 @@ def write_json(path: Path, obj: Any) -> None:
 def write_metrics(path: Path, rows: list[dict]) -> None:
     """Rewrite metrics.jsonl (one JSON object per epoch) atomically."""
     atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not Path(path).exists():
-        return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 # A checkpoint file is one header line, `mm_repro-checkpoint <sha256 of the payload>`, then the payload (what
@@ -339,6 +335,34 @@ def make_result(
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "config": config,
     }
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{what} is {value!r}, not a finite number")
+    return float(value)
+
+
+def check_result(result: dict) -> None:
+    """Raise ValueError naming the first field of a result.json (as `make_result` writes it) a reader cannot use."""
+    run = result.get("run")
+    if not isinstance(run, dict):
+        raise ValueError("'run' is missing or not an object")
+    for key in ("dataset", "model", "method"):
+        if not isinstance(run.get(key), str):
+            raise ValueError(f"run.{key} is {run.get(key)!r}, not a string")
+    if run.get("alpha") is not None:
+        _number(run["alpha"], "run.alpha")
+    layers = run.get("layers", [])
+    if not isinstance(layers, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in layers):
+        raise ValueError(f"run.layers is {layers!r}, not a list of integers")
+    for part in ("final", "best"):
+        if not isinstance(result.get(part), dict):
+            raise ValueError(f"'{part}' is missing or not an object")
+        for key in ("test_error", "test_nll"):
+            _number(result[part].get(key), f"{part}.{key}")
+    if "setup" in result and not isinstance(result["setup"], dict):
+        raise ValueError("'setup' is not an object")
 
 
 def read_json(path: Path) -> dict:

@@ -17,7 +17,6 @@ from mm_repro import distributed, records
 from mm_repro.checkpoint import config_changes, describe_changes
 from mm_repro.config import TrainRunConfig
 from mm_repro.errors import RunFailed, UserError
-from mm_repro.outcomes import check_result as check_result_fields
 from mm_repro.runtime import RunRandom
 from mm_repro.tracking import NullTracker
 
@@ -137,7 +136,7 @@ def completed(job: Job) -> dict | None:
         return None
     try:
         result = records.read_json(path)
-        check_result_fields(result)
+        records.check_result(result)
     except ValueError:
         return None
     if "setup" in result:

@@ -1,7 +1,6 @@
-"""What a training process needs around the model: exit codes, stop signals, the device, and each run's own
-random streams.
+"""What a training process needs around the model: stop signals, the device, and each run's own random streams.
 
-Randomness (paper.md 2): the official code draws k with python's `random`, lam and the pairing with numpy, and
+Randomness (docs/protocol.md §2): the official code draws k with python's `random`, lam and the pairing with numpy, and
 everything else (initial weights, epoch order, crops and flips) with torch, all from unseeded global generators.
 Here each run owns one generator of each kind, seeded from the run's seed (`RunRandom`), and the initial weights are
 drawn from torch's CPU generator seeded with the same seed. So a run draws the same numbers whether it trains alone or
@@ -29,17 +28,6 @@ from torch import nn
 from mm_repro.errors import UserError
 
 log = logging.getLogger("mm_repro.runtime")
-
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL, "try again later": the checkpoint is written, rerun to resume
-DIVERGED_EXIT_CODE = 3  # a non-finite loss or metric; the last good checkpoint is kept
-BAD_INPUT_EXIT_CODE = 2
-FAILED_EXIT_CODE = 1  # anything unexpected; the traceback is in the run's train.log
-
-
-class Preempted(BaseException):
-    """Raised after a stop signal once every checkpoint is written (BaseException: it stops a whole sweep)."""
-
-    exit_code = PREEMPTED_EXIT_CODE
 
 
 class StopSignals:
@@ -213,7 +201,3 @@ def training_device(name: str, in_sweep: bool, local_rank: int | None = None) ->
     with claim_gpu(count, [_gpu_key(i) for i in range(count)], gpu_lock_dir()) as index:
         torch.cuda.set_device(index)
         yield torch.device("cuda", index)
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -1,9 +1,9 @@
 """`python -m mm_repro spiral out=DIR`: the paper's Figure 1 (panels a, b, d, e and the SVD plots) on a CPU.
 
-Two interleaved 2-D spirals, an MLP with a 2-D bottleneck in the middle, trained with and without manifold mixup at
-the bottleneck, from the same seed and the same data. The paper gives neither the network nor the data size
-(paper.md 3, UNCONFIRMED); our choice, documented in the README: 2 x 1000 points (radius 0.1..1, 1.75 turns, noise
-0.03), MLP 2-64-64-2(bottleneck)-64-64-2 with ReLU, Adam lr 3e-3, full batch, 3000 steps, alpha = 2.0.
+Two interleaved 2-D spirals, an MLP with a 2-D bottleneck in the middle, trained with and without manifold mixup at the
+bottleneck, from the same seed and the same data. The paper gives neither the network nor the data size
+(docs/protocol.md §5, UNCONFIRMED); our choice, documented in the README: 2 x 1000 points (radius 0.1..1, 1.75 turns,
+noise 0.03), MLP 2-64-64-2(bottleneck)-64-64-2 with ReLU, Adam lr 3e-3, full batch, 3000 steps, alpha = 2.0.
 
 Figures: the decision boundary in input space (panels a/b); the class probability over the 2-D hidden space with the
 hidden states of a uniform grid of inputs as black dots (panels d/e); per-class singular values at each hidden layer

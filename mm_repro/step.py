@@ -1,10 +1,10 @@
 """One training step and one evaluation, built from what they use: the model, the optimizer, the loss, the mixing
 method (alpha, eligible layers, pairing) and the precision; nothing here reads a run's whole config.
 
-The step is the official one (paper.md 2): draw k, lam and the pairing (mm_repro.mixing), forward to point k, mix
-hidden states and one-hot targets, forward from k, loss in fp32 on the soft targets, backward, SGD. The optimizer is
-the official `SGD(lr, momentum, weight_decay, nesterov)` over every parameter, BN included; `fused` runs its update
-as one kernel (the same arithmetic to float32 rounding, tested).
+The step is the official one (docs/protocol.md §2): draw k, lam and the pairing (mm_repro.mixing), forward to point k,
+mix hidden states and one-hot targets, forward from k, loss in fp32 on the soft targets, backward, SGD. The optimizer is
+the official `SGD(lr, momentum, weight_decay, nesterov)` over every parameter, BN included; `fused` runs its update as
+one kernel (the same arithmetic to float32 rounding, tested).
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ from mm_repro import mixing
 from mm_repro.models import count_parameters
 from mm_repro.runtime import RunRandom
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# `train.precision`: the dtype each choice computes in (fp32 without autocast). config.PRECISIONS is its keys.
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class MixedForward(nn.Module):
     """The model's forward with mixing at point k, as one module call, so that DDP and torch.compile see one graph.
 
     `lam` is a 0-dim tensor, never a Python float, so a compiled graph is not recompiled for every lam; k is a
-    Python int, so there is at most one graph per mixing point (performance.md 4). `lam=None` mixes nothing (ERM);
+    Python int, so there is at most one graph per mixing point (docs/performance.md §4). `lam=None` mixes nothing (ERM);
     `index=None` pairs each example with the reversed batch (`pairing=flip`)."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -60,8 +61,8 @@ def build_optimizer(
 
 
 def lr_at(epoch: int, lr: float, milestones: list[int], gamma: float) -> float:
-    """The learning rate of (0-based) epoch `epoch`: lr times gamma for each milestone <= epoch, multiplied in as
-    the official `adjust_learning_rate` does at each epoch's start (paper.md 2). A pure function of the epoch, so a
+    """The learning rate of (0-based) epoch `epoch`: lr times gamma for each milestone <= epoch, multiplied in as the
+    official `adjust_learning_rate` does at each epoch's start (docs/protocol.md §2). A pure function of the epoch, so a
     run resumed, or left in a pack after another run was dropped, cannot lose its place in the schedule."""
     for m in sorted(milestones):
         if m <= epoch:
@@ -87,8 +88,8 @@ def compile_module(module: nn.Module, points: int, mode: str | None = None, back
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bf16/fp16 autocast, or nothing for fp32."""
-    dtype = AUTOCAST_DTYPES.get(precision)
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+    dtype = PRECISION_DTYPES[precision]
+    return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
 
 def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -34,7 +34,8 @@ FAILED_JOBS: list[tuple[str, int]] = []  # (line, exit code) of the jobs that fa
 
 
 def exit_code_of(exc: BaseException) -> int:
-    return getattr(exc, "exit_code", 2 if type(exc).__module__.startswith("omegaconf") else 1)
+    bad_input = type(exc).__module__.startswith("omegaconf")
+    return getattr(exc, "exit_code", UserError.exit_code if bad_input else RunFailed.exit_code)
 
 
 def one_line(exc: BaseException) -> str:
@@ -73,12 +74,12 @@ def sweep_group(sweep_dir: str) -> str:
 
 def _append_to_log(run_dir: Path, text: str) -> None:
     if run_dir.is_dir():
-        with open(run_dir / "train.log", "a") as f:
+        with open(run_dir / records.TRAIN_LOG, "a") as f:
             f.write(text if text.endswith("\n") else text + "\n")
 
 
 def _only_start_files(run_dir: Path) -> bool:
-    return run_dir.is_dir() and all(p.name in (records.LOCK, ".hydra", "train.log") for p in run_dir.iterdir())
+    return run_dir.is_dir() and all(p.name in (records.LOCK, ".hydra", records.TRAIN_LOG) for p in run_dir.iterdir())
 
 
 def _remove_empty_start(run_dir: Path) -> None:
@@ -137,7 +138,9 @@ class FailureReport(Callback):
         if not path.name or not path.is_dir():
             return
         notes = [json.loads(p.read_text()) for p in path.glob("*.json") if not p.name.startswith("ok-")]
-        refused = notes and not list(path.glob("ok-*.json")) and all(n["exit_code"] == 2 for n in notes)
+        refused = (
+            notes and not list(path.glob("ok-*.json")) and all(n["exit_code"] == UserError.exit_code for n in notes)
+        )
         multirun_yaml, before = getattr(self, "earlier", (None, None))
         if refused and multirun_yaml is not None:
             if before is None:

@@ -6,8 +6,8 @@ table. Runs are grouped by the cell they reproduce (dataset, model, method, alph
 setup (every key of the resolved config that can change a number, records.setup_of), so runs of two setups are never
 averaged together, and the table names what tells the groups of a cell apart. For each group: mean, sample std (ddof=1)
 and n over seeds, for the final epoch and the best epoch (the official code reported the best test accuracy over epochs,
-paper.md 6.4), and the distance to the paper's mean in units of the paper's std. Paper numbers:
-results/paper/<table>.json (from paper.md)."""
+docs/protocol.md §4), and the distance to the paper's mean in units of the paper's std. Paper numbers:
+results/paper/<table>.json (the paper's numbers)."""
 
 from __future__ import annotations
 

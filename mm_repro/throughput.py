@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm_repro.runtime import sync
+from mm_repro.step import PRECISION_DTYPES
 
 
 def rate(run_once: Callable[[], int], device: torch.device) -> float:
@@ -117,7 +118,7 @@ def peak_for(device: torch.device, precision: str) -> tuple[float, str]:
     """The ceiling MFU is measured against, and its math mode. fp32 convolutions on CUDA run in TF32 when cuDNN
     allows it (PyTorch's default), so the fp32 ceiling is then TF32's; a CPU without native bf16 runs bf16 slower
     than fp32, so the faster of fp32 and the run's dtype is taken (else MFU could read over 100 %)."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    dtype = PRECISION_DTYPES[precision]
     tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
     peaks = {"tf32" if tf32 else "float32": measured_peak_flops(device, torch.float32, tf32)}
     if dtype != torch.float32:

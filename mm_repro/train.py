@@ -1,9 +1,9 @@
 """Training: data -> model -> mixing -> loss -> SGD, once per step; test error and NLL once per epoch.
 
-Reproduces the official Manifold Mixup protocol by default (paper.md 2): SGD with Nesterov momentum 0.9, lr 0.1,
-weight decay 1e-4 on every parameter, x0.1 at the milestones (the LR of epoch e is lr * gamma^(milestones <= e),
-as the official `adjust_learning_rate`), batch 100, BCE on softmax. `train_jobs` trains one run, or several runs of a
-sweep packed on one device (mm_repro.packing), with the same loop: a single run is a pack of one.
+Reproduces the official Manifold Mixup protocol by default (docs/protocol.md §2): SGD with Nesterov momentum 0.9, lr
+0.1, weight decay 1e-4 on every parameter, x0.1 at the milestones (the LR of epoch e is lr * gamma^(milestones <= e), as
+the official `adjust_learning_rate`), batch 100, BCE on softmax. `train_jobs` trains one run, or several runs of a sweep
+packed on one device (mm_repro.packing), with the same loop: a single run is a pack of one.
 
 What a run can trust (README "Resuming and preemption"): one process per run directory (a lock); a resume refused
 when the config changed; a checkpoint at least every `train.checkpoint_seconds`, at the end and on a stop signal
@@ -23,10 +23,10 @@ import torch
 
 from mm_repro import distributed
 from mm_repro.config import TrainRunConfig
-from mm_repro.errors import Diverged, RunFailed
+from mm_repro.errors import Diverged, Preempted, RunFailed
 from mm_repro.pack import Session, open_session
 from mm_repro.runs import Job, completed, emit, progress_bar
-from mm_repro.runtime import Preempted, StopSignals, configure_backends, training_device
+from mm_repro.runtime import StopSignals, configure_backends, training_device
 
 log = logging.getLogger("mm_repro.train")
 HEADER = f"{'epoch':>7} {'lr':>9} {'train_loss':>11} {'test_err%':>9} {'test_nll':>9} {'img/s':>9} {'time_left':>10}"

@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -121,14 +122,65 @@ TINY = [
 ]
 
 
+def data_args(root: Path, dataset: str = "cifar10") -> list[str]:
+    """The overrides that point a command at the real-format files under `root` (no download)."""
+    return [f"dataset={dataset}", f"dataset.root={root}", "dataset.download=false"]
+
+
 def train_args(root: Path, run_dir: Path, *extra: str, dataset: str = "cifar10") -> list[str]:
     """`train` on the real-format files under `root`, into `run_dir`."""
-    return [
-        "train",
-        f"dataset={dataset}",
-        f"dataset.root={root}",
-        "dataset.download=false",
-        *TINY,
-        f"hydra.run.dir={run_dir}",
-        *extra,
-    ]
+    return ["train", *data_args(root, dataset), *TINY, f"hydra.run.dir={run_dir}", *extra]
+
+
+def sweep_args(root: Path, sweep_dir: Path, *extra: str, dataset: str = "cifar10") -> list[str]:
+    """`train -m` on the real-format files under `root`, into `sweep_dir`."""
+    return ["train", "-m", *data_args(root, dataset), *TINY, f"hydra.sweep.dir={sweep_dir}", *extra]
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    """Wait until `condition()` holds while `proc` runs; fails after `timeout` seconds or if `proc` ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{what} never happened within {timeout:g} s (exit {proc.poll()})")
+
+
+class StopAt:
+    """A stand-in for StopSignals whose flag rises once `n` training steps have run (a signal mid-run)."""
+
+    steps = 0
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        StopAt.steps = 0
+
+    @property
+    def received(self) -> int | None:
+        return 15 if StopAt.steps >= self.n else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+@pytest.fixture
+def stop_after(monkeypatch):
+    """stop_after(n): the next train_jobs call gets a stop signal after its n-th training step."""
+    from mm_repro import train as train_module
+    from mm_repro.pack import Cursor
+
+    add = Cursor.add
+
+    def counted(self, losses, n):
+        StopAt.steps += 1
+        return add(self, losses, n)
+
+    def arm(n: int) -> None:
+        monkeypatch.setattr(Cursor, "add", counted)
+        monkeypatch.setattr(train_module, "StopSignals", lambda: StopAt(n))
+
+    return arm

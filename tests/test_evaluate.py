@@ -21,7 +21,7 @@ from mm_repro.measures import (
     singular_values,
 )
 from mm_repro.models import build
-from tests.conftest import TINY, run_cli, train_args
+from tests.conftest import TINY, data_args, run_cli, train_args
 
 MEAN = torch.tensor([0.49, 0.48, 0.45]).view(1, 3, 1, 1)
 STD = torch.tensor([0.25, 0.24, 0.26]).view(1, 3, 1, 1)
@@ -97,9 +97,7 @@ def test_evaluate_the_directory_train_made_then_tables_shows_it(cifar100_root, t
     # writes it: `evaluate run=DIR`, with its `=` and `,`
     proc = run_cli(
         "train",
-        "dataset=cifar100",
-        f"dataset.root={cifar100_root}",
-        "dataset.download=false",
+        *data_args(cifar100_root, "cifar100"),
         "model=preactresnet34",
         "method=manifold",
         "protocol=paper",

@@ -1,5 +1,6 @@
-"""The models are the official code's, weight for weight: parameter counts (paper.md 9), tensor names and shapes,
-and a functional re-implementation of the official forward built from paper.md's description."""
+"""The models are the official code's, weight for weight: parameter counts (docs/protocol.md §2), tensor names and
+shapes,
+and a functional re-implementation of the official forward built from docs/protocol.md §2."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 
 from mm_repro.models import REGISTRY, build, count_parameters, mixing_points
 
-# paper.md section 9: counted from the official code.
+# docs/protocol.md §2: counted from the official code.
 OFFICIAL_PARAMS = {
     "preactresnet18": (11_171_146, 11_217_316),
     "preactresnet34": (21_279_306, 21_325_476),
@@ -88,7 +89,8 @@ def _eval_bn(model):
 
 
 def _official_preact_forward(model, x):
-    """Official PreActResNet forward, written from paper.md: stem conv (no BN-ReLU), pre-activation basic blocks
+    """Official PreActResNet forward, written from docs/protocol.md §2: stem conv (no BN-ReLU), pre-activation basic
+    blocks
     whose 1x1 shortcut sees the pre-activated input, no final BN-ReLU, avg_pool2d(4), linear."""
     p = dict(model.named_parameters())
     bn = _eval_bn(model)
@@ -108,7 +110,7 @@ def _official_preact_forward(model, x):
 
 
 def _official_wrn_forward(model, x):
-    """Official WRN forward from paper.md: biased convs, stride on the 2nd conv, shortcut on the raw input,
+    """Official WRN forward from docs/protocol.md §2: biased convs, stride on the 2nd conv, shortcut on the raw input,
     final BN-ReLU, avg_pool2d(8), linear."""
     p = dict(model.named_parameters())
     bn = _eval_bn(model)

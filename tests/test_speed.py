@@ -1,7 +1,8 @@
 """The fast paths compute what the reference path computes: bf16/fp16 against fp32, compiled against eager, fused
 SGD and channels_last; compiled graphs per mixing point, never per lam, and none carried from one job of a sweep to
-the next; `wall_seconds` is the run's real time; `bench` runs and reports what it measured. No timing assertions
-here: speed is measured by `bench` and recorded in docs/benchmarks.md."""
+the next; `wall_seconds` is the run's real time; `bench` runs and reports what it measured. Speed itself is measured
+by `bench` and recorded in docs/benchmarks.md, never asserted; the one test that compares times (a run's records
+against the wall clock) is marked slow, out of the default run."""
 
 from __future__ import annotations
 
@@ -142,6 +143,7 @@ def test_compiled_and_eager_outputs_agree():
     torch.testing.assert_close(comp_t, eager_t)
 
 
+@pytest.mark.slow
 def test_wall_seconds_is_the_runs_real_time(tmp_path):
     cfg = validate_train(
         compose_train(

@@ -15,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from mm_repro.config import CONF_DIR
 from mm_repro.tables import load_specs, make_tables, mean_std, scan
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, data_args, run_cli
 
 
 def _record(root: Path, name: str, method: str, seed: int, final: float, best: float, nll: float, **run) -> Path:
@@ -193,8 +193,7 @@ def test_tiny_real_multirun_becomes_table_1a(cifar10_root, tmp_path):
         "model=preactresnet18",
         "method=erm,mixup,manifold",
         "seed=0,1",
-        f"dataset.root={cifar10_root}",
-        "dataset.download=false",
+        *data_args(cifar10_root)[1:],
         "train.epochs=1",
         *TINY,
         f"hydra.sweep.dir={sweep}",

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from mm_repro.records import load_checkpoint
-from tests.conftest import popen_cli, run_cli, train_args
+from tests.conftest import popen_cli, run_cli, train_args, wait_for
 
 CKPT = "checkpoints/last.pt"
 SLOW = pytest.mark.slow  # also checked in process by test_config; here once more through the CLI
@@ -32,15 +30,6 @@ def _without_timing(obj):
 def _snapshot(run_dir: Path) -> dict:
     """Every file under a run directory with its bytes and modification time."""
     return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run_dir.rglob("*")) if p.is_file()}
-
-
-def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"{what} never happened (exit {proc.poll()})")
 
 
 def _epochs_done(run_dir: Path) -> int:
@@ -90,7 +79,7 @@ def test_killed_run_resumes_to_the_same_weights_and_records(cifar10_root, tmp_pa
 
     broken = tmp_path / "broken"
     proc = popen_cli(train_args(cifar10_root, broken, *extra), tmp_path)
-    _wait_for(lambda: _epochs_done(broken) >= 1 and (broken / CKPT).exists(), proc, "epoch 1")
+    wait_for(lambda: _epochs_done(broken) >= 1 and (broken / CKPT).exists(), proc, "epoch 1")
     proc.send_signal(signal.SIGTERM if path == "mid-epoch" else signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     saved = load_checkpoint(broken / CKPT)
@@ -158,7 +147,7 @@ def test_a_second_process_on_the_same_run_directory_is_refused(cifar10_root, tmp
     args = train_args(cifar10_root, run_dir, "train.epochs=1000", "train.batch_size=2")  # stopped below
     first = popen_cli(args, tmp_path)
     started = lambda: (run_dir / "train.log").exists() and "test_err%" in (run_dir / "train.log").read_text()  # noqa: E731
-    _wait_for(started, first, "start")
+    wait_for(started, first, "start")
     second = run_cli(*args, cwd=tmp_path)
     assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1
     assert f"run directory {run_dir} is in use by another training process (pid {first.pid})" in second.stderr
@@ -255,3 +244,35 @@ def test_corrupt_checkpoint_is_a_clear_error_and_is_never_overwritten(cifar10_ro
     kept = list((run_dir / "previous").glob("*/checkpoints/last.pt"))
     assert len(kept) == 1 and kept[0].read_bytes() == b"not a checkpoint"
     assert (run_dir / "result.json").exists()
+
+
+def test_one_epoch_then_a_resumed_one_equal_two_unbroken_epochs_bitwise(cifar10_root, tmp_path, stop_after):
+    # In-process and deterministic on the CPU: a run stopped mid-epoch 2 (after its epoch-1 checkpoint) and resumed
+    # ends with exactly the weights, optimizer state and records of the run that was never stopped.
+    from omegaconf import OmegaConf
+
+    from mm_repro import train
+    from mm_repro.config import validate_train
+    from mm_repro.errors import Preempted
+    from mm_repro.runs import Job
+    from tests.conftest import TINY, compose_train, data_args
+
+    def job(run_dir: Path) -> Job:
+        node = compose_train(*data_args(cifar10_root), *TINY, "train.epochs=2", "method=manifold")
+        return Job(validate_train(node), run_dir, OmegaConf.to_container(node, resolve=True))
+
+    train.train_jobs([job(tmp_path / "unbroken")])
+    stop_after(13)  # 10 steps an epoch (200 images, batch 20): epoch 2, step 3
+    with pytest.raises(Preempted):
+        train.train_jobs([job(tmp_path / "broken")])
+    assert load_checkpoint(tmp_path / "broken" / CKPT)["position"]["step"] == 3
+    train.train_jobs([job(tmp_path / "broken")])  # 7 steps are left: the armed stop (13 steps) never comes
+    a, b = load_checkpoint(tmp_path / "unbroken" / CKPT), load_checkpoint(tmp_path / "broken" / CKPT)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    momenta = [
+        (s["momentum_buffer"], t["momentum_buffer"])
+        for s, t in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True)
+    ]
+    assert all(torch.equal(x, y) for x, y in momenta)
+    strip = lambda rows: [_without_timing(r) for r in rows]  # noqa: E731
+    assert strip(a["metrics"]) == strip(b["metrics"]) and len(a["metrics"]) == 2

@@ -19,13 +19,12 @@ from mm_repro import records
 from mm_repro import train as train_module
 from mm_repro.config import validate_train
 from mm_repro.distributed import Shards
-from mm_repro.errors import Diverged, UserError
+from mm_repro.errors import Diverged, Preempted, UserError
 from mm_repro.outcomes import scan
-from mm_repro.pack import Cursor
 from mm_repro.packed_launch import plan_packs
 from mm_repro.packing import PackedTrainer
 from mm_repro.runs import Job
-from mm_repro.runtime import Preempted, RunRandom, init_model
+from mm_repro.runtime import RunRandom, init_model
 from mm_repro.tables import make_tables
 from tests.conftest import TINY, compose_train, run_cli, train_args, write_cifar
 
@@ -45,44 +44,8 @@ def _job(run_dir: Path, *overrides: str) -> Job:
     return Job(validate_train(node), run_dir, OmegaConf.to_container(node, resolve=True))
 
 
-class _StopAt:
-    """A stand-in for StopSignals whose flag rises once `n` training steps have run (a signal mid-run)."""
-
-    steps = 0
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        _StopAt.steps = 0
-
-    @property
-    def received(self) -> int | None:
-        return 15 if _StopAt.steps >= self.n else None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
-@pytest.fixture
-def stop_after(monkeypatch):
-    """stop_after(n): the next train_jobs call gets a stop signal after its n-th training step."""
-    add = Cursor.add
-
-    def counted(self, losses, n):
-        _StopAt.steps += 1
-        return add(self, losses, n)
-
-    def arm(n: int) -> None:
-        monkeypatch.setattr(Cursor, "add", counted)
-        monkeypatch.setattr(train_module, "StopSignals", lambda: _StopAt(n))
-
-    return arm
-
-
 def _rows(run_dir: Path) -> list[dict]:
-    return records.read_metrics(run_dir / records.METRICS)
+    return [json.loads(line) for line in (run_dir / records.METRICS).read_text().splitlines()]
 
 
 def _weights(run_dir: Path) -> dict:

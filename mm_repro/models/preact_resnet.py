@@ -1,6 +1,6 @@
 """PreAct ResNet 18/34/50/101/152 exactly as the official Manifold Mixup code builds them.
 
-Official code: vikasverma1077/manifold_mixup `supervised/models/preresnet.py` (paper.md sections 2 and 9).
+Official code: vikasverma1077/manifold_mixup `supervised/models/preresnet.py` (docs/protocol.md §2).
 It departs from He et al. (2016) in two places that we keep, because the paper's numbers come from it:
 the 3x3 stem conv has no BN-ReLU after it, and there is no BN-ReLU before the 4x4 average pooling.
 Attribute names (`conv1`, `layer1`..`layer4`, `linear`, `shortcut`) follow the official code, so an official

@@ -1,9 +1,9 @@
 """Wide-ResNet 28-10 and 28-2 exactly as the official Manifold Mixup code builds them.
 
-Official code: vikasverma1077/manifold_mixup `supervised/models/wide_resnet.py` (paper.md sections 2, 6.7, 9).
+Official code: vikasverma1077/manifold_mixup `supervised/models/wide_resnet.py` (docs/protocol.md §2, §4).
 Kept as it is, because the paper's WRN numbers come from it: every conv has a bias, the stride sits on the
 block's second conv, dropout is removed, the shortcut sees the raw block input, and the final BatchNorm has
-`momentum=0.9` (in PyTorch's convention running statistics are then ~90% the last batch; paper.md 6.7).
+`momentum=0.9` (in PyTorch's convention running statistics are then ~90% the last batch; docs/protocol.md §4).
 `conv_init` is never applied in the official code, so PyTorch's init of its era is used here too: today's for the
 convolutions, U(0, 1) BatchNorm weights by default (`bn_init`, models/staged.py).
 
