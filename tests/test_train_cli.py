@@ -5,6 +5,7 @@ offline, bad input."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from pathlib import Path
 
@@ -276,3 +277,28 @@ def test_one_epoch_then_a_resumed_one_equal_two_unbroken_epochs_bitwise(cifar10_
     assert all(torch.equal(x, y) for x, y in momenta)
     strip = lambda rows: [_without_timing(r) for r in rows]  # noqa: E731
     assert strip(a["metrics"]) == strip(b["metrics"]) and len(a["metrics"]) == 2
+
+
+OLD_RUN = Path(__file__).parent / "data" / "run_before_issue_18"  # written by main at bc888af, stopped mid-epoch 2
+OLD_RUN_ARGS = ("train.batch_size=2", "train.epochs=2", "method=manifold")
+
+
+@pytest.mark.slow  # two CLI runs
+def test_a_run_directory_written_before_the_house_move_resumes_and_ends_where_an_unbroken_run_ends(
+    cifar10_root, tmp_path
+):
+    # The checkpoint has no checksum header, no run id or data fingerprints, and an LR scheduler's state: it loads,
+    # resumes at its step, and the run ends bitwise where one trained start to finish by today's code ends.
+    old = tmp_path / "old"
+    shutil.copytree(OLD_RUN, old)
+    assert not load_checkpoint(old / CKPT).get("run_id") and load_checkpoint(old / CKPT)["position"]["step"] == 18
+    resumed = run_cli(*train_args(cifar10_root, old, *OLD_RUN_ARGS), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and "at step 18 of epoch 2" in resumed.stdout
+    fresh = run_cli(*train_args(cifar10_root, tmp_path / "fresh", *OLD_RUN_ARGS), cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr
+    a, b = load_checkpoint(old / CKPT), load_checkpoint(tmp_path / "fresh" / CKPT)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    ra, rb = json.loads((old / "result.json").read_text()), json.loads((tmp_path / "fresh" / "result.json").read_text())
+    assert ra["final"]["test_error"] == rb["final"]["test_error"] and ra["epochs"] == 2
+    assert ra["final"]["test_nll"] == pytest.approx(rb["final"]["test_nll"], rel=1e-6)
