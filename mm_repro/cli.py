@@ -4,7 +4,7 @@
 as in any Hydra app. Bad input (an unknown option, a bad value, missing data, an unreadable checkpoint) is one
 line on stderr and exit code 2, never a traceback; a diverged run exits 3, a stop signal 75, anything unexpected 1
 (its traceback in the run's train.log); set MM_REPRO_DEBUG=1 for the full traceback on the terminal. A sweep runs
-every job, then prints each failed one and exits non-zero (mm_repro.sweeps).
+every job, then prints each failed one and exits non-zero (mm_repro.sweeps.jobs).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ USAGE = "usage: python -m mm_repro <command> [hydra overrides]\n\ncommands:\n" +
 def _train_task(cfg) -> None:  # noqa: ANN001 (a DictConfig; typed at validation)
     from hydra.core.hydra_config import HydraConfig
 
-    from mm_repro import train
-    from mm_repro.sweeps import job_from_hydra, sweep_group
+    from mm_repro.sweeps.jobs import job_from_hydra, sweep_group
+    from mm_repro.training import loop
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode.name == "MULTIRUN"
@@ -46,13 +46,13 @@ def _train_task(cfg) -> None:  # noqa: ANN001 (a DictConfig; typed at validation
         )
     group = sweep_group(hydra_cfg.sweep.dir) if multirun else None
     job = job_from_hydra(cfg, HydraConfig.instance().cfg, Path(hydra_cfg.runtime.output_dir), group)
-    train.run(job.cfg, job.run_dir, job.config, job.group, hydra_cfg.job.num if multirun else None, job.hydra_files)
+    loop.run(job.cfg, job.run_dir, job.config, job.group, hydra_cfg.job.num if multirun else None, job.hydra_files)
 
 
 def _tables_task(cfg) -> None:  # noqa: ANN001
+    from mm_repro.analysis.tables import make_tables
     from mm_repro.config import TablesConfig, as_list, to_schema
-    from mm_repro.tables import make_tables
-    from mm_repro.tracking import open_tracker
+    from mm_repro.records.tracking import open_tracker
 
     tcfg: TablesConfig = to_schema(cfg, TablesConfig)
     out = Path(tcfg.out)
@@ -72,15 +72,15 @@ def _tables_task(cfg) -> None:  # noqa: ANN001
 
 
 def _bench_task(cfg) -> None:  # noqa: ANN001
-    from mm_repro.bench import main
+    from mm_repro.bench.command import main
 
     main(cfg)
 
 
 def _evaluate_task(cfg) -> None:  # noqa: ANN001
+    from mm_repro.analysis.evaluate import EvalConfig, evaluate_run, summary
     from mm_repro.config import to_schema
     from mm_repro.errors import UserError
-    from mm_repro.evaluate import EvalConfig, evaluate_run, summary
 
     if cfg.get("run") is None:
         raise UserError("evaluate needs run=DIR, a training run directory (with .hydra/ and checkpoints/)")
@@ -90,8 +90,8 @@ def _evaluate_task(cfg) -> None:  # noqa: ANN001
 
 
 def _spiral_task(cfg) -> None:  # noqa: ANN001
+    from mm_repro.analysis.spiral import SpiralConfig, run_spiral
     from mm_repro.config import to_schema
-    from mm_repro.spiral import SpiralConfig, run_spiral
 
     result = run_spiral(to_schema(cfg, SpiralConfig))
     for name, r in result["results"].items():
@@ -114,19 +114,19 @@ TASKS: dict[str, Callable] = {
 
 
 def _guarded(command: str, task: Callable) -> Callable:
-    """The job Hydra runs: a failure is recorded (mm_repro.sweeps) instead of raised, so that a sweep's other jobs
+    """The job Hydra runs: a failure is recorded (mm_repro.jobs.jobs) instead of raised, so that a sweep's other jobs
     still run and Hydra prints no "Error executing job" preamble; main() reports it, one line per job."""
 
     def job(cfg) -> None:  # noqa: ANN001
         from hydra.core.hydra_config import HydraConfig
 
-        from mm_repro import sweeps
+        from mm_repro.sweeps import jobs
 
         try:
             task(cfg)
             hc = HydraConfig.get()
             if hc.mode.name == "MULTIRUN":
-                sweeps.record_success(hc.job.num)
+                jobs.record_success(hc.job.num)
         except Exception as exc:
             if os.environ.get("MM_REPRO_DEBUG") == "1":
                 raise
@@ -135,9 +135,9 @@ def _guarded(command: str, task: Callable) -> Callable:
             if command == "train":
                 num = hc.job.num if multirun else 0
                 label = f"job {num} ({' '.join(hc.overrides.task)})"
-                sweeps.record_failure(exc, Path(hc.runtime.output_dir), multirun, label, num)
+                jobs.record_failure(exc, Path(hc.runtime.output_dir), multirun, label, num)
             else:
-                sweeps.FAILED_JOBS.append((sweeps.one_line(exc), sweeps.exit_code_of(exc)))
+                jobs.FAILED_JOBS.append((jobs.one_line(exc), jobs.exit_code_of(exc)))
 
     return job
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mm_repro.config import CONF_DIR
     from mm_repro.errors import Preempted, UserError
-    from mm_repro.sweeps import FAILED_JOBS, one_line
+    from mm_repro.sweeps.jobs import FAILED_JOBS, one_line
 
     debug = os.environ.get("MM_REPRO_DEBUG") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, so that they become one line

@@ -17,11 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mm_repro.errors import UserError
-from mm_repro.losses import LOSSES
+from mm_repro.method.losses import LOSSES
 from mm_repro.models import BN_INIT_NAMES, REGISTRY, mixing_points
-from mm_repro.step import PRECISION_DTYPES
+from mm_repro.training.step import PRECISION_DTYPES
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+PAPER_DIR = CONF_DIR.parent / "results" / "paper"  # the paper's numbers, one JSON file per table
 
 PAIRINGS = ("permutation", "flip")
 PRECISIONS = tuple(PRECISION_DTYPES)

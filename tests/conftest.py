@@ -170,8 +170,8 @@ class StopAt:
 @pytest.fixture
 def stop_after(monkeypatch):
     """stop_after(n): the next train_jobs call gets a stop signal after its n-th training step."""
-    from mm_repro import train as train_module
-    from mm_repro.pack import Cursor
+    from mm_repro.training import loop as train_module
+    from mm_repro.training.session import Cursor
 
     add = Cursor.add
 

@@ -173,7 +173,7 @@ def test_train_help_says_what_every_key_means(tmp_path):
 def test_records_carry_the_experiment_hydra_chose(tmp_path, experiment):
     from hydra import compose, initialize_config_dir
 
-    from mm_repro.sweeps import job_from_hydra
+    from mm_repro.sweeps.jobs import job_from_hydra
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         full = compose(config_name="train", overrides=[f"experiment={experiment}"], return_hydra_config=True)

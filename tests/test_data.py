@@ -63,7 +63,7 @@ def test_truncated_file_is_named(tmp_path):
 def test_download_failure_is_one_clear_error(tmp_path, monkeypatch):
     import urllib.error
 
-    import mm_repro.data as data
+    import mm_repro.data.datasets as data
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mm_repro.measures import (
+from mm_repro.analysis.measures import (
     affine,
     deform,
     deformation_names,

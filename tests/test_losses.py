@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mm_repro.losses import bce_softmax, soft_ce
+from mm_repro.method.losses import bce_softmax, soft_ce
 
 
 def test_bce_softmax_is_the_official_bceloss_on_softmax_mean_over_n_times_c():

@@ -13,16 +13,16 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from mm_repro import mixing
-from mm_repro.builders import build_trainer
 from mm_repro.config import validate_train
-from mm_repro.distributed import World
-from mm_repro.losses import LOSSES, bce_softmax, soft_ce
-from mm_repro.mixing import MixSpec
+from mm_repro.method import mixing
+from mm_repro.method.losses import LOSSES, bce_softmax, soft_ce
+from mm_repro.method.mixing import MixSpec
 from mm_repro.models import build
-from mm_repro.runs import Job
-from mm_repro.runtime import RunRandom
-from mm_repro.step import MixedForward, TrainStep
+from mm_repro.training.builders import build_trainer
+from mm_repro.training.distributed import World
+from mm_repro.training.runs import Job
+from mm_repro.training.runtime import RunRandom
+from mm_repro.training.step import MixedForward, TrainStep
 from tests.conftest import compose_train
 
 CPU = torch.device("cpu")

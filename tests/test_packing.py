@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from mm_repro.checkpoint import to_host
 from mm_repro.config import validate_train
 from mm_repro.data import DeviceLoader, load_arrays
-from mm_repro.losses import bce_softmax
-from mm_repro.mixing import MixSpec
+from mm_repro.method.losses import bce_softmax
+from mm_repro.method.mixing import MixSpec
 from mm_repro.models import build
-from mm_repro.packed_launch import plan_packs
-from mm_repro.packing import PackedTrainer
 from mm_repro.records import load_checkpoint
-from mm_repro.runs import Job
-from mm_repro.runtime import RunRandom, init_model
-from mm_repro.step import MixedForward, SingleTrainer, TrainStep, build_optimizer
+from mm_repro.records.checkpoint import to_host
+from mm_repro.sweeps.packed import plan_packs
+from mm_repro.training.packed import PackedTrainer
+from mm_repro.training.runs import Job
+from mm_repro.training.runtime import RunRandom, init_model
+from mm_repro.training.step import MixedForward, SingleTrainer, TrainStep, build_optimizer
 from tests.conftest import TINY, compose_train, data_args, popen_cli, run_cli, sweep_args, wait_for
 
 CPU = torch.device("cpu")

@@ -15,13 +15,14 @@ import torch
 from torch import nn
 from torch._dynamo.testing import CompileCounter
 
-from mm_repro import bench, train
-from mm_repro.builders import build_model, single_trainer
+from mm_repro.bench import measure as bench
 from mm_repro.config import MethodConfig, ModelConfig, validate_train
-from mm_repro.distributed import World
 from mm_repro.models import build
-from mm_repro.runtime import RunRandom
-from mm_repro.step import MixedForward, compile_module
+from mm_repro.training import loop as train
+from mm_repro.training.builders import build_model, single_trainer
+from mm_repro.training.distributed import World
+from mm_repro.training.runtime import RunRandom
+from mm_repro.training.step import MixedForward, compile_module
 from tests.conftest import compose_train, run_cli
 
 CPU = torch.device("cpu")
@@ -218,9 +219,9 @@ def test_bench_runs_on_cpu_in_reduced_form(tmp_path):
 def test_the_official_style_loader_keeps_an_epochs_last_smaller_batch():
     # The official `load_data_subset` builds its training DataLoader without drop_last (docs/protocol.md), so an
     # epoch of 250 images at batch 100 ends with a batch of 50; the baseline `bench` times must do the same.
+    from mm_repro.bench.official import official_loader
     from mm_repro.config import DatasetConfig
     from mm_repro.data import random_split
-    from mm_repro.official import official_loader
 
     loader = official_loader(random_split(250, 0), DatasetConfig(), 100, 0, CPU)
     batches = list(loader)

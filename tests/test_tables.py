@@ -13,8 +13,8 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from mm_repro.analysis.tables import load_specs, make_tables, mean_std, scan
 from mm_repro.config import CONF_DIR
-from mm_repro.tables import load_specs, make_tables, mean_std, scan
 from tests.conftest import TINY, data_args, run_cli
 
 

@@ -16,16 +16,16 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mm_repro import records
-from mm_repro import train as train_module
+from mm_repro.analysis.tables import make_tables
 from mm_repro.config import validate_train
-from mm_repro.distributed import Shards
 from mm_repro.errors import Diverged, Preempted, UserError
-from mm_repro.outcomes import scan
-from mm_repro.packed_launch import plan_packs
-from mm_repro.packing import PackedTrainer
-from mm_repro.runs import Job
-from mm_repro.runtime import RunRandom, init_model
-from mm_repro.tables import make_tables
+from mm_repro.records.scan import scan
+from mm_repro.sweeps.packed import plan_packs
+from mm_repro.training import loop as train_module
+from mm_repro.training.distributed import Shards
+from mm_repro.training.packed import PackedTrainer
+from mm_repro.training.runs import Job
+from mm_repro.training.runtime import RunRandom, init_model
 from tests.conftest import TINY, compose_train, run_cli, train_args, write_cifar
 
 SYNTHETIC = ["dataset=synthetic", "dataset.train_size=100", "dataset.test_size=50"]
@@ -304,9 +304,10 @@ def test_bf16_runs_train_alone_because_vmap_would_not_cast_them(tmp_path):
 
 
 def test_the_draws_of_a_pack_are_the_runs_draws_in_one_copy(monkeypatch):
-    from mm_repro import mixing, packing
-    from mm_repro.mixing import MixSpec
+    from mm_repro.method import mixing
+    from mm_repro.method.mixing import MixSpec
     from mm_repro.models import build
+    from mm_repro.training import packed as packing
 
     specs = [None, MixSpec(1.0, (0,)), MixSpec(2.0, (0, 1, 2)), MixSpec(2.0, (0, 1), "flip")]
     cpu = torch.device("cpu")

@@ -1,6 +1,6 @@
 """`hydra/launcher=packed`: the jobs of a sweep that can share a device train together as one fused model.
 
-A thin Hydra Launcher; what it does is in mm_repro.packed_launch (grouping, packs, jobs that run alone). No
+A thin Hydra Launcher; what it does is in mm_repro.sweeps.packed (grouping, packs, jobs that run alone). No
 `from __future__ import annotations` here: Hydra runs plugin modules outside sys.modules, where a dataclass with
 string annotations cannot be built."""
 
@@ -38,7 +38,7 @@ class PackedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from mm_repro.packed_launch import PackedLaunch
+        from mm_repro.sweeps.packed import PackedLaunch
 
         launch = PackedLaunch(self.config, self.hydra_context, self.task_function, self.max_pack)
         return launch.launch([list(o) for o in job_overrides], initial_job_idx)

@@ -31,12 +31,19 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from mm_repro import records
+from mm_repro.analysis.measures import (
+    deform,
+    deformation_names,
+    expected_calibration_error,
+    fgsm,
+    flattening,
+    normalize,
+)
 from mm_repro.config import validate_train
 from mm_repro.data import load_arrays
 from mm_repro.errors import UserError
-from mm_repro.measures import deform, deformation_names, expected_calibration_error, fgsm, flattening, normalize
 from mm_repro.models import build
-from mm_repro.runtime import training_device
+from mm_repro.training.runtime import training_device
 
 
 @dataclass

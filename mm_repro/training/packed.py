@@ -7,12 +7,12 @@ batching rules turn the convolutions into one grouped convolution and BatchNorm 
 is HFTA's fused operators without rewriting the model (docs/performance.md §5; our measurements and the choice: README
 "Packed sweeps").
 
-Each run keeps what makes it itself: its initial weights (its seed), its random streams (mm_repro.runtime.RunRandom:
-epoch order, crops, flips, k, lam and partners, drawn by the same calls in the same order as alone), its BatchNorm
-statistics, its own k at each step (at each mixing point i the runs with k = i mix, the others pass through
-unchanged: `torch.where` selects, so no run sees another's mixing), its own loss mean (the pack's loss is the sum of
-the runs' losses, whose gradient with respect to one run's parameters is that run's own), and its own SGD state
-(SGD is elementwise, so one SGD over stacked tensors is K SGDs). ERM runs never mix.
+Each run keeps what makes it itself: its initial weights (its seed), its random streams
+(mm_repro.training.runtime.RunRandom: epoch order, crops, flips, k, lam and partners, drawn by the same calls in the
+same order as alone), its BatchNorm statistics, its own k at each step (at each mixing point i the runs with k = i mix,
+the others pass through unchanged: `torch.where` selects, so no run sees another's mixing), its own loss mean (the
+pack's loss is the sum of the runs' losses, whose gradient with respect to one run's parameters is that run's own), and
+its own SGD state (SGD is elementwise, so one SGD over stacked tensors is K SGDs). ERM runs never mix.
 
 Only fp32 runs pack (`PACKABLE_PRECISIONS`). fp16 would share one grad scaler, which skips every run's step when one
 run overflows. bf16 would not be the run alone: autocast does not reach through `vmap`, so a packed bf16 run computes
@@ -31,10 +31,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from mm_repro import mixing
+from mm_repro.method import mixing
 from mm_repro.models import count_parameters
-from mm_repro.runtime import RunRandom
-from mm_repro.step import autocast, host_to_device, one_hot, set_lr, test_figures
+from mm_repro.training.runtime import RunRandom
+from mm_repro.training.step import autocast, host_to_device, one_hot, set_lr, test_figures
 
 PACKABLE_PRECISIONS = ("fp32",)  # see the module docstring for why fp16 and bf16 train alone
 

@@ -15,7 +15,7 @@ or CUDA-graph capture is timed), the median images/s over alternating repeats of
   (the stall on the training thread, a copy to host memory, and the background write) and the records; from these,
   `epoch_overhead`: the fraction of a CIFAR-10 epoch's wall time (50,000 training and 10,000 test images) spent
   outside training steps, at the measured speeds, with checkpoints every `checkpoint_seconds` of wall time;
-- packed (`pack=K`): the aggregate images/s of K runs trained as one (mm_repro.packing) against one run.
+- packed (`pack=K`): the aggregate images/s of K runs trained as one (mm_repro.training.packed) against one run.
 MFU is the model's training FLOPs (3 x forward, conv and linear only) per second over a *measured* peak: the fastest
 of large dense matmuls and a large 3x3 convolution on the same device, in the math mode the run's convolutions use
 (TF32 for fp32 on CUDA when enabled), or in fp32 if that is faster. The data is random uint8 images of CIFAR's
@@ -36,28 +36,24 @@ import torch
 from torch import nn
 
 from mm_repro import records
-from mm_repro.builders import build_model, packed_trainer, single_trainer
-from mm_repro.checkpoint import to_host
+from mm_repro.bench.official import official_loader, official_step
+from mm_repro.bench.throughput import cycle, median_rates, peak_for, rate, timed, train_flops_per_image
 from mm_repro.config import (
-    COMPILE_MODES,
-    PRECISIONS,
     DatasetConfig,
     MethodConfig,
     ModelConfig,
     TrainRunConfig,
-    choose,
     compose_train,
-    to_schema,
     validate_train,
 )
 from mm_repro.data import Arrays, DeviceLoader, random_split
-from mm_repro.distributed import World
-from mm_repro.losses import LOSSES
+from mm_repro.method.losses import LOSSES
 from mm_repro.models import build
-from mm_repro.official import official_loader, official_step
-from mm_repro.runtime import RunRandom, init_model, training_device
-from mm_repro.step import SingleTrainer, build_optimizer
-from mm_repro.throughput import cycle, median_rates, peak_for, rate, timed, train_flops_per_image
+from mm_repro.records.checkpoint import to_host
+from mm_repro.training.builders import build_model, packed_trainer, single_trainer
+from mm_repro.training.distributed import World
+from mm_repro.training.runtime import RunRandom, init_model, training_device
+from mm_repro.training.step import SingleTrainer, build_optimizer
 
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
 
@@ -231,7 +227,7 @@ def measure_epoch_rest(
 
 
 def measure_packed(cfg: BenchConfig, split: Arrays, device: torch.device, single_rate: float) -> dict:
-    """Aggregate images/s of `pack` runs trained as one (mm_repro.packing), against one run."""
+    """Aggregate images/s of `pack` runs trained as one (mm_repro.training.packed), against one run."""
     k = cfg.pack
     runs = [run_config(cfg, cfg.seed + i) for i in range(k)]
     models = [build_model(run, device) for run in runs]
@@ -292,49 +288,3 @@ def run_bench(cfg: BenchConfig) -> dict:
         "torch_version": torch.__version__,
         "python": platform.python_version(),
     }
-
-
-def report(r: dict) -> str:
-    """The printed table: what bench-<device>.json holds, one row per pipeline."""
-    rows = [
-        ("ours: train step", f"{r['ours_images_per_second']:.1f}", f"{r['ratio']:.2f}x", f"{100 * r['mfu_ours']:.1f}%"),
-        ("official-style: train step", f"{r['official_images_per_second']:.1f}", "", f"{100 * r['mfu_official']:.1f}%"),
-        ("ours: data pipeline", f"{r['data_ours_images_per_second']:.0f}", f"{r['data_ratio']:.1f}x", ""),
-        ("official-style: data pipeline", f"{r['data_official_images_per_second']:.0f}", "", ""),
-    ]
-    if "pack" in r:
-        rows.append(
-            (
-                f"packed: {r['pack']} runs, aggregate",
-                f"{r['packed_images_per_second']:.1f}",
-                f"{r['packed_ratio']:.2f}x",
-                "",
-            )
-        )
-    return "\n".join(
-        [
-            f"mm_repro bench: {r['model']} (width {r['width']}) {r['method']}, batch {r['batch_size']}, {r['device']} "
-            f"({r['device_name']}), ours {r['precision']}{' compiled' if r['compile'] else ''}; official-style "
-            f"fp32 with {r['workers']} loader workers; torch {r['torch_version']}",
-            *("{:34}{:>12}{:>9}{:>8}".format(*row) for row in [("", "images/s", "ratio", "MFU"), *rows]),
-            f"epoch outside training steps: {100 * r['epoch_overhead']:.1f} % of a CIFAR-10 epoch (evaluation "
-            f"{1e6 * r['eval_seconds_per_image']:.1f} us/image, checkpoint stall {r['checkpoint_stall_seconds']:.3f} s"
-            f" + background write {r['checkpoint_write_seconds']:.3f} s, records {r['records_seconds']:.3f} s)",
-            f"train FLOPs/image {r['train_flops_per_image'] / 1e9:.3f} G; measured peak (matmul or conv) "
-            f"{r['measured_peak_flops'] / 1e12:.3f} TFLOP/s ({r['measured_peak_mode']})",
-        ]
-    )
-
-
-def main(dict_cfg: object) -> dict:
-    """The `bench` command: checked options, the measurements, bench-<device>.json and the printed table."""
-    cfg: BenchConfig = to_schema(dict_cfg, BenchConfig)
-    choose("device", cfg.device, ("cpu", "cuda"))
-    choose("precision", cfg.precision, PRECISIONS)
-    choose("compile_mode", cfg.compile_mode, COMPILE_MODES)
-    result = run_bench(cfg)
-    out = Path(cfg.out) / f"bench-{cfg.device}.json"
-    records.write_json(out, result)
-    print(report(result))
-    print(f"written: {out}")
-    return result

@@ -12,14 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from mm_repro import distributed
 from mm_repro.config import TrainRunConfig
 from mm_repro.data import Arrays, DeviceLoader, fingerprint, load_arrays
-from mm_repro.losses import LOSSES
-from mm_repro.mixing import MixSpec
+from mm_repro.method.losses import LOSSES
+from mm_repro.method.mixing import MixSpec
 from mm_repro.models import build
-from mm_repro.runtime import RunRandom, init_model, refuse_onednn_bug, uses_channels_last
-from mm_repro.step import (
+from mm_repro.training import distributed
+from mm_repro.training.runtime import RunRandom, init_model, refuse_onednn_bug, uses_channels_last
+from mm_repro.training.step import (
     Evaluator,
     MixedForward,
     SingleTrainer,
@@ -101,9 +101,9 @@ def single_trainer(cfg: TrainRunConfig, model: nn.Module, rng: RunRandom, world:
 
 
 def packed_trainer(cfgs: list[TrainRunConfig], models: list[nn.Module], rngs: list[RunRandom]) -> Trainer:
-    """Several runs as one (mm_repro.packing); they share the loss, classes, precision and optimizer settings (the
-    packed launcher groups them so), each with its own mixing method and streams."""
-    from mm_repro.packing import PackedTrainer
+    """Several runs as one (mm_repro.training.packed); they share the loss, classes, precision and optimizer settings
+    (the packed launcher groups them so), each with its own mixing method and streams."""
+    from mm_repro.training.packed import PackedTrainer
 
     lead, device = cfgs[0], rngs[0].device
     return PackedTrainer(

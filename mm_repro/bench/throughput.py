@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm_repro.runtime import sync
-from mm_repro.step import PRECISION_DTYPES
+from mm_repro.training.runtime import sync
+from mm_repro.training.step import PRECISION_DTYPES
 
 
 def rate(run_once: Callable[[], int], device: torch.device) -> float:

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm_repro import mixing
-from mm_repro.measures import singular_values
-from mm_repro.runtime import RunRandom, init_model
+from mm_repro.analysis.measures import singular_values
+from mm_repro.method import mixing
+from mm_repro.training.runtime import RunRandom, init_model
 
 
 @dataclass

@@ -1,8 +1,8 @@
-"""A training session: the runs one process trains together (a single run, or a pack of a sweep's runs), each concern
-in its own small class. `Cursor`: the epoch, the step within it, each run's epoch order and batches, the losses so
-far. `distributed.Shards`: DDP's share of an epoch order and the collectives. `checkpoint.CheckpointPolicy`: when to
-checkpoint, and the writes. `Session`: the runs still training, what happens when one diverges, and a run's state
-for its checkpoint. `open_session` claims and takes each run directory over (mm_repro.runs) only after everything
+"""A training session: the runs one process trains together (a single run, or a pack of a sweep's runs), each concern in
+its own small class. `Cursor`: the epoch, the step within it, each run's epoch order and batches, the losses so far.
+`distributed.Shards`: DDP's share of an epoch order and the collectives. `checkpoint.CheckpointPolicy`: when to
+checkpoint, and the writes. `Session`: the runs still training, what happens when one diverges, and a run's state for
+its checkpoint. `open_session` claims and takes each run directory over (mm_repro.training.runs) only after everything
 that can fail on bad input has passed, so a refused start leaves the directory as it was.
 """
 
@@ -16,15 +16,15 @@ from typing import Any
 import torch
 
 from mm_repro import records
-from mm_repro.builders import build_trainer
-from mm_repro.checkpoint import CheckpointPolicy
 from mm_repro.data import DeviceLoader
-from mm_repro.distributed import Shards, World
 from mm_repro.errors import Diverged, RunFailed, UserError
-from mm_repro.runs import Job, Run, claim, resume_point, take_over
-from mm_repro.runtime import RunRandom, sync
-from mm_repro.step import Trainer, lr_at
-from mm_repro.tracking import open_tracker
+from mm_repro.records.checkpoint import CheckpointPolicy
+from mm_repro.records.tracking import open_tracker
+from mm_repro.training.builders import build_trainer
+from mm_repro.training.distributed import Shards, World
+from mm_repro.training.runs import Job, Run, claim, resume_point, take_over
+from mm_repro.training.runtime import RunRandom, sync
+from mm_repro.training.step import Trainer, lr_at
 
 
 class Cursor:

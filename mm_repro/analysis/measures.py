@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm_repro.losses import bce_softmax
+from mm_repro.method.losses import bce_softmax
 
 ROTATIONS = (20, 40, 60, 80)  # degrees
 SHEARS = (0.5, 1.0, 2.0, 2.5, 3.0)  # radians: +-28.6, 57.3, 114.6, 143.2, 171.9 degrees

@@ -14,7 +14,7 @@ from torch import nn
 
 from mm_repro.config import DatasetConfig, MethodConfig
 from mm_repro.data import Arrays
-from mm_repro.mixing import mix
+from mm_repro.method.mixing import mix
 
 
 class _PILDataset(torch.utils.data.Dataset):

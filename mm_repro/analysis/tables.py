@@ -1,6 +1,6 @@
 """`python -m mm_repro tables runs=DIR out=DIR`: the paper's tables regenerated from run records, ours beside theirs.
 
-Run directories are read and sorted by outcome in mm_repro.outcomes: only complete runs enter the cells, each once;
+Run directories are read and sorted by outcome in mm_repro.records.scan: only complete runs enter the cells, each once;
 failed, diverged, at-chance, repeated, stale, incomplete and malformed ones are listed, with their counts, under every
 table. Runs are grouped by the cell they reproduce (dataset, model, method, alpha, eligible layers) and by their whole
 setup (every key of the resolved config that can change a number, records.setup_of), so runs of two setups are never
@@ -18,9 +18,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mm_repro.outcomes import Record, Scan, scan
+from mm_repro.config import PAPER_DIR
+from mm_repro.records.scan import Record, Scan, scan
 
-PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
 # Shown in every row's setup label; any other key that differs between the groups of a cell is shown too.
 LABEL_KEYS = ("protocol.name", "train.epochs", "model.width", "train.precision")
 MODEL_NAMES = {"preactresnet18": "PreActResNet18", "preactresnet34": "PreActResNet34", "wrn28_10": "Wide-ResNet-28-10"}

@@ -1,9 +1,10 @@
-"""A run's checkpoint: what it holds, how a resume checks it, and how it is written without stalling training.
+"""A run's checkpoint: the file format (a checksum header, then torch.save's payload), what it holds, how a resume
+checks it, and how it is written without stalling training.
 
 `checkpoints/last.pt` holds one run's own model and optimizer state, grad scaler, random streams (one
 per DDP rank), epoch, position within the epoch after a mid-epoch stop, the records so far, the wall time and the
 resolved config. A run trained packed with others writes the same file as one trained alone, so either can resume
-it (mm_repro.packing).
+it (mm_repro.training.packed).
 
 A resume first compares the checkpoint's config with the new one (`config_changes`): any key that changes the
 numbers differs, and the resume is refused, naming each key; keys in `config.RESUME_FREE_KEYS` may differ.
@@ -14,6 +15,8 @@ fsync and rename it on a background thread; the next write, the end of the run a
 
 from __future__ import annotations
 
+import hashlib
+import io
 import threading
 import time
 from pathlib import Path
@@ -21,16 +24,83 @@ from typing import Any
 
 import torch
 
-from mm_repro import records
+from mm_repro.errors import UserError
+from mm_repro.records.files import atomic_write
+from mm_repro.records.result import flatten, is_free
+
+# A checkpoint file is one header line, `mm_repro-checkpoint <sha256 of the payload>`, then the payload (what
+# torch.save wrote). The digest is checked on every load, so a file damaged on disk or in a copy is refused by name,
+# and it names the checkpoint: result.json and eval.json record it, and `tables`/`evaluate` compare it with the
+# file's header (reading one line, not the whole file). Files without the header (written before the header existed)
+# still load, unchecked.
+CHECKPOINT_MAGIC = b"mm_repro-checkpoint "
+
+
+def save_checkpoint(path: Path, state: dict) -> str:
+    """Write `state` to `path` atomically, with its checksum; returns the checksum (the checkpoint's name)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getbuffer()
+    digest = hashlib.sha256(payload).hexdigest()
+    atomic_write(path, CHECKPOINT_MAGIC + digest.encode() + b"\n" + bytes(payload))
+    return digest
+
+
+def checkpoint_digest(path: Path) -> str:
+    """The checksum in a checkpoint's header (the sha256 of the whole file for one written without a header)."""
+    with open(path, "rb") as f:
+        head = f.read(len(CHECKPOINT_MAGIC) + 65)
+        if head.startswith(CHECKPOINT_MAGIC):
+            return head[len(CHECKPOINT_MAGIC) : len(CHECKPOINT_MAGIC) + 64].decode("ascii", "replace")
+        digest = hashlib.sha256(head)
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checkpoint_payload(path: Path) -> bytes | Path:
+    """The payload of a checkpoint with a header, checked against its checksum; a headerless file as its path."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(CHECKPOINT_MAGIC):
+        return path
+    header, _, payload = data.partition(b"\n")
+    digest = header[len(CHECKPOINT_MAGIC) :].decode("ascii", "replace")
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise ValueError(f"its content does not match its checksum {digest[:12]}... (damaged on disk or in a copy)")
+    return payload
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint written by `save_checkpoint`; an unreadable or damaged one is a one-line `UserError`."""
+    try:
+        payload = _checkpoint_payload(path)
+        source = io.BytesIO(payload) if isinstance(payload, bytes) else payload
+        state = torch.load(source, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+            raise ValueError("not an mm_repro checkpoint")
+    except Exception as exc:  # torch.load raises many types on a damaged file
+        raise UserError(
+            f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+            "it was left untouched: move it away, or pass train.resume=false to start over (the old records "
+            "are then kept under previous/)"
+        ) from None
+    if "rng_ranks" not in state or "config" not in state or "device_type" not in state["rng_ranks"][0]:
+        raise UserError(
+            f"checkpoint {path} was written by an earlier mm_repro (global random streams, one per visible GPU), "
+            "which this version cannot continue exactly; pass train.resume=false to start over (the old records "
+            "are kept under previous/)"
+        )
+    return state
 
 
 def config_changes(saved: dict, new: dict) -> list[tuple[str, Any, Any]]:
     """(key, old, new) for every key that differs between two resolved configs, except RESUME_FREE_KEYS."""
-    a, b = records.flatten(saved), records.flatten(new)
+    a, b = flatten(saved), flatten(new)
     return [
         (key, a.get(key, "<unset>"), b.get(key, "<unset>"))
         for key in sorted(set(a) | set(b))
-        if not records.is_free(key) and a.get(key, "<unset>") != b.get(key, "<unset>")
+        if not is_free(key) and a.get(key, "<unset>") != b.get(key, "<unset>")
     ]
 
 
@@ -69,7 +139,7 @@ class CheckpointWriter:
         def work() -> None:
             try:
                 for path, host_state in files:
-                    self.digests[path] = records.save_checkpoint(path, host_state)
+                    self.digests[path] = save_checkpoint(path, host_state)
             except BaseException as exc:  # re-raised on the training thread by wait()
                 self._error = exc
 
@@ -109,7 +179,7 @@ class CheckpointPolicy:
     def digest(self, path: Path) -> str:
         """The checksum of the checkpoint at `path`: of this session's last write there, else read from its header."""
         self.writer.wait()
-        return self.writer.digests.get(path) or records.checkpoint_digest(path)
+        return self.writer.digests.get(path) or checkpoint_digest(path)
 
     def wait(self) -> None:
         self.writer.wait()

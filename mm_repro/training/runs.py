@@ -13,12 +13,13 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from mm_repro import distributed, records
-from mm_repro.checkpoint import config_changes, describe_changes
+from mm_repro import records
 from mm_repro.config import TrainRunConfig
 from mm_repro.errors import RunFailed, UserError
-from mm_repro.runtime import RunRandom
-from mm_repro.tracking import NullTracker
+from mm_repro.records.checkpoint import config_changes, describe_changes
+from mm_repro.records.tracking import NullTracker
+from mm_repro.training import distributed
+from mm_repro.training.runtime import RunRandom
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Job:
     config: dict
     group: str | None = None
     hydra_files: dict[str, Any] = field(default_factory=dict)
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("mm_repro.train"))
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("mm_repro.training.loop"))
 
 
 @dataclass

@@ -1,13 +1,14 @@
-"""`hydra/launcher=packed`: a sweep's jobs grouped into packs that train together on one device (mm_repro.packing).
+"""`hydra/launcher=packed`: a sweep's jobs grouped into packs that train together on one device
+(mm_repro.training.packed).
 
 Jobs pack together when they share everything but the seed, the method (alpha, layers, pairing) and the experiment: the
 same dataset, model, width, schedule, optimizer settings, batch, precision, loss and device, and the same point to
-resume from (a fresh start, or the same epoch and step). Only fp32 jobs pack (mm_repro.packing says why fp16 and bf16
-train alone), and packs run eager, so a job with `train.compile=true` runs alone and stays compiled. A pack holds at
-most `max_pack` runs, and on CUDA at most as many as fit in 80 % of the free device memory (a conservative estimate of
-each run's weights, optimizer state and saved activations). A job that packs with no other runs alone, through Hydra's
-own `run_job`, exactly as under the basic launcher; so does every job of a pack whose start was refused (a run directory
-in use, a changed config), so that each gets its own one-line error.
+resume from (a fresh start, or the same epoch and step). Only fp32 jobs pack (mm_repro.training.packed says why fp16 and
+bf16 train alone), and packs run eager, so a job with `train.compile=true` runs alone and stays compiled. A pack holds
+at most `max_pack` runs, and on CUDA at most as many as fit in 80 % of the free device memory (a conservative estimate
+of each run's weights, optimizer state and saved activations). A job that packs with no other runs alone, through
+Hydra's own `run_job`, exactly as under the basic launcher; so does every job of a pack whose start was refused (a run
+directory in use, a changed config), so that each gets its own one-line error.
 
 Each packed run keeps its own run directory and records (`.hydra/`, `train.log`, metrics.jsonl, result.json, its own
 unpacked `checkpoints/last.pt` and W&B run): `tables` and `evaluate` can't tell it from a run trained alone, and it
@@ -32,9 +33,9 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 from mm_repro import records
 from mm_repro.errors import UserError
-from mm_repro.packing import PACKABLE_PRECISIONS
-from mm_repro.runs import Job, resume_point
-from mm_repro.sweeps import job_from_hydra, record_failure, record_success, sweep_group
+from mm_repro.sweeps.jobs import job_from_hydra, record_failure, record_success, sweep_group
+from mm_repro.training.packed import PACKABLE_PRECISIONS
+from mm_repro.training.runs import Job, resume_point
 
 log = logging.getLogger("mm_repro.packed")
 
@@ -104,7 +105,7 @@ def plan_packs(jobs: list[Job], max_pack: int) -> list[list[int]]:
 
 def _run_logger(num: int, run_dir: Path) -> logging.Logger:
     """A packed run's lines: its own train.log, and the console with the job's number in front."""
-    logger = logging.getLogger(f"mm_repro.train.job{num}")
+    logger = logging.getLogger(f"mm_repro.training.loop.job{num}")
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO)
@@ -153,7 +154,7 @@ class PackedLaunch:
         return ret
 
     def launch(self, job_overrides: list[list[str]], initial_job_idx: int) -> list[JobReturn]:
-        from mm_repro.train import train_jobs
+        from mm_repro.training.loop import train_jobs
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)

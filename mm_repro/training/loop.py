@@ -3,7 +3,7 @@
 Reproduces the official Manifold Mixup protocol by default (docs/protocol.md §2): SGD with Nesterov momentum 0.9, lr
 0.1, weight decay 1e-4 on every parameter, x0.1 at the milestones (the LR of epoch e is lr * gamma^(milestones <= e), as
 the official `adjust_learning_rate`), batch 100, BCE on softmax. `train_jobs` trains one run, or several runs of a sweep
-packed on one device (mm_repro.packing), with the same loop: a single run is a pack of one.
+packed on one device (mm_repro.training.packed), with the same loop: a single run is a pack of one.
 
 What a run can trust (README "Resuming and preemption"): one process per run directory (a lock); a resume refused
 when the config changed; a checkpoint at least every `train.checkpoint_seconds`, at the end and on a stop signal
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from mm_repro import distributed
 from mm_repro.config import TrainRunConfig
 from mm_repro.errors import Diverged, Preempted, RunFailed
-from mm_repro.pack import Session, open_session
-from mm_repro.runs import Job, completed, emit, progress_bar
-from mm_repro.runtime import StopSignals, configure_backends, training_device
+from mm_repro.training import distributed
+from mm_repro.training.runs import Job, completed, emit, progress_bar
+from mm_repro.training.runtime import StopSignals, configure_backends, training_device
+from mm_repro.training.session import Session, open_session
 
-log = logging.getLogger("mm_repro.train")
+log = logging.getLogger("mm_repro.training.loop")
 HEADER = f"{'epoch':>7} {'lr':>9} {'train_loss':>11} {'test_err%':>9} {'test_nll':>9} {'img/s':>9} {'time_left':>10}"
 
 

@@ -1,9 +1,9 @@
 """What a training job needs from Hydra, and how a sweep's failed jobs are reported, whatever the launcher.
 
-`job_from_hydra` turns a composed config into a `Job`: checked, its experiment name taken from Hydra's runtime
-choice (never typed by hand), and the files Hydra would have written into `.hydra/` (train.yaml turns Hydra's own
-writing off, so that a refused start leaves an existing run directory untouched; mm_repro.pack writes them once the
-run is taken over).
+`job_from_hydra` turns a composed config into a `Job`: checked, its experiment name taken from Hydra's runtime choice
+(never typed by hand), and the files Hydra would have written into `.hydra/` (train.yaml turns Hydra's own writing off,
+so that a refused start leaves an existing run directory untouched; mm_repro.training.session writes them once the run
+is taken over).
 
 A failed job (bad input, a crash, a diverged run) writes its one-line error into its own train.log and, when its run
 directory holds no other run, a failure record there (failure.json), which `tables` lists. Jobs may run in other
@@ -48,7 +48,7 @@ def one_line(exc: BaseException) -> str:
 
 def job_from_hydra(task_cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, group: str | None) -> Any:
     """The Job a composed config describes (validated; experiment from Hydra's choices; `.hydra/` files)."""
-    from mm_repro.runs import Job
+    from mm_repro.training.runs import Job
 
     task_cfg = OmegaConf.create(OmegaConf.to_container(task_cfg))
     with open_dict(task_cfg):

@@ -1,10 +1,10 @@
 """One training step and one evaluation, built from what they use: the model, the optimizer, the loss, the mixing
 method (alpha, eligible layers, pairing) and the precision; nothing here reads a run's whole config.
 
-The step is the official one (docs/protocol.md §2): draw k, lam and the pairing (mm_repro.mixing), forward to point k,
-mix hidden states and one-hot targets, forward from k, loss in fp32 on the soft targets, backward, SGD. The optimizer is
-the official `SGD(lr, momentum, weight_decay, nesterov)` over every parameter, BN included; `fused` runs its update as
-one kernel (the same arithmetic to float32 rounding, tested).
+The step is the official one (docs/protocol.md §2): draw k, lam and the pairing (mm_repro.method.mixing), forward to
+point k, mix hidden states and one-hot targets, forward from k, loss in fp32 on the soft targets, backward, SGD. The
+optimizer is the official `SGD(lr, momentum, weight_decay, nesterov)` over every parameter, BN included; `fused` runs
+its update as one kernel (the same arithmetic to float32 rounding, tested).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm_repro import mixing
+from mm_repro.method import mixing
 from mm_repro.models import count_parameters
-from mm_repro.runtime import RunRandom
+from mm_repro.training.runtime import RunRandom
 
 # `train.precision`: the dtype each choice computes in (fp32 without autocast). config.PRECISIONS is its keys.
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -185,7 +185,7 @@ class Evaluator:
 
 class Trainer(Protocol):
     """What the training loop asks of the runs a process trains together: one run (`SingleTrainer`) or a pack
-    (mm_repro.packing.PackedTrainer). Runs are numbered 0..size-1 in the pack's order; `drop` renumbers."""
+    (mm_repro.training.packed.PackedTrainer). Runs are numbered 0..size-1 in the pack's order; `drop` renumbers."""
 
     param_count: int  # of one run's model
 

@@ -1,0 +1,2 @@
+"""`bench`: our step and epoch measured against a re-implementation of the official pipeline (`measure`,
+`official`, `throughput`)."""

@@ -1,0 +1,56 @@
+"""The `bench` command: its options checked, the measurements (mm_repro.bench.measure), bench-<device>.json and the
+printed table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mm_repro import records
+from mm_repro.bench.measure import BenchConfig, run_bench
+from mm_repro.config import COMPILE_MODES, PRECISIONS, choose, to_schema
+
+
+def report(r: dict) -> str:
+    """The printed table: what bench-<device>.json holds, one row per pipeline."""
+    rows = [
+        ("ours: train step", f"{r['ours_images_per_second']:.1f}", f"{r['ratio']:.2f}x", f"{100 * r['mfu_ours']:.1f}%"),
+        ("official-style: train step", f"{r['official_images_per_second']:.1f}", "", f"{100 * r['mfu_official']:.1f}%"),
+        ("ours: data pipeline", f"{r['data_ours_images_per_second']:.0f}", f"{r['data_ratio']:.1f}x", ""),
+        ("official-style: data pipeline", f"{r['data_official_images_per_second']:.0f}", "", ""),
+    ]
+    if "pack" in r:
+        rows.append(
+            (
+                f"packed: {r['pack']} runs, aggregate",
+                f"{r['packed_images_per_second']:.1f}",
+                f"{r['packed_ratio']:.2f}x",
+                "",
+            )
+        )
+    return "\n".join(
+        [
+            f"mm_repro bench: {r['model']} (width {r['width']}) {r['method']}, batch {r['batch_size']}, {r['device']} "
+            f"({r['device_name']}), ours {r['precision']}{' compiled' if r['compile'] else ''}; official-style "
+            f"fp32 with {r['workers']} loader workers; torch {r['torch_version']}",
+            *("{:34}{:>12}{:>9}{:>8}".format(*row) for row in [("", "images/s", "ratio", "MFU"), *rows]),
+            f"epoch outside training steps: {100 * r['epoch_overhead']:.1f} % of a CIFAR-10 epoch (evaluation "
+            f"{1e6 * r['eval_seconds_per_image']:.1f} us/image, checkpoint stall {r['checkpoint_stall_seconds']:.3f} s"
+            f" + background write {r['checkpoint_write_seconds']:.3f} s, records {r['records_seconds']:.3f} s)",
+            f"train FLOPs/image {r['train_flops_per_image'] / 1e9:.3f} G; measured peak (matmul or conv) "
+            f"{r['measured_peak_flops'] / 1e12:.3f} TFLOP/s ({r['measured_peak_mode']})",
+        ]
+    )
+
+
+def main(dict_cfg: object) -> dict:
+    """The `bench` command: checked options, the measurements, bench-<device>.json and the printed table."""
+    cfg: BenchConfig = to_schema(dict_cfg, BenchConfig)
+    choose("device", cfg.device, ("cpu", "cuda"))
+    choose("precision", cfg.precision, PRECISIONS)
+    choose("compile_mode", cfg.compile_mode, COMPILE_MODES)
+    result = run_bench(cfg)
+    out = Path(cfg.out) / f"bench-{cfg.device}.json"
+    records.write_json(out, result)
+    print(report(result))
+    print(f"written: {out}")
+    return result

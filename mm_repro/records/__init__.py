@@ -1,0 +1,55 @@
+"""A run's records: its files (names, atomic writes, archive), the lock, the checkpoint, result.json, and, for the
+readers, the scan of run directories by outcome (`records.scan`) and experiment tracking (`records.tracking`).
+Everything here is written atomically; nothing here trains."""
+
+from mm_repro.records.checkpoint import checkpoint_digest, load_checkpoint, save_checkpoint
+from mm_repro.records.files import (
+    ARCHIVED,
+    CHECKPOINT,
+    EVAL,
+    FAILURE,
+    LOCK,
+    METRICS,
+    RESULT,
+    TRAIN_LOG,
+    archive,
+    atomic_write,
+    holds_a_run,
+    read_json,
+    remove_stale_temporaries,
+    write_failure,
+    write_json,
+    write_metrics,
+)
+from mm_repro.records.lock import RunLock
+from mm_repro.records.result import check_result, flatten, git_commit, is_free, make_result, run_info, setup_of
+
+__all__ = [
+    "ARCHIVED",
+    "CHECKPOINT",
+    "EVAL",
+    "FAILURE",
+    "LOCK",
+    "METRICS",
+    "RESULT",
+    "TRAIN_LOG",
+    "RunLock",
+    "archive",
+    "atomic_write",
+    "check_result",
+    "checkpoint_digest",
+    "flatten",
+    "git_commit",
+    "holds_a_run",
+    "is_free",
+    "load_checkpoint",
+    "make_result",
+    "read_json",
+    "remove_stale_temporaries",
+    "run_info",
+    "save_checkpoint",
+    "setup_of",
+    "write_failure",
+    "write_json",
+    "write_metrics",
+]

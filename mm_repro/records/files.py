@@ -1,0 +1,137 @@
+"""A run directory's files: their names, atomic writes (metrics.jsonl, result.json, failure.json), the archive of an
+earlier attempt's records, and JSON read back with one clear reason when it cannot be.
+
+Every write goes to a temporary file in the same directory, is fsync'ed, then renamed over the old file
+(`os.replace` is atomic on POSIX), so a crash mid-write leaves the previous version intact. A checkpoint that
+cannot be read is an error naming it; it is never overwritten by the run that failed to read it.
+
+A run directory holds at most one outcome: result.json (complete), failure.json (`status` "failed" or "diverged",
+with the one-line reason and the epoch), or neither (still training, or stopped: a checkpoint to resume from).
+`tables` sorts run directories by it and averages complete runs only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+METRICS = "metrics.jsonl"
+
+
+RESULT = "result.json"
+
+
+FAILURE = "failure.json"
+
+
+EVAL = "eval.json"
+
+
+LOCK = ".lock"
+
+
+TRAIN_LOG = "train.log"  # conf/hydra/job_logging writes it as ${hydra.job.name}.log, the job being `train`
+
+
+# What a new start moves to previous/<time>/ (train.resume=false, or a failure record of an earlier attempt).
+ARCHIVED = (
+    CHECKPOINT.parent,
+    Path(METRICS),
+    Path(RESULT),
+    Path(FAILURE),
+    Path(EVAL),
+    Path(".hydra"),
+    Path("reliability.png"),
+    Path("flattening.png"),
+)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    """Rewrite metrics.jsonl (one JSON object per epoch) atomically."""
+    atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; ValueError (with the reason) for anything else: unreadable, not UTF-8, not JSON,
+    not an object, a directory where the file should be."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ValueError("is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"is not JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise ValueError("is not a JSON object")
+    return data
+
+
+def archive(run_dir: Path, names: tuple[Path, ...] = ARCHIVED) -> Path | None:
+    """Move earlier records into previous/<time>/ so that starting over loses nothing."""
+    present = [n for n in names if (run_dir / n).exists()]
+    if not present:
+        return None
+    dest = run_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
+    while dest.exists():
+        dest = dest.with_name(dest.name + "+")
+    dest.mkdir(parents=True)
+    for name in present:
+        os.replace(run_dir / name, dest / name)
+    return dest
+
+
+def holds_a_run(run_dir: Path) -> bool:
+    """Does `run_dir` hold records of a run (which a failing start must then leave untouched)?"""
+    return any((run_dir / n).exists() for n in (CHECKPOINT, Path(METRICS), Path(RESULT), Path(FAILURE)))
+
+
+def write_failure(run_dir: Path, status: str, message: str, epoch: int | None = None, **extra: Any) -> bool:
+    """failure.json: this run is not a result (status "failed" or "diverged"), and why, in one line. Never beside a
+    complete run's result.json: a later attempt that fails leaves a finished run finished. Returns whether written."""
+    if (run_dir / RESULT).exists():
+        return False
+    record = {"status": status, "message": message, "epoch": epoch, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_json(run_dir / FAILURE, {**record, **extra})
+    return True
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Temporary files of an atomic write that a kill interrupted (`.<name>.*.tmp`): never a record, removed."""
+    stale = [p for d in (run_dir, run_dir / CHECKPOINT.parent) if d.is_dir() for p in d.glob(".*.tmp")]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
