@@ -237,6 +237,19 @@ def _check_schedule(t: TrainConfig) -> None:
         )
 
 
+def _check_data(d: DatasetConfig) -> None:
+    """The values the device loader would broadcast or pad with: one mean and one positive std per channel, a
+    non-negative crop padding."""
+    if len(d.mean) != 3 or len(d.std) != 3:
+        raise UserError(f"dataset.mean={d.mean} and dataset.std={d.std} need one value per channel (3 each)")
+    for i, std in enumerate(d.std):
+        _check_number(f"dataset.std[{i}]", std, 0.0, strict=True)
+    for i, mean in enumerate(d.mean):
+        _check_number(f"dataset.mean[{i}]", mean, -math.inf, strict=False)
+    if d.crop_padding < 0:
+        raise UserError(f"dataset.crop_padding={d.crop_padding} must be >= 0 (0: no crop)")
+
+
 def validate_train(cfg: DictConfig | dict) -> TrainRunConfig:
     """Typed, checked training config; every problem is a one-line `UserError` naming the value and what is allowed."""
     run: TrainRunConfig = to_schema(cfg, TrainRunConfig)
@@ -250,6 +263,7 @@ def validate_train(cfg: DictConfig | dict) -> TrainRunConfig:
     choose("device", run.device, DEVICES)
     choose("train.compile_mode", run.train.compile_mode, COMPILE_MODES)
     choose("logger.mode", run.logger.mode, LOGGER_MODES)
+    _check_data(run.dataset)
     if not 0 <= run.seed < SEED_LIMIT - 64:
         raise UserError(f"seed={run.seed} is out of range; a seed must lie in 0..{SEED_LIMIT - 65}")
     if run.method.name != "erm":

@@ -6,6 +6,7 @@ sinks the others. Tiny in-process runs on generated data (seconds each); the CLI
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -189,11 +190,14 @@ def test_a_finished_run_stays_finished_and_a_stale_result_never_counts(cifar10_r
     assert refused.returncode == 2 and "belongs to checkpoint" in refused.stderr
 
 
-def _write_result(run_dir: Path, *overrides: str, final: float = 3.0, run_id: str | None = None) -> Path:
-    """A result.json as train writes it (records.make_result), for a config and a final error."""
-    job = _job(run_dir, "dataset=cifar10", *overrides)
+def _write_result(
+    run_dir: Path, *overrides: str, final: float = 3.0, run_id: str | None = None, test_data: str = "40 images, a"
+) -> Path:
+    """A result.json as train writes it (records.make_result), for a config, a final error and the test data."""
+    job = _job(run_dir, "dataset=cifar10", "train.epochs=1", "train.milestones=[]", *overrides)
     metrics = [{"epoch": 1, "test_error": final, "test_nll": 0.1, "train_images_per_second": 1.0}]
-    identity = {"run_id": run_id or run_dir.name * 4, "checkpoint_sha256": None, "data": {}}
+    data = {"train": "200 images, b", "test": test_data}
+    identity = {"run_id": run_id or run_dir.name * 4, "checkpoint_sha256": None, "data": data}
     result = records.make_result(job.cfg, job.config, metrics, identity, 1, 1.0, torch.device("cpu"))
     records.write_json(run_dir / records.RESULT, result)
     return run_dir
@@ -227,6 +231,22 @@ def test_tables_never_average_two_setups_and_count_each_run_once(tmp_path):
     assert len(repeated) == 2 and any("the same run" in line for line in repeated)
     assert any("seed 0 again" in line for line in repeated)
     assert "Repeated runs (a second copy of a run, or a seed repeated in one setup: counted once): 2" in markdown
+
+
+def test_runs_on_other_data_or_half_done_never_share_a_cell_row(tmp_path):
+    runs = tmp_path / "runs"
+    _write_result(runs / "a0", "seed=0", final=3.0)
+    _write_result(runs / "a1", "seed=1", final=3.4)
+    _write_result(runs / "b0", "seed=2", final=8.0, test_data="40 images, other")  # dataset.root held other files
+    half = _write_result(runs / "half", "seed=3", final=1.0)
+    result = json.loads((half / records.RESULT).read_text())
+    result["epochs"], result["setup"]["train.epochs"] = 1, 2000  # one epoch of a 2000-epoch setup
+    records.write_json(half / records.RESULT, result)
+    made = make_tables([runs], tmp_path / "out", ["table1_cifar10"], figures=False)
+    cell = _cell(made["tables"]["table1_cifar10"][1])
+    assert sorted((r["n"], r["ours test_error (final)"]) for r in cell) == [(1, "8.00"), (2, "3.20 ± 0.28")]
+    assert any("test=40 images, other" in r["setup"] for r in cell)
+    assert any("half" in m and "not a whole run" in m for m in made["scan"].malformed)
 
 
 def test_a_run_at_chance_is_listed_apart_unless_asked(tmp_path):
@@ -354,10 +374,13 @@ def test_one_bad_job_is_refused_alone_and_the_rest_of_its_pack_trains(tmp_path):
         (("train.momentum=0",), "train.nesterov=true needs train.momentum > 0"),
         (("logger=wandb", "logger.mode=bogus"), "logger.mode='bogus' is not allowed"),
         (("dataset.train_size=0",), "dataset.train_size=0 must be >= 1"),
+        (("dataset.std=[0.5,0.0,0.5]",), "dataset.std[1]=0.0 must be a finite number > 0"),
+        (("dataset.mean=[0.5,0.5]",), "need one value per channel"),
+        (("dataset.crop_padding=-2",), "dataset.crop_padding=-2 must be >= 0"),
     ],
 )
 def test_values_torch_would_reject_later_are_refused_up_front(extra, message):
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(UserError, match=re.escape(message)):
         validate_train(compose_train(*SMALL, *extra))
 
 
@@ -403,7 +426,7 @@ def test_cifar_files_of_the_wrong_type_shape_or_size_are_one_line(tmp_path, name
         with open(root / "cifar-10-batches-py" / batch, "wb") as f:
             pickle.dump(entry, f)
     cfg = validate_train(compose_train("dataset=cifar10", f"dataset.root={root}", "dataset.download=false"))
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(UserError, match=re.escape(message)):
         load_arrays(cfg.dataset)
 
 

@@ -94,7 +94,9 @@ def build_rows(spec: dict, records: list[Record]) -> list[dict]:
         for record in records:
             if matches(row, record.run):
                 by_setup.setdefault(record.setup_key, []).append(record)
-        labels = setup_labels([g[0].setup for g in by_setup.values()])
+        labels = setup_labels(
+            [{**g[0].setup, **{f"data.{k}": v for k, v in g[0].data.items()}} for g in by_setup.values()]
+        )
         groups = dict(zip(labels, by_setup.values(), strict=True))
         if len(groups) < len(by_setup):  # two setups whose labels coincide: tell them apart by their keys
             groups = {

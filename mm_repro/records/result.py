@@ -123,6 +123,11 @@ def check_result(result: dict) -> None:
             _number(result[part].get(key), f"{part}.{key}")
     if "setup" in result and not isinstance(result["setup"], dict):
         raise ValueError("'setup' is not an object")
+    planned = result.get("setup", {}).get("train.epochs")
+    if planned is not None and result.get("epochs") != planned:
+        raise ValueError(
+            f"it records {result.get('epochs')!r} epochs of the {planned} its setup trains: not a whole run"
+        )
 
 
 def git_commit() -> str | None:

@@ -58,8 +58,17 @@ class Record:
         return {**legacy, "dataset.name": run["dataset"], "model.name": run["model"], "method.name": run["method"]}
 
     @property
+    def data(self) -> dict[str, Any]:
+        """The data the run saw, as far as it must be the same within a group: the test split, and the training
+        split unless a per-class cap draws it with each run's seed (then each seed's subset differs by design)."""
+        data = self.result.get("data") if isinstance(self.result.get("data"), dict) else {}
+        capped = self.setup.get("dataset.per_class_cap") is not None
+        return {k: v for k, v in data.items() if k == "test" or (k == "train" and not capped)}
+
+    @property
     def setup_key(self) -> str:
-        return json.dumps(self.setup, sort_keys=True, default=str)
+        """What groups runs: the setup and the data (two copies of a dataset that differ are two groups)."""
+        return json.dumps({"setup": self.setup, "data": self.data}, sort_keys=True, default=str)
 
     def at_chance(self) -> bool:
         """Final test error within half a class of chance: >= 100 (1 - 1.5 / C) %, C the number of classes."""
