@@ -105,7 +105,7 @@ def test_twenty_packed_steps_in_float64_are_the_runs_alone_to_rounding(cifar10_r
     double = lambda seed: _model(seed).double()  # noqa: E731
     loss = _bce_softmax_float64
     packed = PackedTrainer(
-        [double(s) for s in seeds], specs, [RunRandom(s, CPU) for s in seeds], loss, 10, "fp32", _sgd, []
+        [double(s) for s in seeds], specs, [RunRandom(s, CPU) for s in seeds], loss, 10, "fp32", _sgd
     )
     singles = []
     for seed, spec in zip(seeds, specs, strict=True):

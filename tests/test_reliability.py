@@ -88,7 +88,9 @@ def test_ddp_on_cpu_with_two_processes_rank_zero_writes_once(cifar10_root, tmp_p
     assert len(ckpt["rng_ranks"]) == 2
     assert ckpt["rng_ranks"][0]["numpy"][1].tolist() != ckpt["rng_ranks"][1]["numpy"][1].tolist()  # per-rank seeds
     assert json.loads((run_dir / "result.json").read_text())["epochs"] == 2
-    # Resuming a 2-process checkpoint in one process is refused, and the checkpoint is kept.
+    # A finished run stays finished; an unfinished 2-process checkpoint resumed in one process is refused, and kept.
+    assert "is complete" in run_cli(*args, cwd=tmp_path).stdout
+    (run_dir / "result.json").unlink()  # as if killed after its last checkpoint, before its result
     more = run_cli(*args, cwd=tmp_path)
     assert more.returncode == 2 and "was written by 2 process(es)" in more.stderr
     assert records.load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 2

@@ -18,6 +18,7 @@ from tests.conftest import popen_cli, run_cli, train_args, wait_for
 CKPT = "checkpoints/last.pt"
 SLOW = pytest.mark.slow  # also checked in process by test_config; here once more through the CLI
 TIMING = {"seconds", "train_images_per_second", "wall_seconds"}
+IDENTITY = {"run_id", "checkpoint_sha256"}  # two runs of one config are two runs (their checkpoints hold their ids)
 
 
 def _without_timing(obj):
@@ -101,7 +102,10 @@ def test_killed_run_resumes_to_the_same_weights_and_records(cifar10_root, tmp_pa
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     ra, rb = (json.loads((d / "result.json").read_text()) for d in (unbroken, broken))
-    assert _without_timing(ra) == _without_timing(rb)
+    assert ra["run_id"] != rb["run_id"]
+    assert _without_timing({k: v for k, v in ra.items() if k not in IDENTITY}) == _without_timing(
+        {k: v for k, v in rb.items() if k not in IDENTITY}
+    )
     rows = [_without_timing(json.loads(line)) for line in (broken / "metrics.jsonl").read_text().splitlines()]
     assert rows == [_without_timing(json.loads(line)) for line in (unbroken / "metrics.jsonl").read_text().splitlines()]
 
