@@ -257,3 +257,20 @@ def test_a_checkpoint_of_an_earlier_version_is_one_line(tmp_path):
     with pytest.raises(UserError, match="written by an earlier mm_repro .* pass train.resume=false") as info:
         records.load_checkpoint(path)
     assert "\n" not in str(info.value)
+
+
+def test_an_offline_wandb_run_turns_off_wandbs_error_reports(tmp_path, monkeypatch):
+    # W&B's error reporting (Sentry) makes network requests even in offline mode; an offline run turns it off.
+    import wandb.env
+
+    from mm_repro.config import LoggerConfig
+    from mm_repro.records.tracking import open_tracker
+
+    monkeypatch.delenv("WANDB_ERROR_REPORTING", raising=False)
+    assert wandb.env.error_reporting_enabled()  # W&B's default
+    tracker = open_tracker(LoggerConfig(name="wandb", mode="offline"), tmp_path, {"seed": 0}, "t")
+    try:
+        assert not wandb.env.error_reporting_enabled()
+        assert tracker.run.settings.mode == "offline"
+    finally:
+        tracker.finish()

@@ -6,6 +6,7 @@ failed. A resumed run continues the same W&B run (its id is kept in the run dire
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,17 @@ class NullTracker:
         pass
 
 
+# W&B reads this variable when its service starts; "false" turns off its error reporting, which otherwise sends
+# reports to sentry.io even in offline mode (a maintainer's answer in wandb/wandb issue 6403).
+OFFLINE_ENV = ("WANDB_ERROR_REPORTING", "false")
+
+
 class WandbTracker(NullTracker):
     """One W&B run per training run; the resolved config is its config."""
 
     def __init__(self, cfg: LoggerConfig, run_dir: Path, config: dict, name: str, group: str | None) -> None:
+        if cfg.mode != "online":  # offline means offline: W&B's error reports (Sentry) go over the network too
+            os.environ[OFFLINE_ENV[0]] = OFFLINE_ENV[1]
         import wandb
 
         id_file = run_dir / "wandb_id"
