@@ -10,6 +10,7 @@ every job, then prints each failed one and exits non-zero (mm_repro.sweeps.jobs)
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -174,6 +175,40 @@ def quote_paths(args: list[str]) -> list[str]:
     return out
 
 
+def command_keys(command: str) -> list[str]:
+    """Every key a command's config takes, from its schema (the keys `--help` lists)."""
+    import dataclasses
+    import importlib
+
+    module, name = {
+        "train": ("mm_repro.config", "TrainRunConfig"),
+        "tables": ("mm_repro.config", "TablesConfig"),
+        "evaluate": ("mm_repro.analysis.evaluate", "EvalConfig"),
+        "spiral": ("mm_repro.analysis.spiral", "SpiralConfig"),
+        "bench": ("mm_repro.bench.measure", "BenchConfig"),
+    }[command]
+
+    def leaves(schema: type, prefix: str = "") -> list[str]:
+        out = []
+        for f in dataclasses.fields(schema):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            is_schema = dataclasses.is_dataclass(default)
+            out += leaves(type(default), f"{prefix}{f.name}.") if is_schema else [f"{prefix}{f.name}"]
+        return out
+
+    return leaves(getattr(importlib.import_module(module), name))
+
+
+def unknown_key_message(command: str, key: str) -> str:
+    """One line for a misspelt key: the nearest valid keys (difflib), and where every key is listed."""
+    import difflib
+
+    keys = command_keys(command)
+    near = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(near)}?" if near else ""
+    return f"{key} is not a key of `{command}`{hint} (python -m mm_repro {command} --help lists every key)"
+
+
 def _sweep_exit_code(codes: list[int]) -> int:
     return codes[0] if len(set(codes)) == 1 else 1
 
@@ -217,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         message = f"cannot write {exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else one_line(exc)
+        unknown = re.search(r"Could not override '([\w.]+)'", message)
+        if unknown:  # Hydra's advice (+key=...) would add the misspelt key; name the keys it may have meant
+            message = unknown_key_message(command, unknown.group(1))
         sys.stderr.write(f"error: {message}\n")
         return UserError.exit_code
     except KeyboardInterrupt:

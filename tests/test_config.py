@@ -181,3 +181,15 @@ def test_records_carry_the_experiment_hydra_chose(tmp_path, experiment):
     job = job_from_hydra(task, OmegaConf.masked_copy(full, ["hydra"]), tmp_path, None)
     assert job.cfg.experiment == experiment and job.config["experiment"] == experiment
     assert job.hydra_files["config.yaml"].experiment == experiment
+
+
+@pytest.mark.parametrize(
+    ("command", "typo", "meant"),
+    [("train", "trian.epochs=3", "train.epochs"), ("train", "method.alfa=1", "method.alpha"), ("tables", "runz=x", "runs")],
+)
+def test_a_misspelt_key_names_the_nearest_valid_keys_not_hydras_plus_fix(tmp_path, command, typo, meant):
+    proc = run_cli(command, typo, cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    key = typo.split("=")[0]
+    assert f"{key} is not a key of `{command}`; did you mean {meant}" in proc.stderr
+    assert "+" + key not in proc.stderr  # Hydra's advice would add the misspelt key
