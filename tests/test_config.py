@@ -185,7 +185,11 @@ def test_records_carry_the_experiment_hydra_chose(tmp_path, experiment):
 
 @pytest.mark.parametrize(
     ("command", "typo", "meant"),
-    [("train", "trian.epochs=3", "train.epochs"), ("train", "method.alfa=1", "method.alpha"), ("tables", "runz=x", "runs")],
+    [
+        ("train", "trian.epochs=3", "train.epochs"),
+        ("train", "method.alfa=1", "method.alpha"),
+        ("tables", "runz=x", "runs"),
+    ],
 )
 def test_a_misspelt_key_names_the_nearest_valid_keys_not_hydras_plus_fix(tmp_path, command, typo, meant):
     proc = run_cli(command, typo, cwd=tmp_path)
