@@ -231,8 +231,8 @@ def scan(paths: list[Path], include_chance: bool = False) -> Scan:
             record = _read_record(run_dir, found)
             if record is not None:
                 candidates.append(record)
-        elif _epochs_recorded(run_dir) or (run_dir / records.CHECKPOINT.parent).exists():
-            found.incomplete.append(f"{run_dir} ({_epochs_recorded(run_dir)} epochs recorded, no result.json)")
+        elif (done := _epochs_recorded(run_dir)) or (run_dir / records.CHECKPOINT.parent).exists():
+            found.incomplete.append(f"{run_dir} ({done} epochs recorded, no result.json)")
     for record in _count_once(candidates, found):
         if record.at_chance() and not include_chance:
             found.at_chance.append(

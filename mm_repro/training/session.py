@@ -154,14 +154,15 @@ class Session:
         none: it stops as diverged, and its last good checkpoint stays on disk, so a stop signal after a blow-up
         never replaces a good checkpoint with a bad one."""
         c = self.cursor
+        states = {id(r): self.trainer.state(i) for i, r in enumerate(self.active)}  # live tensors, read once
         for i, r in reversed(list(enumerate(self.active))):
-            if not _finite_state(self.trainer.state(i), c.loss_sums[i]):
+            if not _finite_state(states[id(r)], c.loss_sums[i]):
                 where = f"epoch {c.epoch + 1}, step {c.step}" if c.step else f"epoch {c.epoch}"
                 self.drop(r, Diverged(r.diverged_message(f"by {where} (its weights or loss are not finite)")), {})
         files = []
         for i, r in enumerate(self.active):
             state = {
-                **self.trainer.state(i),
+                **states[id(r)],
                 "rng_ranks": self.shards.gather(r.rng.state()),
                 "epoch": c.epoch,
                 "position": c.position(i),
