@@ -17,14 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mm_repro.errors import UserError
-from mm_repro.method.losses import LOSSES
-from mm_repro.models import BN_INIT_NAMES, REGISTRY, mixing_points
 from mm_repro.training.step import PRECISION_DTYPES
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PAPER_DIR = CONF_DIR.parent / "results" / "paper"  # the paper's numbers, one JSON file per table
 
 PAIRINGS = ("permutation", "flip")
+NOT_MIXING = ("erm", "cutout")  # methods with one-hot targets and no mixing point
 PRECISIONS = tuple(PRECISION_DTYPES)
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -50,6 +49,17 @@ RESUME_FREE_KEYS = (
     "train.checkpoint_seconds",
     "train.checkpoint_every",
 )
+
+# Keys added to the config after runs were recorded without them, each with the value that means "as before": a run
+# whose config lacks one resumes, and groups in `tables`, as if it held that value (records.result.setup_of,
+# records.checkpoint.config_changes).
+ADDED_KEYS = {
+    "dataset.valid_per_class": 0,
+    "dataset.stem_stride": 1,
+    "model.stem_stride": 1,
+    "model.dropout": 0.0,
+    "method.block_gradient": False,
+}
 
 
 def compose_train(overrides: list[str]) -> DictConfig:
@@ -84,6 +94,8 @@ class DatasetConfig:
     crop_padding: int = 2
     flip: bool = True
     per_class_cap: int | None = None  # official SVHN: 7325 (docs/protocol.md §4); null = every image
+    valid_per_class: int = 0  # images per class held out of training as a validation split (0: none, as official)
+    stem_stride: int = 1  # what model.stem_stride defaults to for this dataset
     train_size: int = 0  # synthetic only
     test_size: int = 0  # synthetic only
 
@@ -94,6 +106,8 @@ class ModelConfig:
     family: str = "preact"
     width: int = 64
     bn_init: str = "uniform"  # uniform (PyTorch <= 1.1, the official code's era) | ones (today's PyTorch)
+    stem_stride: int = 1  # the first convolution's stride; conf/model takes it from the dataset (Tiny-ImageNet: 2)
+    dropout: float = 0.0  # dropout probability before the final linear layer (our choice; official: none)
 
 
 @dataclass
@@ -102,6 +116,8 @@ class MethodConfig:
     alpha: float = 0.0
     layers: list[int] = field(default_factory=list)
     pairing: str = "permutation"
+    block_gradient: bool = False  # manifold mixup: no gradient from the mixed loss into the layers before k
+    cutout: int = 16  # method=cutout: the side of the square hole (official --cutout)
 
 
 @dataclass
@@ -196,95 +212,18 @@ def choose(what: str, value: Any, allowed: tuple) -> None:
         raise UserError(f"{what}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
 
 
-def _check_number(key: str, value: float, minimum: float, strict: bool) -> None:
+def check_number(key: str, value: float, minimum: float, strict: bool) -> None:
     if not math.isfinite(value) or value < minimum or (strict and value == minimum):
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
         raise UserError(f"{key}={value} must be a finite number {bound}")
 
 
-def _check_mixing(run: TrainRunConfig) -> None:
-    method = run.method
-    points = mixing_points(run.model.name)
-    _check_number("method.alpha", method.alpha, 0.0, strict=True)
-    if not method.layers:
-        raise UserError(f"method.layers is empty; method={method.name} needs mixing points from {list(points)}")
-    bad = [k for k in method.layers if k not in points]
-    if bad:
-        raise UserError(
-            f"method.layers={method.layers}: {run.model.name} has no mixing point {bad[0]}; "
-            f"its mixing points are {list(points)} (0 = input, i = output of stage i)"
-        )
-    if method.name == "mixup" and method.layers != [0]:
-        raise UserError(f"method=mixup mixes the input only (layers=[0]), got {method.layers}; use method=manifold")
-    if run.train.batch_size < 2:
-        raise UserError(f"train.batch_size={run.train.batch_size}: mixing needs at least 2 examples per batch")
-
-
-def _check_schedule(t: TrainConfig) -> None:
-    _check_number("train.lr", t.lr, 0.0, strict=True)
-    _check_number("train.gamma", t.gamma, 0.0, strict=True)
-    _check_number("train.momentum", t.momentum, 0.0, strict=False)
-    _check_number("train.weight_decay", t.weight_decay, 0.0, strict=False)
-    _check_number("train.checkpoint_seconds", t.checkpoint_seconds, 0.0, strict=False)
-    if t.nesterov and t.momentum == 0:
-        raise UserError("train.nesterov=true needs train.momentum > 0 (got 0); set a momentum or train.nesterov=false")
-    outside = [m for m in t.milestones if not 0 < m < t.epochs]
-    if outside:
-        raise UserError(
-            f"train.milestones={t.milestones}: milestone {outside[0]} is outside 1..{t.epochs - 1} "
-            f"(train.epochs={t.epochs}), so it would never apply; pass milestones in that range, or "
-            "train.milestones=[] for a constant learning rate"
-        )
-
-
-def _check_data(d: DatasetConfig) -> None:
-    """The values the device loader would broadcast or pad with: one mean and one positive std per channel, a
-    non-negative crop padding."""
-    if len(d.mean) != 3 or len(d.std) != 3:
-        raise UserError(f"dataset.mean={d.mean} and dataset.std={d.std} need one value per channel (3 each)")
-    for i, std in enumerate(d.std):
-        _check_number(f"dataset.std[{i}]", std, 0.0, strict=True)
-    for i, mean in enumerate(d.mean):
-        _check_number(f"dataset.mean[{i}]", mean, -math.inf, strict=False)
-    if d.crop_padding < 0:
-        raise UserError(f"dataset.crop_padding={d.crop_padding} must be >= 0 (0: no crop)")
-
-
 def validate_train(cfg: DictConfig | dict) -> TrainRunConfig:
-    """Typed, checked training config; every problem is a one-line `UserError` naming the value and what is allowed."""
-    run: TrainRunConfig = to_schema(cfg, TrainRunConfig)
-    choose("dataset", run.dataset.name, group_options("dataset"))
-    choose("model", run.model.name, tuple(REGISTRY))
-    choose("method", run.method.name, group_options("method"))
-    choose("model.bn_init", run.model.bn_init, BN_INIT_NAMES)
-    choose("train.loss", run.train.loss, tuple(LOSSES))
-    choose("train.precision", run.train.precision, PRECISIONS)
-    choose("method.pairing", run.method.pairing, PAIRINGS)
-    choose("device", run.device, DEVICES)
-    choose("train.compile_mode", run.train.compile_mode, COMPILE_MODES)
-    choose("logger.mode", run.logger.mode, LOGGER_MODES)
-    _check_data(run.dataset)
-    if not 0 <= run.seed < SEED_LIMIT - 64:
-        raise UserError(f"seed={run.seed} is out of range; a seed must lie in 0..{SEED_LIMIT - 65}")
-    if run.method.name != "erm":
-        _check_mixing(run)
-    for key, value in (
-        ("train.epochs", run.train.epochs),
-        ("train.batch_size", run.train.batch_size),
-        ("train.eval_batch_size", run.train.eval_batch_size),
-        ("model.width", run.model.width),
-        ("train.checkpoint_every", 1 if run.train.checkpoint_every is None else run.train.checkpoint_every),
-        ("dataset.per_class_cap", 1 if run.dataset.per_class_cap is None else run.dataset.per_class_cap),
-        *(
-            (f"dataset.{k}", getattr(run.dataset, k))
-            for k in ("train_size", "test_size")
-            if run.dataset.name == "synthetic"
-        ),
-    ):
-        if value < 1:
-            raise UserError(f"{key}={value} must be >= 1")
-    _check_schedule(run.train)
-    return run
+    """Typed, checked training config; every problem is a one-line `UserError` naming the value and what is allowed
+    (the checks: mm_repro.checks)."""
+    from mm_repro.checks import checked_train
+
+    return checked_train(cfg)
 
 
 @dataclass

@@ -121,7 +121,7 @@ def test_erm_accepts_any_batch_size_and_no_alpha():
 def test_each_options_list_is_written_once():
     # group options are the conf/ files; the model registry must offer exactly those
     assert group_options("model") == tuple(sorted(REGISTRY))
-    assert set(group_options("method")) == {"erm", "mixup", "manifold"}
+    assert set(group_options("method")) == {"erm", "mixup", "manifold", "cutout"}
     assert "synthetic" in group_options("dataset")
     with pytest.raises(UserError, match="dataset='imagenet' is not allowed; choose one of cifar10, cifar100, svhn"):
         validate_train({**OmegaConf.to_container(compose_train()), "dataset": {"name": "imagenet"}})

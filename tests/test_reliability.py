@@ -143,7 +143,7 @@ def test_slurm_launcher_composes(tmp_path):
             "dataset='imagenet' is not an option; choose one of: cifar10, cifar100, svhn, synthetic",
             marks=pytest.mark.slow,
         ),
-        (["method=cutmix"], "method='cutmix' is not an option; choose one of: erm, manifold, mixup"),
+        (["method=cutmix"], "method='cutmix' is not an option; choose one of: cutout, erm, manifold, mixup"),
         pytest.param(["dataset=synthetic", "method.layers=[7]"], "has no mixing point 7", marks=pytest.mark.slow),
         pytest.param(
             ["dataset=synthetic", "train.batch_size=1"],

@@ -48,9 +48,21 @@ def test_three_epoch_run_on_real_format_files_writes_every_record(cifar10_root, 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.1, 0.01])
-    assert set(rows[0]) == {"epoch", "lr", "train_loss", "test_error", "test_nll", "seconds", "train_images_per_second"}
+    assert set(rows[0]) == {
+        "epoch",
+        "lr",
+        "train_loss",
+        "test_error",
+        "test_nll",
+        "test_top5_error",  # CIFAR-10 has more than 5 classes
+        "seconds",
+        "train_images_per_second",
+    }
+    assert all(0 <= r["test_top5_error"] <= r["test_error"] for r in rows)
     result = json.loads((run_dir / "result.json").read_text())
     assert result["final"]["test_error"] == rows[-1]["test_error"]
+    assert result["final"]["test_top5_error"] == rows[-1]["test_top5_error"]
+    assert "best_valid" not in result  # no validation split
     assert result["best"]["test_error"] == min(r["test_error"] for r in rows)
     assert result["params"] > 0 and result["epochs"] == 3 and result["device"] == "cpu"
     assert result["torch_version"] == torch.__version__ and "git_commit" in result

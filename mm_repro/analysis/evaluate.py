@@ -42,7 +42,7 @@ from mm_repro.analysis.measures import (
 from mm_repro.config import validate_train
 from mm_repro.data import load_arrays
 from mm_repro.errors import UserError
-from mm_repro.models import build
+from mm_repro.models import build_from
 from mm_repro.training.runtime import training_device
 
 
@@ -96,7 +96,7 @@ def load_run(run_dir: Path, device: torch.device, dataset_root: str | None = Non
     if dataset_root:
         cfg.dataset.root = dataset_root
     checkpoint = records.load_checkpoint(run_dir / records.CHECKPOINT)
-    model = build(cfg.model.name, cfg.dataset.num_classes, width=cfg.model.width, bn_init=cfg.model.bn_init).to(device)
+    model = build_from(cfg.model, cfg.dataset.num_classes).to(device)
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:

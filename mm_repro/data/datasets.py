@@ -1,4 +1,5 @@
-"""CIFAR-10/100, SVHN and a generated dataset as uint8 tensors resident on the training device.
+"""CIFAR-10/100, SVHN, Tiny-ImageNet-200 (mm_repro.data.tiny_imagenet) and a generated dataset as uint8 tensors
+resident on the training device, with the validation split held out of training when one is asked for.
 
 Files: when they are missing and `dataset.download` is true, torchvision's checksum-verified downloader fetches the
 standard archives (URLs and MD5s are torchvision's own class attributes); the standard files are then parsed straight
@@ -197,14 +198,51 @@ def cap_per_class(split: Arrays, cap: int, seed: int) -> Arrays:
     return Arrays(split.images[keep], split.labels[keep])
 
 
-def load_arrays(cfg: DatasetConfig, seed: int = 0) -> tuple[Arrays, Arrays]:
-    """Train and test splits of the configured dataset, on the CPU."""
-    root = Path(cfg.root)
+def hold_out_per_class(split: Arrays, per_class: int, seed: int) -> tuple[Arrays, Arrays]:
+    """(train, valid): `per_class` images of each class held out of training, drawn with the run's seed (the
+    official `--valid_labels_per_class`; its own stream, so the held-out images do not depend on a later cap)."""
+    rng = np.random.default_rng([seed, 1])
+    labels = split.labels.numpy()
+    classes, counts = np.unique(labels, return_counts=True)
+    if counts.min() <= per_class:
+        c = classes[counts.argmin()]
+        raise UserError(
+            f"dataset.valid_per_class={per_class}: class {c} has only {counts.min()} training images, so none would "
+            f"be left to train on; choose at most {counts.min() - 1} (0: no validation split)"
+        )
+    valid = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes])
+    mask = np.ones(len(labels), dtype=bool)
+    mask[valid] = False
+    valid.sort()
+    keep = np.flatnonzero(mask)
+    return Arrays(split.images[keep], split.labels[keep]), Arrays(split.images[valid], split.labels[valid])
+
+
+@dataclass
+class Splits:
+    """The splits a run sees: train (after the validation split and any per-class cap), test, and valid (or None)."""
+
+    train: Arrays
+    test: Arrays
+    valid: Arrays | None = None
+
+
+def _read(cfg: DatasetConfig, root: Path) -> tuple[Arrays, Arrays]:
     if cfg.name == "synthetic":
-        train, test = make_synthetic(cfg.num_classes, cfg.train_size, cfg.test_size)
-    else:
-        ensure_files(cfg.name, root, cfg.download)
-        train, test = read_svhn(root) if cfg.name == "svhn" else read_cifar(cfg.name, root)
+        return make_synthetic(cfg.num_classes, cfg.train_size, cfg.test_size)
+    if cfg.name == "tiny_imagenet":
+        from mm_repro.data import tiny_imagenet  # PIL and the JPEG tree only when asked for
+
+        tiny_imagenet.ensure_files(root, cfg.download)
+        return tiny_imagenet.read_tiny_imagenet(root)
+    ensure_files(cfg.name, root, cfg.download)
+    return read_svhn(root) if cfg.name == "svhn" else read_cifar(cfg.name, root)
+
+
+def load_splits(cfg: DatasetConfig, seed: int = 0) -> Splits:
+    """Train, test and (with `dataset.valid_per_class`) validation splits of the configured dataset, on the CPU."""
+    root = Path(cfg.root)
+    train, test = _read(cfg, root)
     for split_name, split in (("train", train), ("test", test)):
         if len(split.labels) == 0:
             raise UserError(f"dataset {cfg.name} ({split_name} split in {root.resolve()}) holds no images")
@@ -215,9 +253,18 @@ def load_arrays(cfg: DatasetConfig, seed: int = 0) -> tuple[Arrays, Arrays]:
                 f"dataset {cfg.name} ({split_name} split in {root.resolve()}): label {bad} found; labels must lie in "
                 f"0..{cfg.num_classes - 1} (dataset.num_classes={cfg.num_classes})"
             )
+    valid = None
+    if cfg.valid_per_class:
+        train, valid = hold_out_per_class(train, cfg.valid_per_class, seed)
     if cfg.per_class_cap:
         train = cap_per_class(train, cfg.per_class_cap, seed)
-    return train, test
+    return Splits(train, test, valid)
+
+
+def load_arrays(cfg: DatasetConfig, seed: int = 0) -> tuple[Arrays, Arrays]:
+    """Train and test splits of the configured dataset, on the CPU (load_splits, without the validation split)."""
+    splits = load_splits(cfg, seed)
+    return splits.train, splits.test
 
 
 def fingerprint(split: Arrays) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -39,12 +40,27 @@ def mixing_points(name: str) -> tuple[int, ...]:
     return REGISTRY[name].net.points()
 
 
-def build(name: str, num_classes: int, width: int | None = None, bn_init: str = "uniform") -> StagedNet:
-    """Build model `name` for `num_classes` classes; `width` is the initial channels (the family's default if None)."""
+def build(
+    name: str,
+    num_classes: int,
+    width: int | None = None,
+    bn_init: str = "uniform",
+    stem_stride: int = 1,
+    dropout: float = 0.0,
+) -> StagedNet:
+    """Build model `name` for `num_classes` classes; `width` is the initial channels (the family's default if None),
+    `stem_stride` the first convolution's stride, `dropout` the probability before the final linear layer."""
     if name not in REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
-    options = {"bn_init": bn_init} if width is None else {"width": width, "bn_init": bn_init}
+    options = {"bn_init": bn_init, "stem_stride": stem_stride, "dropout": dropout}
+    if width is not None:
+        options["width"] = width
     return REGISTRY[name].builder(num_classes, **options)
+
+
+def build_from(model: Any, num_classes: int) -> StagedNet:
+    """The model a run's `model` config (config.ModelConfig) describes."""
+    return build(model.name, num_classes, model.width, model.bn_init, model.stem_stride, model.dropout)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -12,6 +12,8 @@ k in {0, 1, 2} (and has a dead branch for 3); stage 4 is offered for completenes
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -85,7 +87,9 @@ class PreActBottleneck(_PreActUnit):
 
 class PreActResNet(StagedNet):
     """The official PreActResNet; `width` is the official `initial_channels` (64 in every paper run); `bn_init` is
-    `uniform` (PyTorch <= 1.1, the official code's era) or `ones` (today's PyTorch), see models/staged.py."""
+    `uniform` (PyTorch <= 1.1, the official code's era) or `ones` (today's PyTorch), see models/staged.py;
+    `stem_stride` the first convolution's stride (the official `stride`: 2 for Tiny-ImageNet, so a 64 x 64 input
+    reaches the 4 x 4 pooling as a 32 x 32 one does with 1); `dropout` see StagedNet.drop."""
 
     num_stages = 4
 
@@ -96,11 +100,13 @@ class PreActResNet(StagedNet):
         num_classes: int,
         width: int = 64,
         bn_init: str = "uniform",
+        stem_stride: int = 1,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.norm = BN_INITS[bn_init]
+        self.norm, self.dropout = BN_INITS[bn_init], dropout
         self.in_planes = width
-        self.conv1 = nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(3, width, 3, stride=stem_stride, padding=1, bias=False)
         self.layer1 = self._make_layer(block, width, num_blocks[0], stride=1)
         self.layer2 = self._make_layer(block, width * 2, num_blocks[1], stride=2)
         self.layer3 = self._make_layer(block, width * 4, num_blocks[2], stride=2)
@@ -116,10 +122,10 @@ class PreActResNet(StagedNet):
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         h = F.avg_pool2d(h, 4)  # official: no BN-ReLU before pooling
-        return self.linear(h.flatten(1))
+        return self.linear(self.drop(h.flatten(1)))
 
 
-def preactresnet(depth: int, num_classes: int, width: int = 64, bn_init: str = "uniform") -> PreActResNet:
+def preactresnet(depth: int, num_classes: int, **options: Any) -> PreActResNet:
     """PreActResNet of the given depth (18, 34, 50, 101, 152) with the official block counts."""
     blocks = {
         18: (PreActBlock, [2, 2, 2, 2]),
@@ -129,4 +135,4 @@ def preactresnet(depth: int, num_classes: int, width: int = 64, bn_init: str = "
         152: (PreActBottleneck, [3, 8, 36, 3]),
     }
     block, num_blocks = blocks[depth]
-    return PreActResNet(block, num_blocks, num_classes, width, bn_init)
+    return PreActResNet(block, num_blocks, num_classes, **options)

@@ -11,6 +11,7 @@ started from U(0, 1): `uniform`, our default. `UniformBatchNorm2d` draws it in i
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -46,6 +47,14 @@ class StagedNet(nn.Module):
         if i == 1:
             return self.layer1(self.conv1(h))
         return getattr(self, f"layer{i}")(h)
+
+    dropout: float = 0.0
+
+    def drop(self, features: torch.Tensor) -> torch.Tensor:
+        """Dropout with probability `dropout` on the pooled features, before the final linear layer: our choice for
+        the paper's dropout baseline (the official `--dropout` flag, "dropout in final layer", is ignored by these
+        models; README "Protocols"). It draws from torch's default generator, seeded by the run's seed."""
+        return F.dropout(features, self.dropout, self.training) if self.dropout else features
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

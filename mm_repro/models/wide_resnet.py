@@ -44,14 +44,21 @@ class WideResNet(StagedNet):
     num_stages = 3
 
     def __init__(
-        self, depth: int, widen_factor: int, num_classes: int, width: int = 16, bn_init: str = "uniform"
+        self,
+        depth: int,
+        widen_factor: int,
+        num_classes: int,
+        width: int = 16,
+        bn_init: str = "uniform",
+        stem_stride: int = 1,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.norm = BN_INITS[bn_init]
+        self.norm, self.dropout = BN_INITS[bn_init], dropout
         n = (depth - 4) // 6
         stages = [width, width * widen_factor, 2 * width * widen_factor, 4 * width * widen_factor]
         self.in_planes = stages[0]
-        self.conv1 = nn.Conv2d(3, stages[0], 3, stride=1, padding=1, bias=True)
+        self.conv1 = nn.Conv2d(3, stages[0], 3, stride=stem_stride, padding=1, bias=True)
         self.layer1 = self._wide_layer(stages[1], n, stride=1)
         self.layer2 = self._wide_layer(stages[2], n, stride=2)
         self.layer3 = self._wide_layer(stages[3], n, stride=2)
@@ -67,4 +74,4 @@ class WideResNet(StagedNet):
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         h = F.avg_pool2d(F.relu(self.bn1(h)), 8)
-        return self.linear(h.flatten(1))
+        return self.linear(self.drop(h.flatten(1)))

@@ -95,12 +95,19 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def config_changes(saved: dict, new: dict) -> list[tuple[str, Any, Any]]:
-    """(key, old, new) for every key that differs between two resolved configs, except RESUME_FREE_KEYS."""
+    """(key, old, new) for every key that differs between two resolved configs, except RESUME_FREE_KEYS; a key of
+    config.ADDED_KEYS that one config lacks counts as its old default."""
+    from mm_repro.config import ADDED_KEYS
+
     a, b = flatten(saved), flatten(new)
+
+    def value(config: dict, key: str) -> Any:
+        return config.get(key, ADDED_KEYS.get(key, "<unset>"))
+
     return [
-        (key, a.get(key, "<unset>"), b.get(key, "<unset>"))
+        (key, value(a, key), value(b, key))
         for key in sorted(set(a) | set(b))
-        if not is_free(key) and a.get(key, "<unset>") != b.get(key, "<unset>")
+        if not is_free(key) and value(a, key) != value(b, key)
     ]
 
 

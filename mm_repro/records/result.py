@@ -15,7 +15,9 @@ import torch
 def run_info(cfg: Any) -> dict:
     """The keys that name a table cell (dataset, model, method, alpha, layers), the seed and the experiment, plus a
     few keys of the setup for a readable label; `setup` (below) is what groups runs."""
-    mixes = cfg.method.name != "erm"
+    from mm_repro.config import NOT_MIXING
+
+    mixes = cfg.method.name not in NOT_MIXING
     return {
         "dataset": cfg.dataset.name,
         "num_classes": cfg.dataset.num_classes,
@@ -60,8 +62,23 @@ def is_free(key: str) -> bool:
 
 def setup_of(config: dict) -> dict[str, Any]:
     """A run's setup: every key of its resolved config that can change its numbers, except the seed and the
-    experiment's name. Two runs with the same setup and cell differ only by their seed."""
-    return {k: v for k, v in sorted(flatten(config).items()) if k not in NOT_SETUP and not is_free(k)}
+    experiment's name. Two runs with the same setup and cell differ only by their seed. A key of config.ADDED_KEYS at
+    its old default is left out, so a run recorded before the key existed has the same setup."""
+    from mm_repro.config import ADDED_KEYS
+
+    return {
+        k: v
+        for k, v in sorted(flatten(config).items())
+        if k not in NOT_SETUP and not is_free(k) and not (k in ADDED_KEYS and v == ADDED_KEYS[k])
+    }
+
+
+RECORDED = ("test_error", "test_nll", "test_top5_error", "valid_error", "valid_nll", "valid_top5_error")
+
+
+def _figures(row: dict) -> dict:
+    """The figures of one epoch's metrics row that result.json keeps (those the run recorded), and the epoch."""
+    return {**{k: row[k] for k in RECORDED if k in row}, "epoch": row["epoch"]}
 
 
 def make_result(
@@ -73,19 +90,22 @@ def make_result(
     wall_seconds: float,
     device: torch.device,
 ) -> dict:
-    """result.json: final-epoch and best-on-test figures (the official code reported the best; we show both), and
+    """result.json: final-epoch and best-on-test figures (the official code reported the best; we show both), the
+    test figures at the best validation epoch when the run held a validation split out (`best_valid`), and
     the real time the run took (`wall_seconds`: training, evaluation, checkpoints and records, over every session)
     beside the training steps' median speed (`train_images_per_second`). `identity` holds the run's id (written when
     it started), the checksum of the checkpoint it belongs to and the fingerprints of its data."""
     final = metrics[-1]
     best = min(metrics, key=lambda r: (r["test_error"], r["epoch"]))
     rates = [r["train_images_per_second"] for r in metrics if "train_images_per_second" in r]
+    selected = {"final": _figures(final), "best": _figures(best)}
+    if "valid_error" in final:  # model selection on the validation split: the test figures at its best epoch
+        selected["best_valid"] = _figures(min(metrics, key=lambda r: (r["valid_error"], r["epoch"])))
     return {
         "run": run_info(cfg),
         "setup": setup_of(config),
         **identity,
-        "final": {"test_error": final["test_error"], "test_nll": final["test_nll"], "epoch": final["epoch"]},
-        "best": {"test_error": best["test_error"], "test_nll": best["test_nll"], "epoch": best["epoch"]},
+        **selected,
         "params": params,
         "epochs": final["epoch"],
         "wall_seconds": wall_seconds,
@@ -116,11 +136,15 @@ def check_result(result: dict) -> None:
     layers = run.get("layers", [])
     if not isinstance(layers, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in layers):
         raise ValueError(f"run.layers is {layers!r}, not a list of integers")
-    for part in ("final", "best"):
+    for part in ("final", "best", "best_valid"):
+        if part == "best_valid" and part not in result:
+            continue
         if not isinstance(result.get(part), dict):
             raise ValueError(f"'{part}' is missing or not an object")
         for key in ("test_error", "test_nll"):
             _number(result[part].get(key), f"{part}.{key}")
+        if "test_top5_error" in result[part]:
+            _number(result[part]["test_top5_error"], f"{part}.test_top5_error")
     if "setup" in result and not isinstance(result["setup"], dict):
         raise ValueError("'setup' is not an object")
     planned = result.get("setup", {}).get("train.epochs")

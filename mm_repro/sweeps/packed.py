@@ -4,8 +4,10 @@
 Jobs pack together when they share everything but the seed, the method (alpha, layers, pairing) and the experiment: the
 same dataset, model, width, schedule, optimizer settings, batch, precision, loss and device, and the same point to
 resume from (a fresh start, or the same epoch and step). Only fp32 jobs pack (mm_repro.training.packed says why fp16 and
-bf16 train alone), and packs run eager, so a job with `train.compile=true` runs alone and stays compiled. A pack holds
-at most `max_pack` runs, and on CUDA at most as many as fit in 80 % of the free device memory (a conservative estimate
+bf16 train alone), and packs run eager, so a job with `train.compile=true` runs alone and stays compiled; cutout,
+`method.block_gradient`, `model.dropout` and `dataset.valid_per_class` jobs train alone too (`trains_alone`).
+A pack holds at most `max_pack` runs, and on CUDA at most as many as fit in 80 % of the free device memory (a
+conservative estimate
 of each run's weights, optimizer state and saved activations). A job that packs with no other runs alone, through
 Hydra's own `run_job`, exactly as under the basic launcher; so does every job of a pack whose start was refused (a run
 directory in use, a changed config), so that each gets its own one-line error.
@@ -50,10 +52,16 @@ def _saved_point(job: Job) -> tuple[int, int]:
         return -1, id(job)
 
 
+def trains_alone(c: Any) -> bool:
+    """Runs whose step the pack does not fuse: cutout (a hole in the input), a gradient blocked at k, dropout (its
+    mask would come from the pack's shared generator), and a validation split (a held-out set of the run's own)."""
+    return c.method.name == "cutout" or c.method.block_gradient or c.model.dropout > 0 or c.dataset.valid_per_class > 0
+
+
 def pack_key(job: Job) -> str:
     """What jobs of one pack share (everything but seed, method and experiment), as a string."""
     c = job.cfg
-    if c.train.precision not in PACKABLE_PRECISIONS or c.train.compile:  # packs run eager and in fp32 only
+    if c.train.precision not in PACKABLE_PRECISIONS or c.train.compile or trains_alone(c):
         return f"alone:{job.run_dir}"
     shared = {
         "dataset": asdict(c.dataset),
@@ -70,10 +78,10 @@ def memory_cap(job: Job) -> int:
     """How many runs of `job`'s kind fit in 80 % of the free CUDA memory (no cap on the CPU)."""
     if job.cfg.device == "cpu" or not torch.cuda.is_available():
         return sys.maxsize
-    from mm_repro.models import build
+    from mm_repro.models import build_from
 
     c = job.cfg
-    model = build(c.model.name, c.dataset.num_classes, width=c.model.width)
+    model = build_from(c.model, c.dataset.num_classes)
     activations = 0
 
     def count(module: Any, inputs: Any, output: Any) -> None:

@@ -12,11 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mm_repro.config import TrainRunConfig
-from mm_repro.data import Arrays, DeviceLoader, fingerprint, load_arrays
+from mm_repro.config import NOT_MIXING, TrainRunConfig
+from mm_repro.data import DeviceLoader, Splits, fingerprint
+from mm_repro.data import load_splits as data_splits
 from mm_repro.method.losses import LOSSES
 from mm_repro.method.mixing import MixSpec
-from mm_repro.models import build
+from mm_repro.models import build_from
 from mm_repro.training import distributed
 from mm_repro.training.runtime import RunRandom, init_model, refuse_onednn_bug, uses_channels_last
 from mm_repro.training.step import (
@@ -31,21 +32,21 @@ from mm_repro.training.step import (
 
 
 def mix_spec(cfg: TrainRunConfig) -> MixSpec | None:
-    """The run's mixing method, or None for ERM."""
+    """The run's mixing method, or None for ERM and cutout."""
     m = cfg.method
-    return None if m.name == "erm" else MixSpec(m.alpha, tuple(m.layers), m.pairing)
+    return None if m.name in NOT_MIXING else MixSpec(m.alpha, tuple(m.layers), m.pairing)
 
 
-def load_splits(jobs: list[Any]) -> dict[Path, tuple[Arrays, Arrays]]:
-    """Each job's train and test split, loaded once per distinct dataset (a per-class cap draws with the run's seed,
-    so capped runs of other seeds hold other subsets)."""
-    loaded: dict[str, tuple[Arrays, Arrays]] = {}
+def load_splits(jobs: list[Any]) -> dict[Path, Splits]:
+    """Each job's splits, loaded once per distinct dataset (a per-class cap and a validation split draw with the run's
+    seed, so such runs of other seeds hold other subsets)."""
+    loaded: dict[str, Splits] = {}
     out = {}
     for job in jobs:
         d = job.cfg.dataset
-        key = json.dumps([asdict(d), job.cfg.seed if d.per_class_cap else None], sort_keys=True)
+        key = json.dumps([asdict(d), job.cfg.seed if d.per_class_cap or d.valid_per_class else None], sort_keys=True)
         if key not in loaded:
-            loaded[key] = load_arrays(d, job.cfg.seed)
+            loaded[key] = data_splits(d, job.cfg.seed)
         out[job.run_dir] = loaded[key]
     return out
 
@@ -53,9 +54,7 @@ def load_splits(jobs: list[Any]) -> dict[Path, tuple[Arrays, Arrays]]:
 def build_model(cfg: TrainRunConfig, device: torch.device) -> nn.Module:
     """The run's model on `device`, initial weights from its seed, in channels_last where chosen."""
     c = cfg
-    model = init_model(
-        lambda: build(c.model.name, c.dataset.num_classes, width=c.model.width, bn_init=c.model.bn_init), c.seed
-    )
+    model = init_model(lambda: build_from(c.model, c.dataset.num_classes), c.seed)
     channels_last = uses_channels_last(c.train.channels_last, device, model)
     refuse_onednn_bug(
         model, c.model.width, device, channels_last, c.train.compile and c.train.compile_backend == "inductor"
@@ -81,7 +80,7 @@ def compiler(cfg: TrainRunConfig, points: int) -> Any:
 def single_trainer(cfg: TrainRunConfig, model: nn.Module, rng: RunRandom, world: distributed.World) -> SingleTrainer:
     device = rng.device
     optimizer = optimizer_for(model.parameters(), cfg, device)
-    net: nn.Module = MixedForward(model)
+    net: nn.Module = MixedForward(model, cfg.method.block_gradient)
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -96,6 +95,7 @@ def single_trainer(cfg: TrainRunConfig, model: nn.Module, rng: RunRandom, world:
         spec,
         cfg.train.precision,
         rng,
+        cfg.method.cutout if cfg.method.name == "cutout" else None,
     )
     return SingleTrainer(model, optimizer, step, Evaluator(model, cfg.train.precision, compiler(cfg, 1)))
 
@@ -119,15 +119,21 @@ def packed_trainer(cfgs: list[TrainRunConfig], models: list[nn.Module], rngs: li
 
 def build_trainer(
     jobs: list[Any], rngs: list[RunRandom], world: distributed.World, device: torch.device
-) -> tuple[Trainer, list[DeviceLoader], DeviceLoader, list[dict]]:
-    """The trainer, each run's train loader, the shared test loader, and each run's data fingerprints."""
+) -> tuple[Trainer, list[DeviceLoader], dict[str, DeviceLoader], list[dict]]:
+    """The trainer, each run's train loader, the evaluation loaders ("test", and "valid" when the runs hold a
+    validation split out: the launcher never packs those, so it is one run's), and each run's data fingerprints."""
     splits = load_splits(jobs)
     prints: dict[int, str] = {}
-    for train, test in splits.values():
-        for split in (train, test):
-            if id(split) not in prints:
+    for s in splits.values():
+        for split in (s.train, s.test, s.valid):
+            if split is not None and id(split) not in prints:
                 prints[id(split)] = fingerprint(split)
-    data = [{"train": prints[id(splits[j.run_dir][0])], "test": prints[id(splits[j.run_dir][1])]} for j in jobs]
+    data = []
+    for j in jobs:
+        s = splits[j.run_dir]
+        data.append({"train": prints[id(s.train)], "test": prints[id(s.test)]})
+        if s.valid is not None:
+            data[-1]["valid"] = prints[id(s.valid)]
     lead = jobs[0].cfg
     local_batch = lead.train.batch_size // world.size
     models = [build_model(job.cfg, device) for job in jobs]
@@ -135,16 +141,21 @@ def build_trainer(
     by_split: dict[int, DeviceLoader] = {}
     loaders = []
     for job in jobs:
-        train_split = splits[job.run_dir][0]
+        train_split = splits[job.run_dir].train
         if id(train_split) not in by_split:
             by_split[id(train_split)] = DeviceLoader(
                 train_split, job.cfg.dataset, local_batch, device, True, channels_last
             )
         loaders.append(by_split[id(train_split)])
-    test_split = splits[jobs[0].run_dir][1]
-    test_loader = DeviceLoader(test_split, lead.dataset, lead.train.eval_batch_size, device, False, channels_last)
+    lead_splits = splits[jobs[0].run_dir]
+    evaluation = {"test": lead_splits.test, "valid": lead_splits.valid}
+    eval_loaders = {
+        name: DeviceLoader(split, lead.dataset, lead.train.eval_batch_size, device, False, channels_last)
+        for name, split in evaluation.items()
+        if split is not None
+    }
     if len(jobs) == 1:
         trainer: Trainer = single_trainer(lead, models[0], rngs[0], world)
     else:
         trainer = packed_trainer([job.cfg for job in jobs], models, rngs)
-    return trainer, loaders, test_loader, data
+    return trainer, loaders, eval_loaders, data

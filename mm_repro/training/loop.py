@@ -142,9 +142,12 @@ def _end_epoch(session: Session, stopping: bool) -> None:
     losses = cursor.epoch_losses()
     lr = session.trainer.lr
     figures = session.trainer.evaluate(session.test_loader)
+    valid = session.trainer.evaluate(session.valid_loader) if session.valid_loader else [None] * len(figures)
     cursor.epoch += 1
     seconds = session.epoch_seconds()
-    rows = [session.metrics_row(lr, loss, *fig, seconds) for loss, fig in zip(losses, figures, strict=True)]
+    rows = [
+        session.metrics_row(lr, loss, test, v, seconds) for loss, test, v in zip(losses, figures, valid, strict=True)
+    ]
     for r, row in list(zip(session.active, rows, strict=True)):
         values = {k: row[k] for k in ("train_loss", "test_error", "test_nll")}
         if all(map(_finite, values.values())):

@@ -146,8 +146,8 @@ class PackedTrainer:
         self.optimizer.step()
         return losses.detach()
 
-    def evaluate(self, loader: Any) -> list[tuple[float, float]]:
-        """Each run's test error (%) and NLL on the same test batches, as a run alone computes them."""
+    def evaluate(self, loader: Any) -> list[dict[str, float]]:
+        """Each run's error (%), NLL and top-5 error on the same batches, as a run alone computes them."""
         state = {f"model.{k}": v for k, v in {**self.params, **self.buffers}.items()}
         forward = vmap(lambda s, x: functional_call(self.net.model, _unprefix(s), (x,)), in_dims=(0, None))
         self.net.eval()

@@ -106,10 +106,16 @@ class Session:
     diverges leaves alone (its failure record, one line in its train.log) and the others go on."""
 
     def __init__(
-        self, runs: list[Run], trainer: Trainer, loaders: list[DeviceLoader], test_loader: DeviceLoader, started: float
+        self,
+        runs: list[Run],
+        trainer: Trainer,
+        loaders: list[DeviceLoader],
+        eval_loaders: dict[str, DeviceLoader],
+        started: float,
     ) -> None:
         lead = runs[0]
-        self.runs, self.active, self.trainer, self.test_loader = runs, list(runs), trainer, test_loader
+        self.runs, self.active, self.trainer = runs, list(runs), trainer
+        self.test_loader, self.valid_loader = eval_loaders["test"], eval_loaders.get("valid")
         self.device = lead.rng.device
         self.shards = Shards(lead.world, self.device)
         self.cursor = Cursor(list(loaders), [r.rng.torch for r in runs], self.shards)
@@ -138,16 +144,14 @@ class Session:
         self.trainer.set_lr(lr_at(self.cursor.epoch, t.lr, t.milestones, t.gamma))  # the schedule alone sets the LR
         self.cursor.start_epoch()
 
-    def metrics_row(self, lr: float, loss: float, error: float, nll: float, seconds: float) -> dict:
-        return {
-            "epoch": self.cursor.epoch,
-            "lr": lr,
-            "train_loss": loss,
-            "test_error": error,
-            "test_nll": nll,
-            "seconds": seconds,
-            "train_images_per_second": self.cursor.images_per_second(),
-        }
+    def metrics_row(self, lr: float, loss: float, test: dict, valid: dict | None, seconds: float) -> dict:
+        """One epoch's row of metrics.jsonl: the test figures (error, NLL, top-5 error with more than 5 classes) and,
+        with a validation split, the same figures on it."""
+        row = {"epoch": self.cursor.epoch, "lr": lr, "train_loss": loss}
+        for split, figures in (("test", test), ("valid", valid or {})):
+            row.update({f"{split}_{name}": value for name, value in figures.items()})
+        row.update({"seconds": seconds, "train_images_per_second": self.cursor.images_per_second()})
+        return row
 
     def save_all(self) -> None:
         """Every active run's checkpoint. A run whose state is no longer finite (weights, momentum or loss) writes
@@ -222,8 +226,8 @@ def open_session(jobs: list[Job], world: World, device: torch.device, started: f
     """The session of `jobs`, built, claimed, taken over and restored; on the way out, checkpoint writes finished,
     trackers finished, locks released, and a failure record for every run an unexpected error stopped."""
     runs = [Run(job, RunRandom(job.cfg.seed + world.rank, device), world) for job in jobs]
-    trainer, loaders, test_loader, data = build_trainer(jobs, [r.rng for r in runs], world, device)
-    session = Session(runs, trainer, loaders, test_loader, started)
+    trainer, loaders, eval_loaders, data = build_trainer(jobs, [r.rng for r in runs], world, device)
+    session = Session(runs, trainer, loaders, eval_loaders, started)
     try:
         for i, run in enumerate(runs):
             run.data, run.params = data[i], trainer.param_count

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm_repro.method import mixing
+from mm_repro.method.cutout import cutout
 from mm_repro.models import count_parameters
 from mm_repro.training.runtime import RunRandom
 
@@ -31,11 +32,12 @@ class MixedForward(nn.Module):
 
     `lam` is a 0-dim tensor, never a Python float, so a compiled graph is not recompiled for every lam; k is a
     Python int, so there is at most one graph per mixing point (docs/performance.md §4). `lam=None` mixes nothing (ERM);
-    `index=None` pairs each example with the reversed batch (`pairing=flip`)."""
+    `index=None` pairs each example with the reversed batch (`pairing=flip`). `block_gradient` detaches the hidden
+    state at k before it is mixed (`method.block_gradient`, the paper's gradient-blocked ablation)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, block_gradient: bool = False) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.block_gradient = model, block_gradient
 
     def forward(
         self,
@@ -47,7 +49,10 @@ class MixedForward(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if lam is None:
             return self.model(x), targets
-        h, targets = mixing.mix(self.model.forward_until(x, k), targets, lam, index)
+        h = self.model.forward_until(x, k)
+        if self.block_gradient:  # the hidden state at k (both members of every pair): nothing flows back before k
+            h = h.detach()
+        h, targets = mixing.mix(h, targets, lam, index)
         return self.model.forward_from(h, k), targets
 
 
@@ -120,15 +125,20 @@ class TrainStep:
         spec: mixing.MixSpec | None,
         precision: str,
         rng: RunRandom,
+        cutout: int | None = None,
     ) -> None:
-        """`net` is a MixedForward (possibly wrapped by DDP or torch.compile); `spec=None` is ERM."""
+        """`net` is a MixedForward (possibly wrapped by DDP or torch.compile); `spec=None` is ERM; `cutout` is the
+        hole's side for method=cutout (ERM on cut inputs, mm_repro.method.cutout)."""
         self.net, self.optimizer, self.loss_fn = net, optimizer, loss_fn
         self.num_classes, self.spec, self.precision, self.rng = num_classes, spec, precision, rng
+        self.cutout = cutout
         self.scaler = torch.amp.GradScaler(rng.device.type, enabled=precision == "fp16")
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, layers: tuple[int, ...] | None = None) -> torch.Tensor:
         """The training loss of one batch (mixed unless ERM); `layers` restricts k (bench warms up each point)."""
         targets = one_hot(y, self.num_classes)
+        if self.cutout:
+            x = cutout(x, self.cutout, self.rng.numpy)
         with autocast(x.device, self.precision):
             if self.spec is None:
                 logits, targets = self.net(x, targets)
@@ -149,22 +159,35 @@ class TrainStep:
         return loss.detach()
 
 
+TOP5_MIN_CLASSES = 6  # top-5 error is recorded for datasets with more than 5 classes (it is 0 otherwise)
+
+
 @torch.no_grad()
 def test_figures(
     logits_of: Callable[[torch.Tensor], torch.Tensor], loader: Any, precision: str, runs: int
-) -> list[tuple[float, float]]:
-    """Test error (%) and NLL (mean cross-entropy) of `runs` models whose logits for a test batch `logits_of` gives
-    as (runs, batch, classes); one host sync at the end. A single run and a pack evaluate through this alone."""
+) -> list[dict[str, float]]:
+    """Error (%), NLL (mean cross-entropy) and, with more than 5 classes, top-5 error (%) of `runs` models whose logits
+    for a batch `logits_of` gives as (runs, batch, classes), over every image of `loader`; one host sync at the end.
+    A single run and a pack evaluate through this alone."""
     device = loader.labels.device
     wrong = torch.zeros(runs, device=device)
+    wrong5 = torch.zeros(runs, device=device)
     nll = torch.zeros(runs, device=device, dtype=torch.float64)
+    top5 = False
     for x, y in loader.batches(loader.order()):
         with autocast(device, precision):
             logits = logits_of(x).float()
         wrong += (logits.argmax(2) != y).sum(1)
+        if logits.shape[2] >= TOP5_MIN_CLASSES:
+            top5 = True
+            wrong5 += (~(logits.topk(5, dim=2).indices == y[None, :, None]).any(2)).sum(1)
         nll += F.cross_entropy(logits.transpose(1, 2), y.expand(runs, -1), reduction="none").double().sum(1)
     n = loader.num_images
-    return [(100.0 * w / n, v / n) for w, v in zip(wrong.tolist(), nll.tolist(), strict=True)]
+    out = [{"error": 100.0 * w / n, "nll": v / n} for w, v in zip(wrong.tolist(), nll.tolist(), strict=True)]
+    if top5:
+        for figures, w5 in zip(out, wrong5.tolist(), strict=True):
+            figures["top5_error"] = 100.0 * w5 / n
+    return out
 
 
 class Evaluator:
@@ -175,7 +198,7 @@ class Evaluator:
         self.model, self.precision = model, precision
         self.forward = compiled(model) if compiled else model
 
-    def __call__(self, loader: Any) -> tuple[float, float]:
+    def __call__(self, loader: Any) -> dict[str, float]:
         self.model.eval()
         try:
             return test_figures(lambda x: self.forward(x)[None], loader, self.precision, 1)[0]
@@ -201,8 +224,8 @@ class Trainer(Protocol):
     def train_step(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
         """One step of every run on its own batch; the losses as a device tensor of shape (size,)."""
 
-    def evaluate(self, loader: Any) -> list[tuple[float, float]]:
-        """Each run's test error (%) and NLL."""
+    def evaluate(self, loader: Any) -> list[dict[str, float]]:
+        """Each run's error (%), NLL and top-5 error (%) on `loader` (test_figures)."""
 
     def state(self, r: int) -> dict:
         """Run r's model, optimizer and grad-scaler state, in the format of a run alone (live tensors)."""
@@ -236,7 +259,7 @@ class SingleTrainer:
         """One step; the loss as a device tensor of shape (1,)."""
         return self.step.step(xs[0], ys[0])[None]
 
-    def evaluate(self, loader: Any) -> list[tuple[float, float]]:
+    def evaluate(self, loader: Any) -> list[dict[str, float]]:
         return [self.evaluator(loader)]
 
     def state(self, r: int) -> dict:

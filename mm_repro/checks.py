@@ -1,0 +1,142 @@
+"""The checks of a training config that its schema cannot express: values that depend on each other, or that torch
+would reject only later (config.validate_train calls `checked_train`)."""
+
+from __future__ import annotations
+
+import math
+
+from omegaconf import DictConfig
+
+from mm_repro.config import (
+    COMPILE_MODES,
+    DEVICES,
+    LOGGER_MODES,
+    NOT_MIXING,
+    PAIRINGS,
+    PRECISIONS,
+    SEED_LIMIT,
+    DatasetConfig,
+    TrainConfig,
+    TrainRunConfig,
+    check_number,
+    choose,
+    group_options,
+    to_schema,
+)
+from mm_repro.errors import UserError
+from mm_repro.method.losses import LOSSES
+from mm_repro.models import BN_INIT_NAMES, REGISTRY, mixing_points
+
+
+def _check_mixing(run: TrainRunConfig) -> None:
+    method = run.method
+    points = mixing_points(run.model.name)
+    check_number("method.alpha", method.alpha, 0.0, strict=True)
+    if not method.layers:
+        raise UserError(f"method.layers is empty; method={method.name} needs mixing points from {list(points)}")
+    bad = [k for k in method.layers if k not in points]
+    if bad:
+        raise UserError(
+            f"method.layers={method.layers}: {run.model.name} has no mixing point {bad[0]}; "
+            f"its mixing points are {list(points)} (0 = input, i = output of stage i)"
+        )
+    if method.name == "mixup" and method.layers != [0]:
+        raise UserError(f"method=mixup mixes the input only (layers=[0]), got {method.layers}; use method=manifold")
+    if run.train.batch_size < 2:
+        raise UserError(f"train.batch_size={run.train.batch_size}: mixing needs at least 2 examples per batch")
+
+
+def _check_method(run: TrainRunConfig) -> None:
+    m = run.method
+    if m.block_gradient and m.name != "manifold":
+        raise UserError(
+            f"method.block_gradient=true needs method=manifold (method={m.name} has no hidden mixing point to block "
+            "the gradient at); drop it, or choose method=manifold"
+        )
+    if m.name == "cutout" and m.cutout < 1:
+        raise UserError(f"method.cutout={m.cutout}: the hole's side must be >= 1 pixel (official: 16)")
+    if m.name == "cutout" and m.layers:
+        raise UserError(f"method=cutout mixes nothing; method.layers={m.layers} must be []")
+
+
+def _check_model(run: TrainRunConfig) -> None:
+    model = run.model
+    if model.stem_stride < 1:
+        raise UserError(
+            f"model.stem_stride={model.stem_stride}: the first convolution's stride must be >= 1 (1: 32 x 32 data, "
+            "2: Tiny-ImageNet as the official code)"
+        )
+    if not 0 <= model.dropout < 1 or not math.isfinite(model.dropout):
+        raise UserError(f"model.dropout={model.dropout} must be a probability in [0, 1) (0: no dropout)")
+    if run.dataset.valid_per_class < 0:
+        raise UserError(f"dataset.valid_per_class={run.dataset.valid_per_class} must be >= 0 (0: no validation split)")
+
+
+def _check_schedule(t: TrainConfig) -> None:
+    check_number("train.lr", t.lr, 0.0, strict=True)
+    check_number("train.gamma", t.gamma, 0.0, strict=True)
+    check_number("train.momentum", t.momentum, 0.0, strict=False)
+    check_number("train.weight_decay", t.weight_decay, 0.0, strict=False)
+    check_number("train.checkpoint_seconds", t.checkpoint_seconds, 0.0, strict=False)
+    if t.nesterov and t.momentum == 0:
+        raise UserError("train.nesterov=true needs train.momentum > 0 (got 0); set a momentum or train.nesterov=false")
+    outside = [m for m in t.milestones if not 0 < m < t.epochs]
+    if outside:
+        raise UserError(
+            f"train.milestones={t.milestones}: milestone {outside[0]} is outside 1..{t.epochs - 1} "
+            f"(train.epochs={t.epochs}), so it would never apply; pass milestones in that range, or "
+            "train.milestones=[] for a constant learning rate"
+        )
+
+
+def _check_data(d: DatasetConfig) -> None:
+    """The values the device loader would broadcast or pad with: one mean and one positive std per channel, a
+    non-negative crop padding."""
+    if len(d.mean) != 3 or len(d.std) != 3:
+        raise UserError(f"dataset.mean={d.mean} and dataset.std={d.std} need one value per channel (3 each)")
+    for i, std in enumerate(d.std):
+        check_number(f"dataset.std[{i}]", std, 0.0, strict=True)
+    for i, mean in enumerate(d.mean):
+        check_number(f"dataset.mean[{i}]", mean, -math.inf, strict=False)
+    if d.crop_padding < 0:
+        raise UserError(f"dataset.crop_padding={d.crop_padding} must be >= 0 (0: no crop)")
+
+
+def checked_train(cfg: DictConfig | dict) -> TrainRunConfig:
+    """Typed, checked training config (config.validate_train); every problem is a one-line `UserError` naming the
+    value and what is allowed."""
+    run: TrainRunConfig = to_schema(cfg, TrainRunConfig)
+    choose("dataset", run.dataset.name, group_options("dataset"))
+    choose("model", run.model.name, tuple(REGISTRY))
+    choose("method", run.method.name, group_options("method"))
+    choose("model.bn_init", run.model.bn_init, BN_INIT_NAMES)
+    choose("train.loss", run.train.loss, tuple(LOSSES))
+    choose("train.precision", run.train.precision, PRECISIONS)
+    choose("method.pairing", run.method.pairing, PAIRINGS)
+    choose("device", run.device, DEVICES)
+    choose("train.compile_mode", run.train.compile_mode, COMPILE_MODES)
+    choose("logger.mode", run.logger.mode, LOGGER_MODES)
+    _check_data(run.dataset)
+    if not 0 <= run.seed < SEED_LIMIT - 64:
+        raise UserError(f"seed={run.seed} is out of range; a seed must lie in 0..{SEED_LIMIT - 65}")
+    if run.method.name not in NOT_MIXING:
+        _check_mixing(run)
+    _check_method(run)
+    _check_model(run)
+    for key, value in (
+        ("train.epochs", run.train.epochs),
+        ("train.batch_size", run.train.batch_size),
+        ("train.eval_batch_size", run.train.eval_batch_size),
+        ("model.width", run.model.width),
+        ("train.checkpoint_every", 1 if run.train.checkpoint_every is None else run.train.checkpoint_every),
+        ("dataset.per_class_cap", 1 if run.dataset.per_class_cap is None else run.dataset.per_class_cap),
+        *(
+            (f"dataset.{k}", getattr(run.dataset, k))
+            for k in ("train_size", "test_size")
+            if run.dataset.name == "synthetic"
+        ),
+    ):
+        if value < 1:
+            raise UserError(f"{key}={value} must be >= 1")
+    _check_schedule(run.train)
+    return run
