@@ -62,6 +62,43 @@ def write_svhn(root: Path, n_train: int = 120, n_test: int = 60, seed: int = 0) 
     return root
 
 
+TINY_WNIDS = ["n09999999", "n01443537", "n02085620"]  # not in sorted order, as wnids.txt is not
+
+
+def write_tiny_imagenet(
+    root: Path, per_class: int = 6, val_per_class: int = 3, sorted_val: bool = False, seed: int = 0
+) -> Path:
+    """Tiny-ImageNet-200's tree (three classes) with real JPEGs: wnids.txt, train/<wnid>/images/*.JPEG with the boxes
+    file beside them, val/images/*.JPEG and val/val_annotations.txt; `sorted_val`: the validation images moved into
+    val/images/<wnid>/ as the official create_val_folder leaves them. One training image is greyscale."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder = root / "tiny-imagenet-200"
+    (folder / "val" / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "wnids.txt").write_text("\n".join(TINY_WNIDS) + "\n")
+
+    def jpeg(path: Path, label: int, grey: bool = False) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        colour = np.array([40 + 80 * label, 200 - 60 * label, 90 + 50 * (label % 2)])
+        pixels = np.clip(colour[None, None] + rng.integers(-30, 30, (64, 64, 3)), 0, 255).astype(np.uint8)
+        image = Image.fromarray(pixels)
+        (image.convert("L") if grey else image).save(path, "JPEG", quality=90)
+
+    annotations = []
+    for label, wnid in enumerate(sorted(TINY_WNIDS)):
+        for i in range(per_class):
+            jpeg(folder / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", label, grey=label == 0 and i == 0)
+        (folder / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
+        for i in range(val_per_class):
+            name = f"val_{label * val_per_class + i}.JPEG"
+            target = folder / "val" / "images" / (wnid if sorted_val else "") / name
+            jpeg(target, label)
+            annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63")
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
+    return root
+
+
 @pytest.fixture(scope="session")
 def cifar10_root(tmp_path_factory) -> Path:
     return write_cifar(tmp_path_factory.mktemp("cifar10"), "cifar10")
