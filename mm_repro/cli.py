@@ -79,7 +79,8 @@ def _bench_task(cfg) -> None:  # noqa: ANN001
 
 
 def _evaluate_task(cfg) -> None:  # noqa: ANN001
-    from mm_repro.analysis.evaluate import EvalConfig, evaluate_run, summary
+    from mm_repro.analysis.eval_report import summary
+    from mm_repro.analysis.evaluate import EvalConfig, evaluate_run
     from mm_repro.config import to_schema
     from mm_repro.errors import UserError
 

@@ -17,6 +17,8 @@ from mm_repro.analysis.measures import (
     expected_calibration_error,
     fgsm,
     flattening,
+    knn_errors,
+    pgd,
     rotation_matrices,
     singular_values,
 )
@@ -41,6 +43,45 @@ def test_fgsm_with_eps_zero_is_clean_and_eps_positive_raises_the_loss(space):
     if space == "pixel":
         pixels = adv * STD + MEAN
         assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
+
+
+def test_bounded_pgd_stays_in_its_ball_and_beats_one_step():
+    torch.manual_seed(0)
+    model = build("preactresnet18", 10, width=4).eval()
+    x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    eps = 8 / 255
+    adv = pgd(model, x, y, 10, eps / 4, eps, "pixel", MEAN, STD, 10)
+    pixels = adv * STD + MEAN
+    assert (pixels - x).abs().max() <= eps + 1e-5 and pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+    one = fgsm(model, x, y, eps / 4, "pixel", MEAN, STD, 10)
+    with torch.no_grad():
+        assert (
+            F.cross_entropy(model(adv), y)
+            > F.cross_entropy(model(one), y)
+            > F.cross_entropy(model((x - MEAN) / STD), y)
+        )
+    # unbounded (App. D): nothing holds the steps back, so it moves by steps * step_size in every coordinate
+    free = pgd(model, x, y, 50, 0.01, None, "normalized", MEAN, STD, 10)
+    assert (free - (x - MEAN) / STD).abs().max() > 0.25
+
+
+def test_knn_equals_a_brute_force_vote():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(200, 6))
+    train_labels = rng.integers(0, 4, 200)
+    train[:, 0] += 2 * train_labels  # classes separated along one axis, with overlap
+    test = rng.normal(size=(70, 6))
+    test_labels = rng.integers(0, 4, 70)
+    test[:, 0] += 2 * test_labels
+    ours = knn_errors(
+        torch.tensor(train), torch.tensor(train_labels), torch.tensor(test), torch.tensor(test_labels), [1, 5, 20]
+    )
+    for k in (1, 5, 20):
+        distances = ((test[:, None] - train[None]) ** 2).sum(2)
+        nearest = np.argsort(distances, axis=1, kind="stable")[:, :k]
+        votes = np.array([np.bincount(train_labels[row], minlength=4).argmax() for row in nearest])
+        assert ours[k] == pytest.approx(100 * np.mean(votes != test_labels))
+    assert 0 < ours[5] < 50  # better than chance (75 %), not perfect
 
 
 @pytest.mark.parametrize(("kind", "identity"), [("rotation", 0.0), ("shear", 0.0), ("zoom", 1.0)])
@@ -134,6 +175,33 @@ def test_evaluate_the_directory_train_made_then_tables_shows_it(cifar100_root, t
     ours = f"{result['deformations']['rotation_20']['accuracy']:.2f}"
     row = next(line for line in tables.stdout.splitlines() if "Manifold Mixup" in line and "Rotation U(−20°" in line)
     assert f"| 1 | 60.08 | {ours} |" in row
+
+
+@pytest.mark.slow
+def test_evaluate_knn_and_pgd_and_refuses_knn_without_the_training_split(cifar10_root, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    proc = run_cli(*train_args(cifar10_root, run_dir, "train.epochs=1"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    args = ["evaluate", f"run={run_dir}", "suite=[knn,pgd]", "batch_size=50", "pgd_steps_normalized=3"]
+    proc = run_cli(*args, "pgd_steps_pixel=3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert set(result["knn"]) >= {"k1", "k5", "k20"} and result["knn"]["train_images"] == 200
+    assert set(result["pgd"]) == {"normalized_unbounded_steps3_step0.01", "pixel_eps0.03137_steps3"}
+    assert "k-NN error,   5 neighbours" in proc.stdout and "PGD normalized_unbounded_steps3" in proc.stdout
+    # the same run, its data without the training batches: one line, and eval.json untouched
+    partial = tmp_path / "test-only"
+    shutil.copytree(cifar10_root, partial)
+    for batch in (partial / "cifar-10-batches-py").glob("data_batch_*"):
+        batch.unlink()
+    before = (run_dir / "eval.json").read_text()
+    refused = run_cli(*args, f"dataset_root={partial}", cwd=tmp_path)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "its data cannot be read" in refused.stderr and "data_batch_1" in refused.stderr
+    assert "suite=[knn] its training split too" in refused.stderr
+    assert (run_dir / "eval.json").read_text() == before
 
 
 @pytest.mark.slow

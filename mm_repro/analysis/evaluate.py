@@ -24,23 +24,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
 from mm_repro import records
+from mm_repro.analysis.eval_report import plot_reliability, plot_spectra
 from mm_repro.analysis.measures import (
     deform,
     deformation_names,
     expected_calibration_error,
     fgsm,
     flattening,
+    knn_errors,
     normalize,
+    pgd,
 )
 from mm_repro.config import validate_train
-from mm_repro.data import load_arrays
+from mm_repro.data import Splits, load_splits
 from mm_repro.errors import UserError
 from mm_repro.models import build_from
 from mm_repro.training.runtime import training_device
@@ -58,6 +60,12 @@ class EvalConfig:
     deformation_seed: int = 0
     ece_bins: int = 15
     flattening_max_per_class: int = 500
+    knn_k: list[int] = field(default_factory=lambda: [5, 1, 20])  # the first is the one `tables` compares
+    pgd_steps_normalized: int = 200  # App. D: 200 unbounded steps of 0.01 in the official normalised space
+    pgd_step_normalized: float = 0.01
+    pgd_eps_pixel: float = 8 / 255  # a bounded multi-step attack (Madry et al.'s CIFAR setting): eps 8/255,
+    pgd_step_pixel: float = 2 / 255  # steps of 2/255, 20 of them, in pixel space clipped to [0, 1]
+    pgd_steps_pixel: int = 20
 
 
 def _accuracy(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
@@ -105,8 +113,14 @@ def load_run(run_dir: Path, device: torch.device, dataset_root: str | None = Non
             f"({str(exc).strip().splitlines()[0][:160]})"
         ) from None
     model.eval()
-    _, test = load_arrays(cfg.dataset, cfg.seed)
-    return cfg, model, test, checkpoint["epoch"]
+    try:
+        splits = load_splits(cfg.dataset, cfg.seed)  # the splits the run saw: its validation split held out again
+    except UserError as exc:
+        raise UserError(
+            f"run={run_dir}: its data cannot be read ({exc}); evaluate needs the run's test split, and suite=[knn] "
+            "its training split too: point dataset_root=DIR at the directory that holds them"
+        ) from None
+    return cfg, model, splits, checkpoint["epoch"]
 
 
 @dataclass
@@ -116,7 +130,7 @@ class EvalInputs:
     cfg: EvalConfig
     run: Any
     model: nn.Module
-    test: Any
+    splits: Splits
     pixels: list[tuple[torch.Tensor, torch.Tensor]]
     clean: list[tuple[torch.Tensor, torch.Tensor]]
     mean: torch.Tensor
@@ -150,28 +164,89 @@ def eval_calibration(e: EvalInputs) -> dict:
     probs = torch.cat([F.softmax(e.model(x).float(), 1) for x, _ in e.clean]).cpu()
     labels = torch.cat([y for _, y in e.clean]).cpu()
     out = expected_calibration_error(probs, labels, e.cfg.ece_bins)
-    out["figure"] = _plot_reliability(out, e.run_dir / "reliability.png")
+    out["figure"] = plot_reliability(out, e.run_dir / "reliability.png")
     return out
 
 
 @torch.no_grad()
 def eval_flattening(e: EvalInputs) -> dict:
-    labels = e.test.labels
+    labels = e.splits.test.labels
     per_class = e.cfg.flattening_max_per_class
     keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in labels.unique()])
     device = e.mean.device
-    x = normalize(e.test.images[keep].to(device).float() / 255, e.mean, e.std)
+    x = normalize(e.splits.test.images[keep].to(device).float() / 255, e.mean, e.std)
     out: dict[str, Any] = {}
     for k in e.model.mixing_points:
         step = e.cfg.batch_size
         batches = [e.model.forward_until(x[i : i + step], k).cpu() for i in range(0, len(x), step)]
         out[f"k{k}"] = flattening(torch.cat(batches), labels[keep])
-    out["figure"] = _plot_spectra(out, e.run_dir / "flattening.png")
+    out["figure"] = plot_spectra(out, e.run_dir / "flattening.png")
     return out
+
+
+def eval_pgd(e: EvalInputs) -> dict:
+    c, n = e.cfg, e.run.dataset.num_classes
+    attacks = {
+        f"normalized_unbounded_steps{c.pgd_steps_normalized}_step{c.pgd_step_normalized:g}": (
+            c.pgd_steps_normalized,
+            c.pgd_step_normalized,
+            None,
+            "normalized",
+        ),
+        f"pixel_eps{c.pgd_eps_pixel:.4g}_steps{c.pgd_steps_pixel}": (
+            c.pgd_steps_pixel,
+            c.pgd_step_pixel,
+            c.pgd_eps_pixel,
+            "pixel",
+        ),
+    }
+    out = {}
+    for name, (steps, size, eps, space) in attacks.items():
+        adv = [(pgd(e.model, x, y, steps, size, eps, space, e.mean, e.std, n), y) for x, y in e.pixels]
+        with torch.no_grad():
+            accuracy = _accuracy(e.model, adv)
+        out[name] = {"accuracy": accuracy, "steps": steps, "step_size": size, "eps": eps, "space": space}
+    return out
+
+
+@torch.no_grad()
+def _features(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The input of the final linear layer (the pooled features) for every batch."""
+    seen: list[torch.Tensor] = []
+    hook = model.linear.register_forward_pre_hook(lambda m, args: seen.append(args[0].flatten(1)))
+    try:
+        for x, _ in batches:
+            model(x)
+    finally:
+        hook.remove()
+    return torch.cat(seen)
+
+
+def eval_knn(e: EvalInputs) -> dict:
+    """k-NN test error on the features before the final linear layer, the run's own training split (what it trained
+    on, without augmentation) as the neighbours."""
+    if any(k < 1 for k in e.cfg.knn_k) or not e.cfg.knn_k:
+        raise UserError(f"knn_k={e.cfg.knn_k}: give one or more neighbour counts >= 1")
+    device, b = e.mean.device, e.cfg.batch_size
+    train = e.splits.train
+    batches = [
+        (normalize(train.images[i : i + b].to(device).float() / 255, e.mean, e.std), train.labels[i : i + b])
+        for i in range(0, len(train.labels), b)
+    ]
+    labels = train.labels.to(device)
+    test_labels = torch.cat([y for _, y in e.clean])
+    errors = knn_errors(_features(e.model, batches), labels, _features(e.model, e.clean), test_labels, e.cfg.knn_k)
+    return {
+        "features": "input of the final linear layer",
+        "train_images": len(labels),
+        **{f"k{k}": {"error": err, "accuracy": 100 - err} for k, err in errors.items()},
+    }
 
 
 EVALUATIONS: dict[str, Callable[[EvalInputs], dict]] = {
     "fgsm": eval_fgsm,
+    "pgd": eval_pgd,
+    "knn": eval_knn,
     "deformations": eval_deformations,
     "calibration": eval_calibration,
     "flattening": eval_flattening,
@@ -186,7 +261,8 @@ def evaluate_run(ecfg: EvalConfig) -> dict:
         raise UserError(f"suite={unknown[0]!r} is not an evaluation; choose from {', '.join(EVALUATIONS)}")
     run_dir = Path(ecfg.run)
     with training_device(ecfg.device, in_sweep=False) as device:
-        cfg, model, test, epoch = load_run(run_dir, device, ecfg.dataset_root)
+        cfg, model, splits, epoch = load_run(run_dir, device, ecfg.dataset_root)
+        test = splits.test
         mean = torch.tensor(cfg.dataset.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(cfg.dataset.std, device=device).view(1, -1, 1, 1)
         b = ecfg.batch_size
@@ -195,7 +271,7 @@ def evaluate_run(ecfg: EvalConfig) -> dict:
             for i in range(0, len(test.labels), b)
         ]
         clean = [(normalize(x, mean, std), y) for x, y in pixels]
-        inputs = EvalInputs(ecfg, cfg, model, test, pixels, clean, mean, std, run_dir)
+        inputs = EvalInputs(ecfg, cfg, model, splits, pixels, clean, mean, std, run_dir)
         digest = records.checkpoint_digest(run_dir / records.CHECKPOINT)
         previous = _read_eval(run_dir / records.EVAL)
         out: dict[str, Any] = previous if previous.get("checkpoint_sha256") == digest else {}
@@ -215,81 +291,3 @@ def _read_eval(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _plot_reliability(calibration: dict, path: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4))
-    table = calibration["table"]
-    width = 1 / calibration["bins"]
-    ax.bar(
-        [b["lower"] for b in table],
-        [b["accuracy"] for b in table],
-        width,
-        align="edge",
-        edgecolor="k",
-        label="accuracy",
-    )
-    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"ECE = {100 * calibration['ece']:.2f} %")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path.name
-
-
-def _plot_spectra(flat: dict, path: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [k for k in flat if k.startswith("k")]
-    fig, axes = plt.subplots(1, len(points), figsize=(3 * len(points), 3), squeeze=False)
-    for ax, k in zip(axes[0], points, strict=True):
-        for p in flat[k]["per_class"]:
-            s = np.asarray(p["spectrum"])
-            ax.plot(s / s[0], alpha=0.6, label=f"class {p['class']}")
-        ax.set_title(f"mixing point {k[1:]}")
-        ax.set_yscale("log")
-        ax.set_xlabel("singular value index")
-    axes[0][0].set_ylabel("s_i / s_1 per class")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    shown = min(len(labels), 20)  # CIFAR-100 has 100 classes: name the first 20
-    extra = f" (first {shown} of {len(labels)})" if shown < len(labels) else ""
-    fig.tight_layout()
-    fig.legend(
-        handles[:shown],
-        labels[:shown],
-        loc="center left",
-        bbox_to_anchor=(1.0, 0.5),
-        fontsize=6,
-        title=f"classes{extra}",
-    )
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend sits outside the axes
-    plt.close(fig)
-    return path.name
-
-
-def summary(out: dict) -> str:
-    lines = [
-        f"{out['run']} (epoch {out['checkpoint_epoch']}, {out['test_images']} test images)",
-        f"  clean accuracy {out['clean']['accuracy']:.2f} %",
-    ]
-    for name, v in out.get("fgsm", {}).items():
-        lines.append(f"  FGSM {name:<24} {v['accuracy']:6.2f} %")
-    for name, v in out.get("deformations", {}).items():
-        lines.append(f"  {name:<29} {v['accuracy']:6.2f} %")
-    if "calibration" in out:
-        lines.append(f"  ECE ({out['calibration']['bins']} bins)              {100 * out['calibration']['ece']:6.2f} %")
-    for k, v in out.get("flattening", {}).items():
-        if k.startswith("k"):
-            lines.append(f"  flattening at {k}: top {v['mean_top']:.2f}, rest {v['mean_rest']:.2f} (class means)")
-    return "\n".join(lines)

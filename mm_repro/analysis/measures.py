@@ -1,5 +1,6 @@
-"""The measures behind `evaluate`, as functions of tensors: novel deformations (Tables 4 and 9), FGSM (Table 7),
-expected calibration error, and per-class singular values of hidden states (section 3's flattening).
+"""The measures behind `evaluate`, as functions of tensors: novel deformations (Tables 4 and 9), FGSM (Table 7) and
+PGD (App. D), k-NN on features, expected calibration error, and per-class singular values of hidden states
+(section 3's flattening).
 
 - Deformations: rotation by U(-d, d) degrees, shear by U(-s, s) radians (the Keras/torchsample matrix
   [[1, -sin s], [0, cos s]] of the official `affine_transforms.py`), zoom by z (z < 1 zooms in on a central box of
@@ -7,7 +8,8 @@ expected calibration error, and per-class singular values of hidden states (sect
   official loader filled is UNCONFIRMED, docs/protocol.md §5), angles from a seeded generator.
 - FGSM: white-box, one step, x + eps * sign(grad_x loss), in the official code's normalised space with BCE on softmax
   and no clipping, or in pixel space with cross-entropy and clipping to [0, 1] (docs/protocol.md §2: the paper gives
-  neither).
+  neither). PGD: the same steps repeated, projected to an eps-ball (or unbounded, App. D).
+- k-NN: error of a k-nearest-neighbour vote on feature vectors (the paper's k-NN result).
 """
 
 from __future__ import annotations
@@ -125,6 +127,47 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
     return (x - mean) / std
 
 
+def _loss_sign(
+    model: nn.Module, z: torch.Tensor, y: torch.Tensor, space: str, mean: torch.Tensor, std: torch.Tensor, n: int
+) -> torch.Tensor:
+    """sign(grad_z loss) at z: BCE on softmax of normalised inputs (the official attacks.py), or cross-entropy of
+    pixels in [0, 1]."""
+    z = z.detach().requires_grad_(True)
+    if space == "normalized":
+        loss = bce_softmax(model(z), F.one_hot(y, n).float())
+    else:
+        loss = F.cross_entropy(model(normalize(z, mean, std)), y)
+    (grad,) = torch.autograd.grad(loss, z)
+    return grad.sign()
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    step_size: float,
+    eps: float | None,
+    space: str,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    num_classes: int,
+) -> torch.Tensor:
+    """Adversarial inputs (normalised, ready for the model) for one batch of [0, 1] pixels `x`: `steps` signed-gradient
+    steps of `step_size` from the clean input, each projected back into the L-inf ball of radius `eps` around it
+    (None: unbounded, as the official code's old `pgd()`, which App. D runs for 200 steps of 0.01). In pixel space
+    every step is also clipped to [0, 1]; in normalised space nothing is clipped, as in the official code."""
+    start = normalize(x, mean, std) if space == "normalized" else x
+    z = start
+    for _ in range(steps):
+        z = z + step_size * _loss_sign(model, z, y, space, mean, std, num_classes)
+        if eps is not None:
+            z = start + (z - start).clamp(-eps, eps)
+        if space == "pixel":
+            z = z.clamp(0, 1)
+    return (z if space == "normalized" else normalize(z, mean, std)).detach()
+
+
 def fgsm(
     model: nn.Module,
     x: torch.Tensor,
@@ -135,13 +178,25 @@ def fgsm(
     std: torch.Tensor,
     num_classes: int,
 ) -> torch.Tensor:
-    """Adversarial inputs (normalised, ready for the model) for one batch of [0, 1] pixels `x`."""
-    if space == "normalized":  # official attacks.py: BCE on softmax in normalised space, no clipping
-        z = normalize(x, mean, std).requires_grad_(True)
-        loss = bce_softmax(model(z), F.one_hot(y, num_classes).float())
-        (grad,) = torch.autograd.grad(loss, z)
-        return (z + eps * grad.sign()).detach()
-    p = x.clone().requires_grad_(True)
-    loss = F.cross_entropy(model(normalize(p, mean, std)), y)
-    (grad,) = torch.autograd.grad(loss, p)
-    return normalize((p + eps * grad.sign()).clamp(0, 1), mean, std).detach()
+    """Adversarial inputs (normalised, ready for the model) for one batch of [0, 1] pixels `x`: one step of eps,
+    x + eps * sign(grad_x loss) (PGD with a single step)."""
+    return pgd(model, x, y, 1, eps, None, space, mean, std, num_classes)
+
+
+@torch.no_grad()
+def knn_errors(
+    train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor, ks: list[int]
+) -> dict[int, float]:
+    """Test error (%) of k-nearest-neighbour classification for each k: Euclidean distance between feature vectors,
+    an unweighted vote among the k nearest training points, ties to the smallest class (as scikit-learn's
+    KNeighborsClassifier defaults). Distances for a block of test points at a time, on the features' device."""
+    classes = int(max(train_labels.max(), test_labels.max())) + 1
+    wrong = dict.fromkeys(ks, 0)
+    for i in range(0, len(test), 256):
+        block = torch.cdist(test[i : i + 256].double(), train.double())
+        nearest = block.topk(max(ks), dim=1, largest=False).indices  # nearest first
+        for k in ks:
+            votes = torch.zeros(len(block), classes, device=train.device)
+            votes.scatter_add_(1, train_labels[nearest[:, :k]], torch.ones(len(block), k, device=train.device))
+            wrong[k] += int((votes.argmax(1) != test_labels[i : i + 256]).sum())
+    return {k: 100.0 * w / len(test) for k, w in wrong.items()}

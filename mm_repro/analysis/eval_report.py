@@ -1,0 +1,91 @@
+"""What `evaluate` shows: the figures it writes into a run directory (the reliability diagram of calibration, the
+per-class singular-value spectra at each mixing point of flattening) and the summary it prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def plot_reliability(calibration: dict, path: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    table = calibration["table"]
+    width = 1 / calibration["bins"]
+    ax.bar(
+        [b["lower"] for b in table],
+        [b["accuracy"] for b in table],
+        width,
+        align="edge",
+        edgecolor="k",
+        label="accuracy",
+    )
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"ECE = {100 * calibration['ece']:.2f} %")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name
+
+
+def plot_spectra(flat: dict, path: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [k for k in flat if k.startswith("k")]
+    fig, axes = plt.subplots(1, len(points), figsize=(3 * len(points), 3), squeeze=False)
+    for ax, k in zip(axes[0], points, strict=True):
+        for p in flat[k]["per_class"]:
+            s = np.asarray(p["spectrum"])
+            ax.plot(s / s[0], alpha=0.6, label=f"class {p['class']}")
+        ax.set_title(f"mixing point {k[1:]}")
+        ax.set_yscale("log")
+        ax.set_xlabel("singular value index")
+    axes[0][0].set_ylabel("s_i / s_1 per class")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    shown = min(len(labels), 20)  # CIFAR-100 has 100 classes: name the first 20
+    extra = f" (first {shown} of {len(labels)})" if shown < len(labels) else ""
+    fig.tight_layout()
+    fig.legend(
+        handles[:shown],
+        labels[:shown],
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        fontsize=6,
+        title=f"classes{extra}",
+    )
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend sits outside the axes
+    plt.close(fig)
+    return path.name
+
+
+def summary(out: dict) -> str:
+    lines = [
+        f"{out['run']} (epoch {out['checkpoint_epoch']}, {out['test_images']} test images)",
+        f"  clean accuracy {out['clean']['accuracy']:.2f} %",
+    ]
+    for name, v in out.get("fgsm", {}).items():
+        lines.append(f"  FGSM {name:<24} {v['accuracy']:6.2f} %")
+    for name, v in out.get("pgd", {}).items():
+        lines.append(f"  PGD {name:<40} {v['accuracy']:6.2f} %")
+    for name, v in out.get("knn", {}).items():
+        if name.startswith("k") and name[1:].isdigit():
+            lines.append(f"  k-NN error, {name[1:]:>3} neighbours        {v['error']:6.2f} %")
+    for name, v in out.get("deformations", {}).items():
+        lines.append(f"  {name:<29} {v['accuracy']:6.2f} %")
+    if "calibration" in out:
+        lines.append(f"  ECE ({out['calibration']['bins']} bins)              {100 * out['calibration']['ece']:6.2f} %")
+    for k, v in out.get("flattening", {}).items():
+        if k.startswith("k"):
+            lines.append(f"  flattening at {k}: top {v['mean_top']:.2f}, rest {v['mean_rest']:.2f} (class means)")
+    return "\n".join(lines)
