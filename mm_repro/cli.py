@@ -58,7 +58,8 @@ def _tables_task(cfg) -> None:  # noqa: ANN001
     tcfg: TablesConfig = to_schema(cfg, TablesConfig)
     out = Path(tcfg.out)
     paths = [Path(p) for p in as_list(tcfg.runs)]
-    made = make_tables(paths, out, as_list(tcfg.tables) or None, tcfg.figures, tcfg.include_chance)
+    report = as_list(tcfg.report) or None
+    made = make_tables(paths, out, as_list(tcfg.tables) or None, tcfg.figures, tcfg.include_chance, report)
     for markdown, _ in made["tables"].values():
         print(markdown)
     print(f"{made['scan'].summary()}; tables written to {out}/")

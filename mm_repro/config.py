@@ -233,6 +233,7 @@ class TablesConfig:
     tables: Any = None  # null: every table; or a list of names (results/paper/<name>.json)
     figures: bool = True
     include_chance: bool = False  # true: runs whose final error is at chance level enter the cells too
+    report: Any = None  # null: final and best (and best_valid where runs have it); or a list of those
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 

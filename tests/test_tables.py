@@ -141,6 +141,13 @@ def test_paper_numbers_cover_every_table_and_cell():
         "table6_alpha",
         "table7_fgsm",
         "table9_deformations",
+        "table3_tiny_imagenet",
+        "text_regularizers",
+        "text_gradient_blocked",
+        "text_knn",
+        "appendix_d_pgd",
+        "figure6_training_loss",
+        "figure7_training_loss",
     }
     counts = {name: len(s["rows"]) for name, s in specs.items()}
     assert counts == {
@@ -151,7 +158,16 @@ def test_paper_numbers_cover_every_table_and_cell():
         "table6_alpha": 12,
         "table7_fgsm": 10,
         "table9_deformations": 68,
+        "table3_tiny_imagenet": 9,
+        "text_regularizers": 5,
+        "text_gradient_blocked": 2,
+        "text_knn": 3,
+        "appendix_d_pgd": 3,
+        "figure6_training_loss": 5,
+        "figure7_training_loss": 5,
     }
+    t3 = {(r["method"], r["alpha"]): r["test_top5_accuracy"][0] for r in specs["table3_tiny_imagenet"]["rows"]}
+    assert t3[("manifold", 0.2)] == 73.59 and t3[("erm", None)] == 71.04
     t6 = {(r["method"], r["alpha"]): r["test_accuracy"][0] for r in specs["table6_alpha"]["rows"]}
     assert t6[("manifold", 2.0)] == 97.23 and t6[("mixup", 0.5)] == 96.68
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0, 3)
@@ -174,6 +190,10 @@ def _jobs(experiment: str, *extra: str) -> list[list[str]]:
         ("table6_alpha", 12),
         ("table7_fgsm", 6),
         ("table9_deformations", 3),
+        ("table3_tiny_imagenet", 8),
+        ("regularizers", 4),
+        ("figure6_training_loss", 3),
+        ("figure7_training_loss", 3),
     ],
 )
 def test_experiment_files_sweep_exactly_the_tables_cells(experiment, n):
@@ -181,6 +201,22 @@ def test_experiment_files_sweep_exactly_the_tables_cells(experiment, n):
     assert len(jobs) == n
     if experiment.startswith(("table1", "table2")):
         assert sum("method=erm" in j for j in jobs) == 15  # ERM once per model and seed, not per alpha
+
+
+@pytest.mark.parametrize(
+    ("experiment", "extra", "n"),
+    [
+        ("table3_tiny_imagenet", ["method=erm", "method.alpha=0.0"], 1),  # ERM once, not once per alpha
+        ("regularizers", ["method=erm", "model.dropout=0.2"], 1),
+        ("figure6_training_loss", ["method=mixup", "method.layers=[0]"], 1),
+        ("figure6_training_loss", ["method.layers=[0,1,2]", "method.block_gradient=true"], 1),
+    ],
+)
+def test_the_second_commands_of_an_experiment_add_one_run_each(experiment, extra, n):
+    # what the experiment file's comment and its script run beside the main sweep: the command line wins per key
+    jobs = _jobs(experiment, *extra)
+    assert len(jobs) == n
+    assert all(any(x.lower() == j.lower() for j in jobs[0]) for x in extra)
 
 
 @pytest.mark.slow

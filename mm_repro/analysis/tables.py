@@ -43,25 +43,57 @@ def _lookup(d: dict | None, path: str) -> float | None:
     return float(d) if isinstance(d, int | float) else None
 
 
-def metric_values(record: Record, metric: dict, row: dict) -> tuple[float | None, float | None]:
-    """(final, best) value of one metric for one run; best is None for evaluation metrics."""
+# Which epoch's figures a column shows: the last, the best on test (what the official code reported), and, for runs
+# that held a validation split out, the test figures at the best validation epoch (model selection done right).
+SELECTIONS = ("final", "best", "best_valid")
+# Setup keys that make a run another method than its name says: a row matches only runs with its value (absent: the
+# key's default, config.ADDED_KEYS); "nonzero" matches any value but the default.
+METHOD_KEYS = ("method.block_gradient", "model.dropout")
+
+
+def metric_values(record: Record, metric: dict, row: dict, selections: tuple[str, ...]) -> list[float | None]:
+    """One metric of one run at each selection (an evaluation metric has one value, under the first)."""
     name = metric["name"]
     if "eval" in metric:
-        return _lookup(record.eval, metric["eval"].format(**row)), None
-    if name == "test_accuracy":
-        return 100 - record.result["final"]["test_error"], 100 - record.result["best"]["test_error"]
-    return record.result["final"][name], record.result["best"][name]
+        value = _lookup(record.eval, metric["eval"].format(**row))
+        return [value] + [None] * (len(selections) - 1)
+    recorded = name.replace("accuracy", "error")
+    out = []
+    for selection in selections:
+        figures = record.result.get(selection) or {}
+        value = figures.get(recorded)
+        if value is not None and name != recorded:
+            value = 100 - value
+        out.append(value)
+    return out
 
 
-def matches(row: dict, run: dict) -> bool:
+def _setup_value(setup: dict, key: str) -> Any:
+    from mm_repro.config import ADDED_KEYS
+
+    return setup.get(key, ADDED_KEYS[key])
+
+
+def matches(row: dict, record: Record) -> bool:
     """Does a run reproduce this paper cell? Cited rows (other papers) match nothing."""
+    run = record.run
     if "cited" in row:
         return False
     if (row["dataset"], row["model"], row["method"]) != (run.get("dataset"), run.get("model"), run.get("method")):
         return False
-    if row["method"] != "erm" and row.get("alpha") is not None and run.get("alpha") != row["alpha"]:
+    if row["method"] in ("mixup", "manifold") and row.get("alpha") is not None and run.get("alpha") != row["alpha"]:
         return False
-    return not ("layers" in row and row["method"] != "erm" and sorted(run.get("layers") or []) != sorted(row["layers"]))
+    if (
+        "layers" in row
+        and row["method"] in ("mixup", "manifold")
+        and sorted(run.get("layers") or []) != sorted(row["layers"])
+    ):
+        return False
+    for key in METHOD_KEYS:
+        want, have = _setup_value(row.get("setup", {}), key), _setup_value(record.setup, key)
+        if want == "nonzero" and not have or want != "nonzero" and have != want:
+            return False
+    return True
 
 
 def setup_labels(setups: list[dict]) -> list[str]:
@@ -69,7 +101,12 @@ def setup_labels(setups: list[dict]) -> list[str]:
     keys = set().union(*setups) if setups else set()
     differing = sorted(k for k in keys if len({json.dumps(s.get(k), default=str) for s in setups}) > 1)
     shown = [k for k in LABEL_KEYS if k in keys] + [k for k in differing if k not in LABEL_KEYS]
-    return [", ".join(f"{k.split('.')[-1]}={s.get(k)}" for k in shown if s.get(k) is not None) for s in setups]
+    return [", ".join(f"{short_key(k)}={s.get(k)}" for k in shown if s.get(k) is not None) for s in setups]
+
+
+def short_key(key: str) -> str:
+    """A setup key as a label shows it: its last part (`train.epochs` -> epochs), `protocol.name` as protocol."""
+    return key.removesuffix(".name").split(".")[-1]
 
 
 def _fmt(mean: float | None, std: float | None, digits: int) -> str:
@@ -79,20 +116,35 @@ def _fmt(mean: float | None, std: float | None, digits: int) -> str:
 
 
 def method_label(row: dict) -> str:
-    names = {"erm": "No Mixup", "mixup": "Input Mixup", "manifold": "Manifold Mixup"}
+    if "name" in row:  # the paper's own name for the row (the regularizer comparison's "Dropout", say)
+        return row["name"]
+    names = {"erm": "No Mixup", "mixup": "Input Mixup", "manifold": "Manifold Mixup", "cutout": "Cutout"}
     if row["method"] not in names:
         return row["method"]
-    alpha = f" (α = {row['alpha']:g})" if row.get("alpha") is not None and row["method"] != "erm" else ""
-    return names[row["method"]] + alpha
+    mixes = row.get("alpha") is not None and row["method"] in ("mixup", "manifold")
+    alpha = f" (α = {row['alpha']:g})" if mixes else ""
+    blocked = " (gradient blocked)" if row.get("setup", {}).get("method.block_gradient") else ""
+    return names[row["method"]] + alpha + blocked
 
 
-def build_rows(spec: dict, records: list[Record]) -> list[dict]:
+def selections_for(spec: dict, records: list[Record], report: list[str] | None) -> tuple[str, ...]:
+    """The selections a table shows: `report` if given, else final and best, and best_valid when a run of the
+    table has it."""
+    if report:
+        return tuple(report)
+    rows = spec["rows"]
+    valid = any("best_valid" in r.result for r in records if any(matches(row, r) for row in rows))
+    return ("final", "best", "best_valid") if valid else ("final", "best")
+
+
+def build_rows(spec: dict, records: list[Record], report: list[str] | None = None) -> list[dict]:
     """One output row per paper cell and setup of our runs; a cell without runs gets one 'missing' row."""
+    selections = selections_for(spec, records, report)
     out = []
     for row in spec["rows"]:
         by_setup: dict[str, list[Record]] = {}
         for record in records:
-            if matches(row, record.run):
+            if matches(row, record):
                 by_setup.setdefault(record.setup_key, []).append(record)
         labels = setup_labels(
             [{**g[0].setup, **{f"data.{k}": v for k, v in g[0].data.items()}} for g in by_setup.values()]
@@ -117,14 +169,16 @@ def build_rows(spec: dict, records: list[Record]) -> list[dict]:
                 line[f"paper {metric['name']}"] = (  # as printed in the paper
                     MISSING if paper[0] is None else f"{paper[0]:g}" + (f" ± {paper[1]:g}" if paper[1] else "")
                 )
-                finals = [v for v in (metric_values(r, metric, row)[0] for r in group) if v is not None]
-                bests = [v for v in (metric_values(r, metric, row)[1] for r in group) if v is not None]
-                f_mean, f_std, _ = mean_std(finals) if finals else (None, None, 0)
-                b_mean, b_std, _ = mean_std(bests) if bests else (None, None, 0)
-                line[f"ours {metric['name']} (final)"] = _fmt(f_mean, f_std, digits)
-                if "eval" not in metric:
-                    line[f"ours {metric['name']} (best)"] = _fmt(b_mean, b_std, digits)
-                sigma = (f_mean - paper[0]) / paper[1] if f_mean is not None and paper[1] else None
+                values = [metric_values(r, metric, row, selections) for r in group]
+                shown = selections[:1] if "eval" in metric else selections
+                first_mean = None
+                for i, selection in enumerate(shown):
+                    found = [v[i] for v in values if v[i] is not None]
+                    mean, std, _ = mean_std(found) if found else (None, None, 0)
+                    first_mean = mean if i == 0 else first_mean
+                    label = selection.replace("_", " ") if "eval" not in metric else "final"
+                    line[f"ours {metric['name']} ({label})"] = _fmt(mean, std, digits)
+                sigma = (first_mean - paper[0]) / paper[1] if first_mean is not None and paper[1] else None
                 line[f"Δ/σ {metric['name']}"] = f"{sigma:+.1f}" if sigma is not None else MISSING
             out.append(line)
     return out
@@ -140,7 +194,8 @@ def to_markdown(spec: dict, rows: list[dict], scanned: Scan) -> str:
         f"Paper protocol: {spec['protocol']}",
         "",
         "Ours: mean ± sample std over seeds (n runs) per setup; 'final' is the last epoch, 'best' the best test "
-        "epoch (what the official code reported); Δ/σ = (ours final − paper) / paper std.",
+        "epoch (what the official code reported), 'best valid' the test figures at the best validation epoch (runs "
+        "with dataset.valid_per_class); Δ/σ = (ours in the first column − paper) / paper std.",
         "",
         "| " + " | ".join(columns) + " |",
         "|" + "---|" * len(columns),
@@ -203,85 +258,13 @@ def load_specs(names: list[str] | None = None) -> list[dict]:
     return specs
 
 
-def final_accuracies(row: dict, records: list[Record]) -> list[float]:
-    """Final-epoch test accuracies (%) of the runs that reproduce one paper cell."""
-    return [100 - rec.result["final"]["test_error"] for rec in records if matches(row, rec.run)]
-
-
-def _plot_alpha(ax: Any, spec: dict, records: list[Record]) -> None:
-    for method, colour in (("mixup", "tab:blue"), ("manifold", "tab:red")):
-        rows = [r for r in spec["rows"] if r["method"] == method]
-        label = method_label({"method": method})
-        paper = [r["test_accuracy"][0] for r in rows]
-        ax.plot([r["alpha"] for r in rows], paper, "o--", color=colour, alpha=0.5, label=f"{label} (paper)")
-        ours = [(r["alpha"], mean_std(accs)) for r in rows if (accs := final_accuracies(r, records))]
-        if ours:
-            ax.errorbar(
-                [a for a, _ in ours],
-                [m for _, (m, _, _) in ours],
-                yerr=[sd or 0.0 for _, (_, sd, _) in ours],
-                fmt="s-",
-                color=colour,
-                capsize=3,
-                label=f"{label} (ours, final)",
-            )
-    ax.set_xlabel("α")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Table 6: CIFAR-10, PreActResNet18")
-    ax.legend(fontsize=7)
-
-
-def _plot_layers(ax: Any, spec: dict, records: list[Record], dataset: str) -> None:
-    rows = [r for r in spec["rows"] if r["dataset"] == dataset]
-    x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], [r["test_accuracy"][0] for r in rows], 0.4, label="paper", color="0.7")
-    ours = [mean_std(accs) if (accs := final_accuracies(r, records)) else (float("nan"), None, 0) for r in rows]
-    ax.bar(
-        [i + 0.2 for i in x],
-        [o[0] for o in ours],
-        0.4,
-        yerr=[o[1] or 0 for o in ours],
-        capsize=2,
-        label="ours (final)",
-        color="tab:red",
-    )
-    ax.set_xticks(list(x), [r["label"] for r in rows], rotation=45, fontsize=7)
-    low = min(r["test_accuracy"][0] for r in rows)
-    ax.set_ylim(low - 3, 100 if dataset == "cifar10" else low + 8)
-    ax.set_xlabel("eligible layers S")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Table 5: {dataset}, PreActResNet18")
-    ax.legend(fontsize=7)
-
-
-def plot_figures(specs: list[dict], records: list[Record], out: Path) -> list[Path]:
-    """Table 6 (accuracy against alpha) and Table 5 (eligible layer sets): ours with error bars beside the paper."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    by_name = {s["table"]: s for s in specs}
-    if "table6_alpha" in by_name:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        _plot_alpha(ax, by_name["table6_alpha"], records)
-        written.append(out / "table6_alpha.png")
-    if "table5_layers" in by_name:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        for ax, dataset in zip(axes, ("cifar10", "cifar100"), strict=True):
-            _plot_layers(ax, by_name["table5_layers"], records, dataset)
-        written.append(out / "table5_layers.png")
-    for path, number in zip(written, plt.get_fignums(), strict=True):
-        figure = plt.figure(number)
-        figure.tight_layout()
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-    return written
-
-
 def make_tables(
-    paths: list[Path], out: Path, names: list[str] | None = None, figures: bool = True, include_chance: bool = False
+    paths: list[Path],
+    out: Path,
+    names: list[str] | None = None,
+    figures: bool = True,
+    include_chance: bool = False,
+    report: list[str] | None = None,
 ) -> dict:
     """Scan `paths`, write <table>.md/.csv/.tex (and figures) into `out`; returns {table: markdown}. Refused, with
     nothing written, when a path does not exist, when no run is found, or when `out` is not a directory."""
@@ -296,18 +279,23 @@ def make_tables(
     if out.exists() and not out.is_dir():
         raise UserError(f"out={out} is a file; tables writes a directory of tables: pick another out=")
     specs = load_specs(names)
+    bad = [r for r in report or [] if r not in SELECTIONS]
+    if bad:
+        raise UserError(f"report={bad[0]!r} is not a selection; choose from {', '.join(SELECTIONS)}")
     scanned = scan(paths, include_chance)
     if not any(vars(scanned).values()):
         raise UserError(f"runs={','.join(map(str, paths))} holds no run directories; nothing was written")
     out.mkdir(parents=True, exist_ok=True)
     rendered = {}
     for spec in specs:
-        rows = build_rows(spec, scanned.records)
+        rows = build_rows(spec, scanned.records, report)
         markdown = to_markdown(spec, rows, scanned)
         atomic_write(out / f"{spec['table']}.md", markdown.encode())
         atomic_write(out / f"{spec['table']}.csv", to_csv(rows).encode())
         atomic_write(out / f"{spec['table']}.tex", to_latex(spec, rows).encode())
         rendered[spec["table"]] = (markdown, rows)
     if figures:
+        from mm_repro.analysis.table_figures import plot_figures
+
         plot_figures(specs, scanned.records, out)
     return {"scan": scanned, "tables": rendered}

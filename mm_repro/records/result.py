@@ -62,18 +62,34 @@ def is_free(key: str) -> bool:
 
 def setup_of(config: dict) -> dict[str, Any]:
     """A run's setup: every key of its resolved config that can change its numbers, except the seed and the
-    experiment's name. Two runs with the same setup and cell differ only by their seed. A key of config.ADDED_KEYS at
-    its old default is left out, so a run recorded before the key existed has the same setup."""
-    from mm_repro.config import ADDED_KEYS
-
-    return {
-        k: v
-        for k, v in sorted(flatten(config).items())
-        if k not in NOT_SETUP and not is_free(k) and not (k in ADDED_KEYS and v == ADDED_KEYS[k])
-    }
+    experiment's name. Two runs with the same setup and cell differ only by their seed (normal_setup says what else is
+    left out)."""
+    return normal_setup({k: v for k, v in sorted(flatten(config).items()) if k not in NOT_SETUP and not is_free(k)})
 
 
-RECORDED = ("test_error", "test_nll", "test_top5_error", "valid_error", "valid_nll", "valid_top5_error")
+# Method keys a method that mixes nothing never reads: ERM (or cutout) runs that differ only in them are one run.
+UNREAD_WITHOUT_MIXING = ("method.alpha", "method.layers", "method.pairing")
+
+
+def normal_setup(setup: dict[str, Any]) -> dict[str, Any]:
+    """A setup without what cannot change its numbers: a key of config.ADDED_KEYS at its old default, and the mixing
+    keys of a method that does not mix (a sweep of ERM over alpha trains one run several times: `tables` then counts
+    it once). Applied when result.json is written and when it is read, so older records compare alike."""
+    from mm_repro.config import ADDED_KEYS, NOT_MIXING
+
+    unread = UNREAD_WITHOUT_MIXING if setup.get("method.name") in NOT_MIXING else ()
+    return {k: v for k, v in setup.items() if k not in unread and not (k in ADDED_KEYS and v == ADDED_KEYS[k])}
+
+
+RECORDED = (
+    "test_error",
+    "test_nll",
+    "test_top5_error",
+    "valid_error",
+    "valid_nll",
+    "valid_top5_error",
+    "train_loss",
+)
 
 
 def _figures(row: dict) -> dict:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mm_repro import records
+from mm_repro.records.result import normal_setup
 
 # The setup of a result.json written before results recorded their whole setup: the keys it has.
 LEGACY_SETUP = {
@@ -52,7 +53,7 @@ class Record:
     def setup(self) -> dict[str, Any]:
         """What the run was trained with, but its seed (records.setup_of); a legacy result: the keys it holds."""
         if isinstance(self.result.get("setup"), dict):
-            return self.result["setup"]
+            return normal_setup(self.result["setup"])
         run = self.run
         legacy = {name: run.get(key) for key, name in LEGACY_SETUP.items() if run.get(key) is not None}
         return {**legacy, "dataset.name": run["dataset"], "model.name": run["model"], "method.name": run["method"]}
@@ -60,10 +61,11 @@ class Record:
     @property
     def data(self) -> dict[str, Any]:
         """The data the run saw, as far as it must be the same within a group: the test split, and the training
-        split unless a per-class cap draws it with each run's seed (then each seed's subset differs by design)."""
+        split unless a per-class cap or a validation split draws it with each run's seed (then each seed's subset
+        differs by design)."""
         data = self.result.get("data") if isinstance(self.result.get("data"), dict) else {}
-        capped = self.setup.get("dataset.per_class_cap") is not None
-        return {k: v for k, v in data.items() if k == "test" or (k == "train" and not capped)}
+        drawn = self.setup.get("dataset.per_class_cap") is not None or bool(self.setup.get("dataset.valid_per_class"))
+        return {k: v for k, v in data.items() if k == "test" or (k == "train" and not drawn)}
 
     @property
     def setup_key(self) -> str:

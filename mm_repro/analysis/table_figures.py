@@ -1,0 +1,148 @@
+"""The figures `tables` draws beside its tables: Table 6 (accuracy against alpha), Table 5 (eligible layer sets),
+ours with error bars beside the paper's; and Figures 6 and 7, the training loss against epochs from each run's
+metrics.jsonl, mean and one-std band over seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mm_repro.analysis.tables import LABEL_KEYS, matches, mean_std, method_label, setup_labels, short_key
+from mm_repro.records.files import METRICS
+from mm_repro.records.scan import Record
+
+
+def final_accuracies(row: dict, records: list[Record]) -> list[float]:
+    """Final-epoch test accuracies (%) of the runs that reproduce one paper cell."""
+    return [100 - rec.result["final"]["test_error"] for rec in records if matches(row, rec)]
+
+
+def _plot_alpha(ax: Any, spec: dict, records: list[Record]) -> None:
+    for method, colour in (("mixup", "tab:blue"), ("manifold", "tab:red")):
+        rows = [r for r in spec["rows"] if r["method"] == method]
+        label = method_label({"method": method})
+        paper = [r["test_accuracy"][0] for r in rows]
+        ax.plot([r["alpha"] for r in rows], paper, "o--", color=colour, alpha=0.5, label=f"{label} (paper)")
+        ours = [(r["alpha"], mean_std(accs)) for r in rows if (accs := final_accuracies(r, records))]
+        if ours:
+            ax.errorbar(
+                [a for a, _ in ours],
+                [m for _, (m, _, _) in ours],
+                yerr=[sd or 0.0 for _, (_, sd, _) in ours],
+                fmt="s-",
+                color=colour,
+                capsize=3,
+                label=f"{label} (ours, final)",
+            )
+    ax.set_xlabel("α")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Table 6: CIFAR-10, PreActResNet18")
+    ax.legend(fontsize=7)
+
+
+def _plot_layers(ax: Any, spec: dict, records: list[Record], dataset: str) -> None:
+    rows = [r for r in spec["rows"] if r["dataset"] == dataset]
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], [r["test_accuracy"][0] for r in rows], 0.4, label="paper", color="0.7")
+    ours = [mean_std(accs) if (accs := final_accuracies(r, records)) else (float("nan"), None, 0) for r in rows]
+    ax.bar(
+        [i + 0.2 for i in x],
+        [o[0] for o in ours],
+        0.4,
+        yerr=[o[1] or 0 for o in ours],
+        capsize=2,
+        label="ours (final)",
+        color="tab:red",
+    )
+    ax.set_xticks(list(x), [r["label"] for r in rows], rotation=45, fontsize=7)
+    low = min(r["test_accuracy"][0] for r in rows)
+    ax.set_ylim(low - 3, 100 if dataset == "cifar10" else low + 8)
+    ax.set_xlabel("eligible layers S")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Table 5: {dataset}, PreActResNet18")
+    ax.legend(fontsize=7)
+
+
+def loss_curve(records: list[Record]) -> tuple[list[int], list[float], list[float]]:
+    """Epochs, mean and sample std (0 for one run) of the training loss over the runs, at the epochs every run has."""
+    curves = []
+    for record in records:
+        try:
+            rows = [json.loads(line) for line in (record.path / METRICS).read_text().splitlines() if line.strip()]
+        except (OSError, ValueError):
+            continue
+        curves.append({r["epoch"]: r["train_loss"] for r in rows})
+    if not curves:
+        return [], [], []
+    epochs = sorted(set.intersection(*(set(c) for c in curves)))
+    means, stds = [], []
+    for e in epochs:
+        mean, std, _ = mean_std([c[e] for c in curves])
+        means.append(mean)
+        stds.append(std or 0.0)
+    return epochs, means, stds
+
+
+def _plot_training_loss(ax: Any, spec: dict, records: list[Record]) -> None:
+    """Figures 6 and 7: one curve per row and setup, mean over seeds with a band of one std."""
+    drawn = 0
+    for row in spec["rows"]:
+        groups: dict[str, list[Record]] = {}
+        for record in records:
+            if matches(row, record):
+                groups.setdefault(record.setup_key, []).append(record)
+        labels = setup_labels([g[0].setup for g in groups.values()]) if len(groups) > 1 else [""] * len(groups)
+        for label, group in zip(labels, groups.values(), strict=True):
+            epochs, means, stds = loss_curve(group)
+            if not epochs:
+                continue
+            name = row.get("label", method_label(row)) + (f" [{label}]" if label else "")
+            (line,) = ax.plot(epochs, means, label=f"{name} (n={len(group)})")
+            low = [m - s for m, s in zip(means, stds, strict=True)]
+            high = [m + s for m, s in zip(means, stds, strict=True)]
+            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
+            drawn += 1
+    from matplotlib.ticker import MaxNLocator
+
+    if not drawn:
+        ax.text(0.5, 0.5, "no complete runs of this figure", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("training loss (BCE on softmax, mixed targets)")
+    shown = [r for r in records if any(matches(row, r) for row in spec["rows"])]
+    common = ", ".join(f"{short_key(k)}={shown[0].setup.get(k)}" for k in LABEL_KEYS if shown) if shown else ""
+    ax.set_title(f"{spec['title']}\nours: mean ± 1 std over seeds{'; ' + common if common else ''}", fontsize=9)
+    if drawn:
+        ax.legend(fontsize=7)
+
+
+def plot_figures(specs: list[dict], records: list[Record], out: Path) -> list[Path]:
+    """Table 6 (accuracy against alpha) and Table 5 (eligible layer sets): ours with error bars beside the paper."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    by_name = {s["table"]: s for s in specs}
+    if "table6_alpha" in by_name:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        _plot_alpha(ax, by_name["table6_alpha"], records)
+        written.append(out / "table6_alpha.png")
+    if "table5_layers" in by_name:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        for ax, dataset in zip(axes, ("cifar10", "cifar100"), strict=True):
+            _plot_layers(ax, by_name["table5_layers"], records, dataset)
+        written.append(out / "table5_layers.png")
+    for spec in specs:
+        if spec.get("figure") == "training_loss":
+            fig, ax = plt.subplots(figsize=(6, 4))
+            _plot_training_loss(ax, spec, records)
+            written.append(out / f"{spec['table']}.png")
+    for path, number in zip(written, plt.get_fignums(), strict=True):
+        figure = plt.figure(number)
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+    return written
