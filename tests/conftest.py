@@ -66,7 +66,12 @@ TINY_WNIDS = ["n09999999", "n01443537", "n02085620"]  # not in sorted order, as 
 
 
 def write_tiny_imagenet(
-    root: Path, per_class: int = 6, val_per_class: int = 3, sorted_val: bool = False, seed: int = 0
+    root: Path,
+    per_class: int = 6,
+    val_per_class: int = 3,
+    sorted_val: bool = False,
+    seed: int = 0,
+    wnids: list[str] | None = None,
 ) -> Path:
     """Tiny-ImageNet-200's tree (three classes) with real JPEGs: wnids.txt, train/<wnid>/images/*.JPEG with the boxes
     file beside them, val/images/*.JPEG and val/val_annotations.txt; `sorted_val`: the validation images moved into
@@ -74,19 +79,20 @@ def write_tiny_imagenet(
     from PIL import Image
 
     rng = np.random.default_rng(seed)
+    wnids = wnids or TINY_WNIDS
     folder = root / "tiny-imagenet-200"
     (folder / "val" / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "wnids.txt").write_text("\n".join(TINY_WNIDS) + "\n")
+    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
 
     def jpeg(path: Path, label: int, grey: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        colour = np.array([40 + 80 * label, 200 - 60 * label, 90 + 50 * (label % 2)])
+        colour = np.array([(40 + 80 * label) % 256, (200 - 60 * label) % 256, 90 + 50 * (label % 2)])
         pixels = np.clip(colour[None, None] + rng.integers(-30, 30, (64, 64, 3)), 0, 255).astype(np.uint8)
         image = Image.fromarray(pixels)
         (image.convert("L") if grey else image).save(path, "JPEG", quality=90)
 
     annotations = []
-    for label, wnid in enumerate(sorted(TINY_WNIDS)):
+    for label, wnid in enumerate(sorted(wnids)):
         for i in range(per_class):
             jpeg(folder / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", label, grey=label == 0 and i == 0)
         (folder / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
