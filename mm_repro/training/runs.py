@@ -64,13 +64,16 @@ class Run:
         if self.world.is_main:
             emit(self.job.logger, message, to_files=True)
 
-    def banner(self, train_images: int, test_images: int, device: torch.device, pack_size: int) -> str:
+    def banner(
+        self, train_images: int, test_images: int, device: torch.device, pack_size: int, valid_images: int = 0
+    ) -> str:
         c = self.job.cfg
         packed = f", packed with {pack_size - 1} other run(s)" if pack_size > 1 else ""
+        valid = f"{valid_images:,} validation / " if valid_images else ""
         return (
             f"{c.dataset.name} {c.model.name} (width {c.model.width}, {self.params:,} params) {c.method.name} "
             f"alpha={c.method.alpha} layers={list(c.method.layers)} seed={c.seed} | {train_images:,} train / "
-            f"{test_images:,} test images | {device} x {self.world.size} process(es){packed} | {self.run_dir}"
+            f"{valid}{test_images:,} test images | {device} x {self.world.size} process(es){packed} | {self.run_dir}"
         )
 
     def identity_state(self) -> dict:

@@ -137,7 +137,9 @@ class Session:
         sync(self.device)
 
     def banner(self, r: Run) -> str:
-        return r.banner(self.cursor.loaders[0].num_images, self.test_loader.num_images, self.device, self.trainer.size)
+        valid = self.valid_loader.num_images if self.valid_loader else 0
+        train, test = self.cursor.loaders[0].num_images, self.test_loader.num_images
+        return r.banner(train, test, self.device, self.trainer.size, valid)
 
     def start_epoch(self) -> None:
         t = self.train
