@@ -145,11 +145,16 @@ def test_slurm_launcher_composes(tmp_path):
         ),
         (["method=cutmix"], "method='cutmix' is not an option; choose one of: cutout, erm, manifold, mixup"),
         (["method=erm", "method.block_gradient=true"], "method.block_gradient=true needs method=manifold (method=erm"),
-        (["model.stem_stride=0"], "model.stem_stride=0: the first convolution's stride must be >= 1"),
-        (
+        pytest.param(
+            ["model.stem_stride=0"],
+            "model.stem_stride=0: the first convolution's stride must be >= 1",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
             ["dataset=synthetic", "model.width=4", "dataset.valid_per_class=200"],
             "dataset.valid_per_class=200: class 0 has only 200 training images, so none would be left to train on; "
             "choose at most 199",
+            marks=pytest.mark.slow,
         ),
         pytest.param(["dataset=synthetic", "method.layers=[7]"], "has no mixing point 7", marks=pytest.mark.slow),
         pytest.param(
