@@ -18,9 +18,11 @@ from pathlib import Path
 COMMANDS: dict[str, str] = {
     "train": "train a model (ERM, input mixup or manifold mixup); -m for sweeps",
     "tables": "regenerate the paper's tables from run records: runs=DIR out=DIR",
-    "evaluate": "FGSM, novel deformations, calibration and flattening of a trained run: run=DIR",
+    "evaluate": "FGSM, PGD, k-NN, novel deformations, calibration and flattening of a trained run: run=DIR",
     "spiral": "the paper's Figure 1: 2-D spirals, ERM against manifold mixup at a 2-D bottleneck: out=DIR",
     "bench": "time our training step and epoch against the official pipeline: device=cpu|cuda out=DIR",
+    "flattening": "the paper's MNIST flattening studies: study=section3_2|figure5|appendix_g out=DIR",
+    "synthetic": "Table 8 and Figure 4: mixing in the true generative factors: task=A|B|C out=DIR",
 }
 
 USAGE = "usage: python -m mm_repro <command> [hydra overrides]\n\ncommands:\n" + "".join(
@@ -104,10 +106,42 @@ def _spiral_task(cfg) -> None:  # noqa: ANN001
             f"{100 * r['hidden_low_confidence_fraction']:5.1f} %"
         )
     print("paper's claims hold here:", ", ".join(f"{k}={v}" for k, v in result["claims"].items()))
-    print(f"written: {Path(cfg.out) / 'spiral.json'} and {', '.join(result['figures'])}")
+    print(f"written: {Path(cfg.out) / result['file']} and {', '.join(result['figures'])}")
+
+
+def _flattening_task(cfg) -> None:  # noqa: ANN001
+    from mm_repro.analysis.flattening_study import StudyConfig, run_study
+    from mm_repro.config import to_schema
+
+    report = run_study(to_schema(cfg, StudyConfig))
+    if report["generated_data"]:
+        print("generated data (random images of MNIST's shape): a timing run, not a result")
+    for row in report["rows"]:
+        print(
+            f"{row['setup']:<36} {row['method']:<15} acc {row['test accuracy (%)']:>6} %  top "
+            f"{row['ours: top singular value']:>8} (paper {row['paper: top']})  "
+            f"others {row['ours: sum of the others']:>8}"
+        )
+    out = Path(cfg.out)
+    print(f"written: {out / ('flattening_' + cfg.study + '.md')} and {', '.join(report['figures'])}")
+
+
+def _synthetic_task(cfg) -> None:  # noqa: ANN001
+    from mm_repro.analysis.synthetic_factors import SyntheticConfig, run_synthetic
+    from mm_repro.config import to_schema
+
+    report = run_synthetic(to_schema(cfg, SyntheticConfig))
+    for row in report["rows"]:
+        print(
+            f"task {row['task']} {row['model']:<32} accuracy {row['ours: test accuracy (%)']:>6} % "
+            f"(paper {row['paper: test accuracy (%)']})  NLL {row['ours: test NLL']} (paper {row['paper: test NLL']})"
+        )
+    print(f"written: {Path(cfg.out) / ('table8_task' + cfg.task + '.md')} and {', '.join(report['figures'])}")
 
 
 TASKS: dict[str, Callable] = {
+    "synthetic": _synthetic_task,
+    "flattening": _flattening_task,
     "spiral": _spiral_task,
     "train": _train_task,
     "tables": _tables_task,
@@ -187,6 +221,8 @@ def command_keys(command: str) -> list[str]:
         "tables": ("mm_repro.config", "TablesConfig"),
         "evaluate": ("mm_repro.analysis.evaluate", "EvalConfig"),
         "spiral": ("mm_repro.analysis.spiral", "SpiralConfig"),
+        "flattening": ("mm_repro.analysis.flattening_study", "StudyConfig"),
+        "synthetic": ("mm_repro.analysis.synthetic_factors", "SyntheticConfig"),
         "bench": ("mm_repro.bench.measure", "BenchConfig"),
     }[command]
 

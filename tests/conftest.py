@@ -105,6 +105,26 @@ def write_tiny_imagenet(
     return root
 
 
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file (big-endian header: 0, 0, type 0x08, ndim, then one 32-bit size per dimension) of uint8 data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def write_mnist(root: Path, n_train: int = 300, n_test: int = 100, seed: int = 0) -> Path:
+    """MNIST's four IDX files under root/MNIST/raw: class-dependent 28 x 28 blobs (learnable), labels 0..9."""
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 28, 28))
+        for i, c in enumerate(labels):
+            images[i, 2 * c : 2 * c + 8, 4:24] += 180  # a bar whose height says the class
+        write_idx(root / "MNIST" / "raw" / f"{prefix}-images-idx3-ubyte", np.clip(images, 0, 255).astype(np.uint8))
+        write_idx(root / "MNIST" / "raw" / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
 @pytest.fixture(scope="session")
 def cifar10_root(tmp_path_factory) -> Path:
     return write_cifar(tmp_path_factory.mktemp("cifar10"), "cifar10")

@@ -231,3 +231,27 @@ def test_spiral_at_reduced_size_writes_figures_and_json(tmp_path):
     assert result["results"]["ERM"]["train_accuracy"] > 60  # it learned the spirals at least partly
     for name in result["figures"]:
         assert (tmp_path / name).stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_spiral_figure_2_trains_every_regularizer_beside_figure_1s(tmp_path):
+    args = ["points=100", "steps=100", "grid=30", "width=16", "regularizers=true"]
+    proc = run_cli("spiral", f"out={tmp_path}", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "spiral_figure2.json").read_text())
+    assert list(result["results"]) == [
+        "ERM", "Manifold Mixup", "Weight decay", "Input noise", "Dropout", "BatchNorm", "Input Mixup"
+    ]  # fmt: skip
+    assert "only_manifold_mixup_flattens_and_broadens" in result["claims"]
+    assert not (tmp_path / "spiral.json").exists()  # Figure 1's records are not overwritten
+    for name in result["figures"]:
+        assert name.startswith("spiral_figure2_") and (tmp_path / name).stat().st_size > 10_000
+
+
+def test_the_spiral_net_is_the_mlp_family_with_a_linear_bottleneck():
+    from mm_repro.analysis.spiral import BOTTLENECK, VARIANTS, spiral_net
+
+    net = spiral_net(8, dropout=0.5, batch_norm=True)
+    assert net.widths == [8, 8, 2, 8, 8] and net.bottleneck == BOTTLENECK == 3
+    assert isinstance(net.norms[2], torch.nn.Identity) and isinstance(net.norms[0], torch.nn.BatchNorm1d)
+    assert VARIANTS["Manifold Mixup"][2] == (3,) and VARIANTS["Input Mixup"][2] == (0,)

@@ -1,4 +1,5 @@
-"""`python -m mm_repro spiral out=DIR`: the paper's Figure 1 (panels a, b, d, e and the SVD plots) on a CPU.
+"""`python -m mm_repro spiral out=DIR`: the paper's Figure 1 (panels a, b, d, e and the SVD plots) on a CPU, and with
+`regularizers=true` Figure 2 (weight decay, Gaussian input noise, dropout, BatchNorm and input mixup beside them).
 
 Two interleaved 2-D spirals, an MLP with a 2-D bottleneck in the middle, trained with and without manifold mixup at the
 bottleneck, from the same seed and the same data. The paper gives neither the network nor the data size
@@ -22,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from mm_repro.analysis.measures import singular_values
 from mm_repro.method import mixing
+from mm_repro.models.mlp import MLP
 from mm_repro.training.runtime import RunRandom, init_model
 
 
@@ -40,6 +41,7 @@ class SpiralConfig:
     noise: float = 0.03
     grid: int = 150
     seed: int = 0
+    regularizers: bool = False  # true: Figure 2, the other regularizers beside Figure 1's two nets
 
 
 def make_spirals(n: int, noise: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,45 +58,38 @@ def make_spirals(n: int, noise: float, generator: torch.Generator) -> tuple[torc
     return torch.cat(xs), torch.cat(ys)
 
 
-class SpiralNet(nn.Module):
-    """2 -> w -> w -> 2 (bottleneck) -> w -> w -> 2; mixing point 0 = input, 1..4 = after each hidden layer."""
-
-    mixing_points = (0, 1, 2, 3, 4)
-    bottleneck = 3
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        sizes = [2, width, width, 2, width, width]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
-        self.head = nn.Linear(width, 2)
-
-    def _layer(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        h = self.layers[i - 1](h)
-        return h if i == self.bottleneck else F.relu(h)  # a linear 2-D bottleneck, to plot it as it is
-
-    def forward_until(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        for i in range(1, k + 1):
-            x = self._layer(i, x)
-        return x
-
-    def forward_from(self, h: torch.Tensor, k: int) -> torch.Tensor:
-        for i in range(k + 1, len(self.layers) + 1):
-            h = self._layer(i, h)
-        return self.head(h)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_from(x, 0)
+BOTTLENECK = 3  # hidden layer 3 is the linear 2-D bottleneck
+# Figure 2's regularizers (the paper gives no strengths: ours, README "The 2-D spiral"), each alone, beside Figure 1's
+# two nets: name -> (MLP options, Adam weight decay, mixing points).
+VARIANTS: dict[str, tuple[dict, float, tuple[int, ...] | None]] = {
+    "ERM": ({}, 0.0, None),
+    "Manifold Mixup": ({}, 0.0, (BOTTLENECK,)),
+    "Weight decay": ({}, 1e-3, None),
+    "Input noise": ({"input_noise": 0.1}, 0.0, None),
+    "Dropout": ({"dropout": 0.5}, 0.0, None),  # in every hidden layer but the bottleneck
+    "BatchNorm": ({"batch_norm": True}, 0.0, None),  # likewise
+    "Input Mixup": ({}, 0.0, (0,)),
+}
+FIGURE1 = ("ERM", "Manifold Mixup")
 
 
-def train_spiral(x: torch.Tensor, y: torch.Tensor, cfg: SpiralConfig, manifold: bool) -> SpiralNet:
-    """Full-batch Adam; manifold mixup mixes at the bottleneck only, with one lam per step."""
-    net = init_model(lambda: SpiralNet(cfg.width), cfg.seed)
+def spiral_net(width: int, **options: object) -> MLP:
+    """2 -> w -> w -> 2 (a linear bottleneck, to plot it as it is) -> w -> w -> 2, ReLU (mm_repro.models.mlp);
+    mixing point 0 = input, 1..4 = after each hidden layer."""
+    return MLP(2, [width, width, 2, width, width], 2, bottleneck=BOTTLENECK, activation="relu", **options)
+
+
+def train_spiral(x: torch.Tensor, y: torch.Tensor, cfg: SpiralConfig, variant: str) -> MLP:
+    """Full-batch Adam; a mixing variant mixes at its point only (the bottleneck, or the input), one lam per step."""
+    options, decay, layers = VARIANTS[variant]
+    net = init_model(lambda: spiral_net(cfg.width, **options), cfg.seed)
     rng = RunRandom(cfg.seed, torch.device("cpu"))
-    spec = mixing.MixSpec(cfg.alpha, (SpiralNet.bottleneck,))
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    spec = mixing.MixSpec(cfg.alpha, layers) if layers else None
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=decay)
     onehot = F.one_hot(y, 2).float()
+    net.train()
     for _ in range(cfg.steps):
-        if manifold:
+        if spec:
             d = mixing.draw(spec, len(y), rng.python, rng.numpy)
             h, t = mixing.mix(net.forward_until(x, d.k), onehot, d.lam, torch.from_numpy(d.index))
             loss = F.cross_entropy(net.forward_from(h, d.k), t)
@@ -111,16 +106,16 @@ def _grid(lo: np.ndarray, hi: np.ndarray, n: int) -> tuple[torch.Tensor, np.ndar
     return torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32), gx, gy
 
 
-def analyse(net: SpiralNet, x: torch.Tensor, y: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor, n: int) -> dict:
+def analyse(net: MLP, x: torch.Tensor, y: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor, n: int) -> dict:
     """The numbers behind the figures: accuracy, boundary length, flattening and the low-confidence region."""
     with torch.no_grad():
         grid, _, _ = _grid(np.array([-1.2, -1.2]), np.array([1.2, 1.2]), n)
         pred = net(grid).argmax(1).reshape(n, n)
         changes = (pred[1:, :] != pred[:-1, :]).sum() + (pred[:, 1:] != pred[:, :-1]).sum()
-        h = net.forward_until(x, SpiralNet.bottleneck)
+        h = net.forward_until(x, BOTTLENECK)
         lo, hi = h.min(0).values.numpy(), h.max(0).values.numpy()
         hgrid, _, _ = _grid(lo, hi, n)
-        conf = F.softmax(net.forward_from(hgrid, SpiralNet.bottleneck), 1).max(1).values
+        conf = F.softmax(net.forward_from(hgrid, BOTTLENECK), 1).max(1).values
         flat = {}
         for k in (1, 2, 3, 4):
             hk = net.forward_until(x, k)
@@ -140,62 +135,70 @@ def analyse(net: SpiralNet, x: torch.Tensor, y: torch.Tensor, xt: torch.Tensor, 
         }
 
 
-def plot(nets: dict[str, SpiralNet], x: torch.Tensor, y: torch.Tensor, stats: dict, out: Path, n: int) -> list[str]:
+def plot(
+    nets: dict[str, MLP], x: torch.Tensor, y: torch.Tensor, stats: dict, out: Path, n: int, prefix: str = "spiral"
+) -> list[str]:
+    """The input-space and hidden-space panels (one column per net), and the singular values at each hidden layer."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     files = []
-    fig, axes = plt.subplots(2, 2, figsize=(9, 9))
+    cols = len(nets)
+    fig, axes = plt.subplots(2, cols, figsize=(4.4 * cols, 8.4), squeeze=False, layout="constrained")
+    colours = np.where(y.numpy() == 1, "gold", "limegreen")
     for col, (name, net) in enumerate(nets.items()):
         with torch.no_grad():
             grid, gx, gy = _grid(np.array([-1.2, -1.2]), np.array([1.2, 1.2]), n)
             p = F.softmax(net(grid), 1)[:, 1].reshape(n, n).numpy()
             ax = axes[0][col]
-            ax.contourf(gx, gy, p, levels=20, cmap="RdBu_r", vmin=0, vmax=1)
-            ax.scatter(*x.T, c=np.where(y.numpy() == 1, "gold", "limegreen"), s=2, edgecolors="none")
-            ax.set_title(f"{name}: input space (test acc {stats[name]['test_accuracy']:.1f} %)")
-            h = net.forward_until(x, SpiralNet.bottleneck)
+            shown = ax.contourf(gx, gy, p, levels=20, cmap="RdBu_r", vmin=0, vmax=1)
+            ax.scatter(*x.T, c=colours, s=2, edgecolors="none")
+            ax.set_title(f"{name}: input space\n(test acc {stats[name]['test_accuracy']:.1f} %)", fontsize=9)
+            ax.set_xlabel("x1")
+            ax.set_ylabel("x2")
+            h = net.forward_until(x, BOTTLENECK)
             uniform, _, _ = _grid(np.array([-1.2, -1.2]), np.array([1.2, 1.2]), 40)
-            hu = net.forward_until(uniform, SpiralNet.bottleneck)
+            hu = net.forward_until(uniform, BOTTLENECK)
             both = torch.cat([h, hu])  # the map covers the training points and the grid's hidden states
             lo, hi = both.min(0).values.numpy(), both.max(0).values.numpy()
             pad = 0.05 * (hi - lo)
             hgrid, hx, hy = _grid(lo - pad, hi + pad, n)
-            hp = F.softmax(net.forward_from(hgrid, SpiralNet.bottleneck), 1)[:, 1].reshape(n, n).numpy()
+            hp = F.softmax(net.forward_from(hgrid, BOTTLENECK), 1)[:, 1].reshape(n, n).numpy()
             ax = axes[1][col]
             ax.contourf(hx, hy, hp, levels=20, cmap="RdBu_r", vmin=0, vmax=1)
-            ax.scatter(*hu.T, c="k", s=1)
-            ax.scatter(*h.T, c=np.where(y.numpy() == 1, "gold", "limegreen"), s=3, edgecolors="none")
-            ax.set_title(
-                f"{name}: 2-D hidden space (low-conf. {100 * stats[name]['hidden_low_confidence_fraction']:.0f} %)"
-            )
-    fig.tight_layout()
-    files.append("spiral_spaces.png")
+            ax.scatter(*hu.T, c="k", s=1, label="hidden states of a uniform input grid")
+            ax.scatter(*h.T, c=colours, s=3, edgecolors="none")
+            low = 100 * stats[name]["hidden_low_confidence_fraction"]
+            ax.set_title(f"{name}: 2-D hidden space\n(max p < 0.8 on {low:.0f} % of it)", fontsize=9)
+            ax.set_xlabel("bottleneck unit 1")
+            ax.set_ylabel("bottleneck unit 2")
+    axes[1][0].legend(fontsize=7, loc="lower left")
+    fig.colorbar(shown, ax=axes, label="p(class 1) (points: class 0 green, class 1 gold)", shrink=0.6)
+    files.append(f"{prefix}_spaces.png")
     fig.savefig(out / files[-1], dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3))
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.4), layout="constrained")
+    width = 0.8 / cols
     for ax, layer in zip(axes, ("layer1", "layer2", "layer3", "layer4"), strict=True):
-        for name, colour in zip(nets, ("tab:gray", "tab:red"), strict=True):
+        for j, name in enumerate(nets):
             values = [c["rest_over_top"] for c in stats[name]["flattening"][layer]]
-            ax.bar(
-                [i + (0.2 if colour == "tab:red" else -0.2) for i in range(2)], values, 0.4, color=colour, label=name
-            )
+            ax.bar([i - 0.4 + width * (j + 0.5) for i in range(2)], values, width, label=name)
         ax.set_xticks([0, 1], ["class 0", "class 1"])
-        ax.set_title(f"{layer}{' (bottleneck)' if layer == 'layer3' else ''}")
-        ax.set_ylabel("sum of other s_i / s_1")
+        ax.set_title(f"{layer}{' (bottleneck)' if layer == 'layer3' else ''}", fontsize=9)
+        ax.set_ylabel("sum of the other s_i / s_1 (lower: flatter)", fontsize=8)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    files.append("spiral_singular_values.png")
+    files.append(f"{prefix}_singular_values.png")
     fig.savefig(out / files[-1], dpi=110)
     plt.close(fig)
     return files
 
 
 def run_spiral(cfg: SpiralConfig) -> dict:
-    """Train both nets, write the figures and spiral.json into cfg.out; returns spiral.json's content."""
+    """Train the nets (Figure 1's two, or with `regularizers` Figure 2's seven), write the figures and spiral.json
+    (spiral_figure2.json) into cfg.out; returns its content."""
     from mm_repro.records import write_json
 
     out = Path(cfg.out)
@@ -203,9 +206,10 @@ def run_spiral(cfg: SpiralConfig) -> dict:
     g = torch.Generator().manual_seed(cfg.seed)
     x, y = make_spirals(cfg.points, cfg.noise, g)
     xt, yt = make_spirals(cfg.points, cfg.noise, g)
-    nets = {"ERM": train_spiral(x, y, cfg, manifold=False), "Manifold Mixup": train_spiral(x, y, cfg, manifold=True)}
+    names = list(VARIANTS) if cfg.regularizers else list(FIGURE1)
+    nets = {name: train_spiral(x, y, cfg, name) for name in names}
     stats = {name: analyse(net, x, y, xt, yt, cfg.grid) for name, net in nets.items()}
-    figures = plot(nets, x, y, stats, out, cfg.grid)
+    figures = plot(nets, x, y, stats, out, cfg.grid, "spiral_figure2" if cfg.regularizers else "spiral")
     erm, mm = stats["ERM"], stats["Manifold Mixup"]
 
     def flatness(s: dict) -> float:
@@ -222,5 +226,16 @@ def run_spiral(cfg: SpiralConfig) -> dict:
         },
         "figures": figures,
     }
-    write_json(out / "spiral.json", result)
+    if cfg.regularizers:  # Figure 2: only manifold mixup both flattens the classes and widens the low-confidence region
+        both = [
+            name
+            for name, st in stats.items()
+            if name != "ERM"
+            and flatness(st) < flatness(erm)
+            and st["hidden_low_confidence_fraction"] > erm["hidden_low_confidence_fraction"]
+        ]
+        result["flatter_and_broader_than_erm"] = both
+        result["claims"]["only_manifold_mixup_flattens_and_broadens"] = both == ["Manifold Mixup"]
+    result["file"] = "spiral_figure2.json" if cfg.regularizers else "spiral.json"
+    write_json(out / result["file"], result)
     return result

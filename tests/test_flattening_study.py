@@ -1,0 +1,112 @@
+"""Part 2 of the paper on a CPU: MNIST read from IDX files the tests write, the fully-connected family's mixing
+points, and the flattening command end to end on those files (tiny epochs: the plumbing, never the paper's numbers)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli, write_idx, write_mnist
+
+from mm_repro.analysis.flattening_study import nets_of
+from mm_repro.data import mnist
+from mm_repro.errors import UserError
+from mm_repro.models.mlp import MLP
+from mm_repro.training.step import MixedForward, one_hot
+
+
+def test_mnist_is_read_from_its_idx_files(tmp_path):
+    write_mnist(tmp_path, n_train=30, n_test=20)
+    train, test = mnist.read_mnist(tmp_path)
+    assert train.images.shape == (30, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert test.labels.tolist() == [i % 10 for i in range(20)] and test.labels.dtype == torch.int64
+    raw = (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").read_bytes()
+    first = np.frombuffer(raw, np.uint8, offset=16)[: 28 * 28].reshape(28, 28)
+    assert np.array_equal(train.images[0, 0].numpy(), first)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:500]), "the header says (30, 28, 28) but"),
+        (lambda p: p.write_bytes(b"\x00\x00\x0d\x03" + p.read_bytes()[4:]), "data type is 0x0d, not 0x08"),
+        (lambda p: write_idx(p, np.zeros((30, 28), np.uint8)), "it has 2 dimensions, not 3"),
+    ],
+)
+def test_a_bad_idx_file_is_one_line_naming_it(tmp_path, damage, message):
+    write_mnist(tmp_path, n_train=30, n_test=20)
+    path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    damage(path)
+    with pytest.raises(UserError, match=re.escape(message)) as info:
+        mnist.read_mnist(tmp_path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_mnist_offline_names_the_files_and_where_they_go(tmp_path, monkeypatch):
+    import urllib.error
+
+    from torchvision.datasets import utils as tv_utils
+
+    monkeypatch.setattr(
+        tv_utils, "download_and_extract_archive", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("x"))
+    )
+    root = tmp_path / "none"
+    with pytest.raises(UserError) as info:
+        mnist.ensure_files(root, allow_download=True)
+    assert "MNIST/raw/train-images-idx3-ubyte" in str(info.value) and str(root.resolve()) in str(info.value)
+    assert not root.exists()
+
+
+def test_the_reader_of_mixing_point_k_sees_the_mix():
+    torch.manual_seed(0)
+    model = MLP(784, [32, 32, 2, 32], 10, bottleneck=3, batch_norm=True, dropout=0.5, input_noise=0.1).eval()
+    x, targets = torch.rand(6, 1, 28, 28), one_hot(torch.arange(6) % 10, 10)
+    lam, index = torch.tensor(0.3), torch.tensor([5, 4, 3, 2, 1, 0])
+    for k in model.mixing_points:
+        seen = []
+        reader = model.head if k == len(model.widths) else model.layers[k]
+        hook = reader.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        logits, mixed = MixedForward(model)(x, targets, k, lam, index)
+        hook.remove()
+        h = model.forward_until(x, k).flatten(1)
+        torch.testing.assert_close(seen[0], h * 0.3 + h[index] * 0.7)
+        torch.testing.assert_close(mixed, targets * 0.3 + targets[index] * 0.7)
+        torch.testing.assert_close(model.forward_from(model.forward_until(x, k), k), model(x))
+    # the bottleneck is linear: no activation, BatchNorm or dropout after it
+    h2 = model.forward_until(x, 2)
+    torch.testing.assert_close(model.forward_until(x, 3), model.layers[2](h2))
+
+
+def test_the_studies_have_the_papers_nets():
+    appendix_g = {n.setup: n.widths for n in nets_of("appendix_g")}
+    assert appendix_g["figure9 (12 units after 3 layers)"] == (1024, 1024, 1024, 12, 1024, 1024, 1024, 1024)
+    assert appendix_g["figure11 (30 units after 1 layer)"] == (1024, 30, 1024, 1024, 1024, 1024)
+    figure5 = nets_of("figure5")
+    assert {n.widths for n in figure5} == {(1024, 1024, 2, 1024, 1024)} and {n.bottleneck for n in figure5} == {3}
+    assert {n.classes for n in figure5} == {tuple(range(5)), tuple(range(10))}
+    assert [n.method for n in nets_of("section3_2")] == [
+        "baseline", "weight_decay", "dropout", "input_mixup", "manifold_mixup"
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", ["section3_2", "figure5", "appendix_g"])
+def test_the_flattening_command_end_to_end_on_idx_files(tmp_path, study):
+    root = write_mnist(tmp_path / "data", n_train=200, n_test=60)
+    out = tmp_path / "out"
+    args = [f"study={study}", f"dataset_root={root}", "download=false", "epochs=2", "svd_per_class=6", f"out={out}"]
+    proc = run_cli("flattening", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / f"flattening_{study}.json").read_text())
+    assert len(report["results"]) == len(nets_of(study)) and not report["generated_data"]
+    markdown = (out / f"flattening_{study}.md").read_text()
+    if study == "section3_2":
+        assert "| 51.73 |" in markdown and "| 40.98 |" in markdown  # the paper's numbers beside ours
+    if study == "appendix_g":
+        assert "| 43.44 |" in markdown
+    assert (out / f"flattening_{study}.png").stat().st_size > 10_000
+    for r in report["results"]:
+        assert r["mean_top"] > 0 and np.all(np.diff(r["spectra"][0]) <= 1e-9)  # largest first
