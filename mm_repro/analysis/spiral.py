@@ -17,7 +17,7 @@ in hidden space (the fraction of the box spanned by the training points' hidden 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from mm_repro.analysis.measures import singular_values
+from mm_repro.config import LoggerConfig
 from mm_repro.method import mixing
 from mm_repro.models.mlp import MLP
 from mm_repro.training.runtime import RunRandom, init_model
@@ -42,6 +43,7 @@ class SpiralConfig:
     grid: int = 150
     seed: int = 0
     regularizers: bool = False  # true: Figure 2, the other regularizers beside Figure 1's two nets
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 def make_spirals(n: int, noise: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,8 +209,17 @@ def run_spiral(cfg: SpiralConfig) -> dict:
     x, y = make_spirals(cfg.points, cfg.noise, g)
     xt, yt = make_spirals(cfg.points, cfg.noise, g)
     names = list(VARIANTS) if cfg.regularizers else list(FIGURE1)
-    nets = {name: train_spiral(x, y, cfg, name) for name in names}
-    stats = {name: analyse(net, x, y, xt, yt, cfg.grid) for name, net in nets.items()}
+    from mm_repro.records.tracking import open_tracker
+
+    tracker = open_tracker(cfg.logger, out, asdict(cfg), "spiral-figure2" if cfg.regularizers else "spiral")
+    nets, stats = {}, {}
+    try:
+        for i, name in enumerate(names):
+            nets[name] = train_spiral(x, y, cfg, name)
+            stats[name] = analyse(nets[name], x, y, xt, yt, cfg.grid)
+            tracker.log({k: v for k, v in stats[name].items() if isinstance(v, float)}, step=i)
+    finally:
+        tracker.finish(0 if len(stats) == len(names) else 1)
     figures = plot(nets, x, y, stats, out, cfg.grid, "spiral_figure2" if cfg.regularizers else "spiral")
     erm, mm = stats["ERM"], stats["Manifold Mixup"]
 
@@ -216,7 +227,7 @@ def run_spiral(cfg: SpiralConfig) -> dict:
         return float(np.mean([c["rest_over_top"] for c in s["flattening"]["layer3"]]))
 
     result = {
-        "config": cfg.__dict__,
+        "config": asdict(cfg),
         "results": stats,
         "claims": {
             "smoother_boundary": mm["boundary_changes_per_grid_line"] < erm["boundary_changes_per_grid_line"],

@@ -21,7 +21,7 @@ fixed test set of `test_batches` x 128 images drawn with the seed (the script av
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mm_repro.config import LoggerConfig
 from mm_repro.errors import UserError
 
 TASKS = {  # (train angle ranges per class, test angle ranges per class); None: the class does not set the angle
@@ -54,6 +55,7 @@ class SyntheticConfig:
     test_batches: int = 20
     seed: int = 0
     device: str = "auto"  # auto (CUDA when there is one) | cpu | cuda
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 def draw_factors(rng: random.Random, task: str, train: bool) -> list[float]:
@@ -161,10 +163,18 @@ def run_synthetic(cfg: SyntheticConfig) -> dict:
         raise UserError("steps >= 1 and test_batches >= 1 are needed")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    from mm_repro.records.tracking import open_tracker
     from mm_repro.training.runtime import training_device
 
-    with training_device(cfg.device, in_sweep=False) as device:
-        results = [train_and_test(cfg, m, device) for m in METHODS]
+    tracker = open_tracker(cfg.logger, out, asdict(cfg), f"synthetic-task{cfg.task}")
+    results: list[dict] = []
+    try:
+        with training_device(cfg.device, in_sweep=False) as device:
+            for i, method in enumerate(METHODS):
+                results.append(train_and_test(cfg, method, device))
+                tracker.log({k: results[-1][k] for k in ("test_accuracy", "test_nll")}, step=i)
+    finally:
+        tracker.finish(0 if len(results) == len(METHODS) else 1)
     names = {"none": "No Mixup", "input": "Input Mixup (1.0)", "factor": "Ground Truth Factor Mixup (1.0)"}
     rows = [
         {
