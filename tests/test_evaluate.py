@@ -255,3 +255,27 @@ def test_the_spiral_net_is_the_mlp_family_with_a_linear_bottleneck():
     assert net.widths == [8, 8, 2, 8, 8] and net.bottleneck == BOTTLENECK == 3
     assert isinstance(net.norms[2], torch.nn.Identity) and isinstance(net.norms[0], torch.nn.BatchNorm1d)
     assert VARIANTS["Manifold Mixup"][2] == (3,) and VARIANTS["Input Mixup"][2] == (0,)
+
+
+@pytest.mark.slow
+def test_best_checkpoint_is_kept_and_evaluate_reads_it(cifar10_root, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(*train_args(cifar10_root, run_dir, "train.epochs=4", "train.lr=0.5"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((run_dir / "result.json").read_text())
+    from mm_repro.records import load_checkpoint
+
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt", resumable=False)
+    assert best["epoch"] == result["best"]["epoch"] and best["test_error"] == result["best"]["test_error"]
+    assert best["run_id"] == result["run_id"]
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    if best["epoch"] != last["epoch"]:  # an earlier epoch's weights, not the final ones
+        assert any(not torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
+    proc = run_cli("evaluate", f"run={run_dir}", "checkpoint=best", "suite=[calibration]", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    evaluated = json.loads((run_dir / "eval_best.json").read_text())
+    assert evaluated["checkpoint"] == "best" and evaluated["checkpoint_epoch"] == best["epoch"]
+    assert evaluated["clean"]["accuracy"] == pytest.approx(100 - best["test_error"], abs=100 / 40 + 1e-9)
+    assert (run_dir / "best_reliability.png").exists() and not (run_dir / "eval.json").exists()
+    wrong = run_cli("evaluate", f"run={run_dir}", "checkpoint=first", cwd=tmp_path)
+    assert wrong.returncode == 2 and "checkpoint='first' is not allowed; choose one of last, best" in wrong.stderr

@@ -52,6 +52,7 @@ from mm_repro.training.runtime import training_device
 class EvalConfig:
     run: str | None = None
     suite: list[str] = field(default_factory=lambda: ["fgsm", "deformations", "calibration", "flattening"])
+    checkpoint: str = "last"  # last (the final epoch's weights: eval.json) | best (best test error's: eval_best.json)
     device: str = "auto"
     batch_size: int = 500
     dataset_root: str | None = None  # where the run's dataset is, if not where training found it
@@ -73,9 +74,10 @@ def _accuracy(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
     return 100.0 * correct / sum(len(y) for _, y in batches)
 
 
-def load_run(run_dir: Path, device: torch.device, dataset_root: str | None = None):
-    """The run's validated config, its model with the final checkpoint's weights (eval mode), and its test split.
-    Only a complete run is evaluated: not one still training, failed or stopped half-way."""
+def load_run(run_dir: Path, device: torch.device, dataset_root: str | None = None, which: str = "last"):
+    """The run's validated config, its model with the weights of checkpoint `which` (last: the final one; best: the
+    best test error's, checkpoints/best.pt) in eval mode, its splits and the checkpoint's epoch. Only a complete run is
+    evaluated: not one still training, failed or stopped half-way; best.pt must belong to the same run."""
     config_path = run_dir / ".hydra" / "config.yaml"
     if not config_path.exists():
         raise UserError(f"run={run_dir}: no .hydra/config.yaml there; point run= at a training run directory")
@@ -91,7 +93,8 @@ def load_run(run_dir: Path, device: torch.device, dataset_root: str | None = Non
     if not (run_dir / records.RESULT).exists() or not (run_dir / records.CHECKPOINT).exists():
         raise UserError(f"run={run_dir} has not finished (no result.json); rerun its train command to complete it")
     try:
-        claimed = records.read_json(run_dir / records.RESULT).get("checkpoint_sha256")
+        result = records.read_json(run_dir / records.RESULT)
+        claimed = result.get("checkpoint_sha256")
     except ValueError as exc:
         raise UserError(f"run={run_dir}: result.json {exc}") from None
     held = records.checkpoint_digest(run_dir / records.CHECKPOINT)
@@ -103,13 +106,20 @@ def load_run(run_dir: Path, device: torch.device, dataset_root: str | None = Non
     cfg = validate_train(OmegaConf.load(config_path))
     if dataset_root:
         cfg.dataset.root = dataset_root
-    checkpoint = records.load_checkpoint(run_dir / records.CHECKPOINT)
+    path = run_dir / (records.BEST_CHECKPOINT if which == "best" else records.CHECKPOINT)
+    if not path.exists():
+        raise UserError(
+            f"run={run_dir} has no {path.relative_to(run_dir)} (written from this version on); use checkpoint=last"
+        )
+    checkpoint = records.load_checkpoint(path, resumable=which == "last")
+    if which == "best" and checkpoint.get("run_id") != result.get("run_id"):
+        raise UserError(f"run={run_dir}: checkpoints/best.pt belongs to another run than result.json (run ids differ)")
     model = build_from(cfg.model, cfg.dataset.num_classes).to(device)
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:
         raise UserError(
-            f"run={run_dir}: checkpoints/last.pt does not fit {cfg.model.name} of its .hydra/config.yaml "
+            f"run={run_dir}: {path.relative_to(run_dir)} does not fit {cfg.model.name} of its .hydra/config.yaml "
             f"({str(exc).strip().splitlines()[0][:160]})"
         ) from None
     model.eval()
@@ -136,6 +146,11 @@ class EvalInputs:
     mean: torch.Tensor
     std: torch.Tensor
     run_dir: Path
+
+    @property
+    def figure_prefix(self) -> str:
+        """Figures of the best checkpoint's evaluation are `best_<name>.png`, beside the last one's."""
+        return "best_" if self.cfg.checkpoint == "best" else ""
 
 
 def eval_fgsm(e: EvalInputs) -> dict:
@@ -164,7 +179,7 @@ def eval_calibration(e: EvalInputs) -> dict:
     probs = torch.cat([F.softmax(e.model(x).float(), 1) for x, _ in e.clean]).cpu()
     labels = torch.cat([y for _, y in e.clean]).cpu()
     out = expected_calibration_error(probs, labels, e.cfg.ece_bins)
-    out["figure"] = plot_reliability(out, e.run_dir / "reliability.png")
+    out["figure"] = plot_reliability(out, e.run_dir / f"{e.figure_prefix}reliability.png")
     return out
 
 
@@ -180,7 +195,7 @@ def eval_flattening(e: EvalInputs) -> dict:
         step = e.cfg.batch_size
         batches = [e.model.forward_until(x[i : i + step], k).cpu() for i in range(0, len(x), step)]
         out[f"k{k}"] = flattening(torch.cat(batches), labels[keep])
-    out["figure"] = plot_spectra(out, e.run_dir / "flattening.png")
+    out["figure"] = plot_spectra(out, e.run_dir / f"{e.figure_prefix}flattening.png")
     return out
 
 
@@ -256,12 +271,15 @@ EVALUATIONS: dict[str, Callable[[EvalInputs], dict]] = {
 def evaluate_run(ecfg: EvalConfig) -> dict:
     """Run the suite on one complete run; merges its results into the run's eval.json (and PNGs) and returns it.
     Results of another checkpoint (the run was retrained since) are dropped rather than merged."""
+    from mm_repro.config import choose
+
+    choose("checkpoint", ecfg.checkpoint, ("last", "best"))
     unknown = [s for s in ecfg.suite if s not in EVALUATIONS]
     if unknown:
         raise UserError(f"suite={unknown[0]!r} is not an evaluation; choose from {', '.join(EVALUATIONS)}")
     run_dir = Path(ecfg.run)
     with training_device(ecfg.device, in_sweep=False) as device:
-        cfg, model, splits, epoch = load_run(run_dir, device, ecfg.dataset_root)
+        cfg, model, splits, epoch = load_run(run_dir, device, ecfg.dataset_root, ecfg.checkpoint)
         test = splits.test
         mean = torch.tensor(cfg.dataset.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(cfg.dataset.std, device=device).view(1, -1, 1, 1)
@@ -272,16 +290,19 @@ def evaluate_run(ecfg: EvalConfig) -> dict:
         ]
         clean = [(normalize(x, mean, std), y) for x, y in pixels]
         inputs = EvalInputs(ecfg, cfg, model, splits, pixels, clean, mean, std, run_dir)
-        digest = records.checkpoint_digest(run_dir / records.CHECKPOINT)
-        previous = _read_eval(run_dir / records.EVAL)
+        best = ecfg.checkpoint == "best"
+        digest = records.checkpoint_digest(run_dir / (records.BEST_CHECKPOINT if best else records.CHECKPOINT))
+        target = run_dir / ("eval_best.json" if best else records.EVAL)
+        previous = _read_eval(target)
         out: dict[str, Any] = previous if previous.get("checkpoint_sha256") == digest else {}
-        out.update({"run": str(run_dir), "checkpoint_epoch": epoch, "checkpoint_sha256": digest})
+        out.update({"run": str(run_dir), "checkpoint": ecfg.checkpoint, "checkpoint_epoch": epoch})
+        out["checkpoint_sha256"] = digest
         out["test_images"] = len(test.labels)
         with torch.no_grad():
             out["clean"] = {"accuracy": _accuracy(model, clean)}
         for name in ecfg.suite:
             out[name] = EVALUATIONS[name](inputs)
-    records.write_json(run_dir / records.EVAL, out)
+    records.write_json(target, out)
     return out
 
 

@@ -5,6 +5,7 @@ Everything here is written atomically; nothing here trains."""
 from mm_repro.records.checkpoint import checkpoint_digest, load_checkpoint, save_checkpoint
 from mm_repro.records.files import (
     ARCHIVED,
+    BEST_CHECKPOINT,
     CHECKPOINT,
     EVAL,
     FAILURE,
@@ -26,6 +27,7 @@ from mm_repro.records.result import check_result, flatten, git_commit, is_free, 
 
 __all__ = [
     "ARCHIVED",
+    "BEST_CHECKPOINT",
     "CHECKPOINT",
     "EVAL",
     "FAILURE",

@@ -71,8 +71,9 @@ def _checkpoint_payload(path: Path) -> bytes | Path:
     return payload
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint written by `save_checkpoint`; an unreadable or damaged one is a one-line `UserError`."""
+def load_checkpoint(path: Path, resumable: bool = True) -> dict:
+    """Load a checkpoint written by `save_checkpoint`; an unreadable or damaged one is a one-line `UserError`.
+    `resumable`: it must hold what a resume needs (checkpoints/last.pt); best.pt holds the model only."""
     try:
         payload = _checkpoint_payload(path)
         source = io.BytesIO(payload) if isinstance(payload, bytes) else payload
@@ -85,7 +86,7 @@ def load_checkpoint(path: Path) -> dict:
             "it was left untouched: move it away, or pass train.resume=false to start over (the old records "
             "are then kept under previous/)"
         ) from None
-    if "rng_ranks" not in state or "config" not in state or "device_type" not in state["rng_ranks"][0]:
+    if resumable and ("rng_ranks" not in state or "config" not in state or "device_type" not in state["rng_ranks"][0]):
         raise UserError(
             f"checkpoint {path} was written by an earlier mm_repro (global random streams, one per visible GPU), "
             "which this version cannot continue exactly; pass train.resume=false to start over (the old records "
@@ -175,13 +176,15 @@ class CheckpointPolicy:
     def due(self, epoch: int) -> bool:
         return time.perf_counter() - self.last >= self.seconds or bool(self.every and epoch % self.every == 0)
 
-    def write(self, files: list[tuple[Path, dict]]) -> None:
-        """Each (path, live state): copied to host memory now, written in the background."""
+    def write(self, files: list[tuple[Path, dict]], resets_clock: bool = True) -> None:
+        """Each (path, live state): copied to host memory now, written in the background. A best-checkpoint write
+        alone (`resets_clock=False`) leaves the time policy's clock for last.pt as it was."""
         host = [(path, to_host(state)) for path, state in files]
         if self.shards.is_main and host:
             self.writer.write(host)
         self.shards.barrier()
-        self.last = time.perf_counter()
+        if resets_clock:
+            self.last = time.perf_counter()
 
     def digest(self, path: Path) -> str:
         """The checksum of the checkpoint at `path`: of this session's last write there, else read from its header."""

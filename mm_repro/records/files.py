@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
+BEST_CHECKPOINT = Path("checkpoints") / "best.pt"  # the model at the best test error so far (as the official code)
 
 
 METRICS = "metrics.jsonl"

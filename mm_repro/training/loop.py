@@ -148,15 +148,21 @@ def _end_epoch(session: Session, stopping: bool) -> None:
     rows = [
         session.metrics_row(lr, loss, test, v, seconds) for loss, test, v in zip(losses, figures, valid, strict=True)
     ]
+    improved = []
     for r, row in list(zip(session.active, rows, strict=True)):
         values = {k: row[k] for k in ("train_loss", "test_error", "test_nll")}
         if all(map(_finite, values.values())):
+            if all(row["test_error"] < m["test_error"] for m in r.metrics):
+                improved.append(r)
             r.record_epoch(row)
         else:
             listed = ", ".join(f"{k} {v}" for k, v in values.items())
             session.drop(r, Diverged(r.diverged_message(f"in epoch {cursor.epoch} ({listed})")), values)
+    best = session.best_files(improved)  # written with last.pt when one is due, else alone, in the background
     if cursor.epoch == session.epochs or stopping or session.checkpoints.due(cursor.epoch):
-        session.save_all()
+        session.save_all(best)
+    elif best:
+        session.checkpoints.write(best, resets_clock=False)
     for r in session.active:
         r.log_epoch(cursor.epoch, session.epochs)
 

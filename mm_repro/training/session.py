@@ -155,7 +155,20 @@ class Session:
         row.update({"seconds": seconds, "train_images_per_second": self.cursor.images_per_second()})
         return row
 
-    def save_all(self) -> None:
+    def best_files(self, improved: list[Run]) -> list[tuple]:
+        """checkpoints/best.pt of each run in `improved` (its test error just reached a new best): the model, the
+        epoch, the error, the run's id and config. A run whose weights are not finite gets none."""
+        files = []
+        for i, r in enumerate(self.active):
+            if r in improved:
+                model = self.trainer.state(i)["model"]
+                if _finite_state({"model": model, "optimizer": {}}, torch.zeros(())):
+                    row = r.metrics[-1]
+                    state = {"model": model, "epoch": row["epoch"], "test_error": row["test_error"]}
+                    files.append((r.run_dir / records.BEST_CHECKPOINT, {**state, **r.identity_state()}))
+        return files
+
+    def save_all(self, extra: list[tuple] | None = None) -> None:
         """Every active run's checkpoint. A run whose state is no longer finite (weights, momentum or loss) writes
         none: it stops as diverged, and its last good checkpoint stays on disk, so a stop signal after a blow-up
         never replaces a good checkpoint with a bad one."""
@@ -177,7 +190,8 @@ class Session:
             }
             files.append((r.run_dir / records.CHECKPOINT, state))
             r.checkpoint_epoch = c.epoch
-        self.checkpoints.write(files)
+        active = {r.run_dir for r in self.active}
+        self.checkpoints.write(files + [(path, s) for path, s in extra or [] if path.parent.parent in active])
 
     def drop(self, r: Run, failure: RunFailed, values: dict) -> None:
         """A diverged run stops alone: its failure record, its line, and the rest of the session goes on."""
