@@ -64,7 +64,9 @@ def _tables_task(cfg) -> None:  # noqa: ANN001
     made = make_tables(paths, out, as_list(tcfg.tables) or None, tcfg.figures, tcfg.include_chance, report)
     for markdown, _ in made["tables"].values():
         print(markdown)
-    print(f"{made['scan'].summary()}; tables written to {out}/")
+    if made["unmatched"]:
+        print(f"{len(made['unmatched'])} complete run(s) fit no paper table: see {out / 'summary.md'}")
+    print(f"{made['scan'].summary()}; tables written to {out}/ (summary.md: every run, by setup)")
     for line in made["scan"].malformed:
         sys.stderr.write(f"warning: skipped {line}\n")
     tracker = open_tracker(tcfg.logger, out, {"runs": as_list(tcfg.runs)}, name="tables", group="tables")
@@ -163,7 +165,7 @@ def _guarded(command: str, task: Callable) -> Callable:
             task(cfg)
             hc = HydraConfig.get()
             if hc.mode.name == "MULTIRUN":
-                jobs.record_success(hc.job.num)
+                jobs.record_success(hc.job.num, Path(hc.runtime.output_dir))
         except Exception as exc:
             if os.environ.get("MM_REPRO_DEBUG") == "1":
                 raise

@@ -71,6 +71,22 @@ def test_known_records_give_exact_statistics_grouping_and_missing_cells(tmp_path
         assert len(list(csv.DictReader(f))) == len(rows)
 
 
+def test_any_sweep_is_summarised_by_what_it_varied_and_runs_outside_the_paper_are_named(tmp_path):
+    # a user's own sweep: a model the paper never trained (WRN-28-2), at two schedules
+    for seed, final in enumerate([10.0, 12.0]):
+        _record(tmp_path, f"lr1-{seed}", "manifold", seed, final, final - 1, 0.3, model="wrn28_2")
+    _record(tmp_path, "lr2-0", "manifold", 0, 20.0, 19.0, 0.5, model="wrn28_2", epochs=10)
+    _record(tmp_path, "paper", "erm", 0, 5.0, 4.5, 0.2)
+    made = make_tables([tmp_path], tmp_path / "out", ["table1_cifar10"], figures=False)
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    rows = [line for line in summary.splitlines() if line.startswith("| cifar10")]
+    assert len(rows) == 3  # three setups: the two WRN-28-2 schedules and the paper's ERM run
+    wrn = next(r for r in rows if "wrn28_2" in r and "epochs=2000" in r)
+    assert "| 2 | 0,1 | 11.00 ± 1.41 | 10.00 ± 1.41 |" in wrn  # n, seeds, final and best mean ± sample std
+    assert "Runs that fit no paper table: 3" in summary and str(tmp_path / "paper") not in summary.split("table: 3")[1]
+    assert len(made["unmatched"]) == 3 and (tmp_path / "out" / "summary.csv").read_text().count("\n") == 4
+
+
 def test_groups_do_not_mix_setups(tmp_path):
     _record(tmp_path, "a", "manifold", 0, 3.0, 3.0, 0.1)
     _record(tmp_path, "b", "manifold", 1, 9.0, 9.0, 0.1, protocol="paper", epochs=1200)
@@ -236,6 +252,8 @@ def test_tiny_real_multirun_becomes_table_1a(cifar10_root, tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
+    assert "sweep summary: 6 complete runs" in proc.stdout  # printed when the multirun ends
+    assert "cifar10 preactresnet18 manifold [" in proc.stdout and "n=2: test error final" in proc.stdout
     out = tmp_path / "tables"
     proc = run_cli("tables", f"runs={sweep}", f"out={out}", "include_chance=true", cwd=tmp_path)  # 1 tiny epoch
     assert proc.returncode == 0, proc.stderr

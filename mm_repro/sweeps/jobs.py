@@ -114,10 +114,11 @@ def record_failure(exc: BaseException, run_dir: Path, multirun: bool, job: str, 
     return message, code
 
 
-def record_success(num: int) -> None:
-    """A sweep job that ran (so the sweep was not refused as a whole); see FailureReport."""
+def record_success(num: int, run_dir: Path | None = None) -> None:
+    """A sweep job that ran (so the sweep was not refused as a whole), and its run directory; see FailureReport."""
     if os.environ.get(FAILURES_ENV):
-        records.write_json(Path(os.environ[FAILURES_ENV]) / f"ok-{uuid.uuid4().hex}.json", {"num": num})
+        note = {"num": num, "run_dir": str(Path(run_dir).resolve()) if run_dir else None}
+        records.write_json(Path(os.environ[FAILURES_ENV]) / f"ok-{uuid.uuid4().hex}.json", note)
 
 
 class FailureReport(Callback):
@@ -149,6 +150,11 @@ class FailureReport(Callback):
                 records.atomic_write(multirun_yaml, before)
         for note in sorted(notes, key=lambda n: n["num"]):
             FAILED_JOBS.append((f"{note['job']}: {note['message']}", note["exit_code"]))
+        done = [json.loads(p.read_text()).get("run_dir") for p in path.glob("ok-*.json")]
+        if done and str(config.hydra.job.name) == "train":
+            from mm_repro.analysis.summary import sweep_summary
+
+            print(sweep_summary(sorted({Path(d) for d in done if d})), flush=True)
         shutil.rmtree(path, ignore_errors=True)
         if path.parent.is_dir() and not any(path.parent.iterdir()):
             path.parent.rmdir()

@@ -209,7 +209,7 @@ class PackedLaunch:
             label = f"job {num} ({' '.join(filter_overrides(overrides))})"
             record_failure(outcome, job.run_dir, True, label, num)
         else:
-            record_success(num)
+            record_success(num, job.run_dir)
         ret = JobReturn(overrides=overrides, cfg=OmegaConf.create(job.config), hydra_cfg=sweep_config)
         ret.working_dir, ret.task_name, ret.status = os.getcwd(), "train", JobStatus.COMPLETED
         ret.return_value = outcome if isinstance(outcome, dict) else None

@@ -1,0 +1,94 @@
+"""A summary of any set of runs, paper table or not: one row per setup (the cell's keys and every config key that can
+change a number, as `tables` groups), labelled by the keys on which the groups differ (what the sweep varied), with
+mean, sample std and n over seeds of the final and best test error (and top-5 where recorded); and the runs that fit
+no paper table. `tables` writes it as summary.md/.csv; a multirun prints it when it ends."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from mm_repro.analysis.tables import MISSING, matches, mean_std, setup_labels
+from mm_repro.records.scan import Record, scan
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return MISSING
+    mean, std, _ = mean_std(values)
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
+
+def summary_rows(records: list[Record]) -> list[dict]:
+    groups: dict[str, list[Record]] = {}
+    for record in records:
+        groups.setdefault(record.setup_key, []).append(record)
+    labels = setup_labels([{**g[0].setup, **{f"data.{k}": v for k, v in g[0].data.items()}} for g in groups.values()])
+    rows = []
+    for label, group in sorted(zip(labels, groups.values(), strict=True), key=lambda lg: lg[0]):
+        run = group[0].run
+        row = {
+            "dataset": run["dataset"],
+            "model": run["model"],
+            "method": run["method"],
+            "setup": label or "(one setup)",
+            "n": len(group),
+            "seeds": ",".join(str(r.run.get("seed")) for r in sorted(group, key=lambda r: r.run.get("seed") or 0)),
+        }
+        for selection in ("final", "best"):
+            row[f"test error ({selection})"] = _cell([r.result[selection]["test_error"] for r in group])
+        top5 = [r.result["final"]["test_top5_error"] for r in group if "test_top5_error" in r.result["final"]]
+        row["top-5 error (final)"] = _cell(top5)
+        rows.append(row)
+    return rows
+
+
+def fits_no_table(records: list[Record], specs: list[dict]) -> list[Record]:
+    """The runs no row of any paper table takes (a user's own sweep, a model or dataset the paper did not use)."""
+    return [r for r in records if not any(matches(row, r) for spec in specs for row in spec["rows"])]
+
+
+def to_markdown(rows: list[dict], unmatched: list[Record]) -> str:
+    columns = list(rows[0]) if rows else []
+    lines = [
+        "## Summary of every complete run",
+        "",
+        "One row per setup; 'setup' names the keys on which the groups differ. Mean ± sample std over seeds.",
+        "",
+    ]
+    if rows:
+        lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+    if unmatched:
+        lines += ["", f"Runs that fit no paper table: {len(unmatched)}", *[f"- {r.path}" for r in unmatched]]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def sweep_summary(run_dirs: list[Path]) -> str:
+    """A few lines for the end of a multirun: each setup's n and mean final and best test error."""
+    from mm_repro.analysis.tables import load_specs
+
+    scanned = scan([d for d in run_dirs if d.is_dir()], include_chance=True)
+    rows = summary_rows(scanned.records)
+    if not rows:
+        return f"sweep summary: {scanned.summary()}"
+    lines = [f"sweep summary: {scanned.summary()}"]
+    for r in rows:
+        lines.append(
+            f"  {r['dataset']} {r['model']} {r['method']} [{r['setup']}] n={r['n']}: test error final "
+            f"{r['test error (final)']}, best {r['test error (best)']}"
+        )
+    unmatched = fits_no_table(scanned.records, load_specs())
+    if unmatched:
+        lines.append(f"  {len(unmatched)} of these runs fit no paper table (`tables` lists them in summary.md)")
+    return "\n".join(lines)
