@@ -239,6 +239,28 @@ def command_keys(command: str) -> list[str]:
     return leaves(getattr(importlib.import_module(module), name))
 
 
+def command_help(command: str) -> str:
+    """`python -m mm_repro <command> --help` for the commands besides train: every key of the command's schema with
+    its default and the comment of its line in conf/<command>.yaml (one source: the file the command composes)."""
+    import re
+
+    from mm_repro.config import CONF_DIR
+
+    described = {}
+    for line in (CONF_DIR / f"{command}.yaml").read_text().splitlines():
+        match = re.match(r"^([a-z_]+):\s*(.*?)\s*#\s*(.*)$", line)
+        if match:
+            described[match.group(1)] = f"{match.group(3)} (default {match.group(2)})"
+    groups = {"logger": "W&B logging: logger=wandb (offline unless logger.mode=online), as `train --help` says"}
+    groups.update(dict.fromkeys(("dataset", "model", "method", "protocol"), "as in `train --help` (its group sets it)"))
+    lines = [f"python -m mm_repro {command} [key=value ...]: {COMMANDS[command]}", "", "== Keys (key=value) =="]
+    for key in command_keys(command):
+        text = described.get(key) or groups.get(key.split(".")[0], "")
+        lines.append(f"  {key:<28} {text}")
+    lines += ["", "README.md describes each command; --cfg job shows the composed config."]
+    return "\n".join(lines)
+
+
 def unknown_key_message(command: str, key: str) -> str:
     """One line for a misspelt key: the nearest valid keys (difflib), and where every key is listed."""
     import difflib
@@ -262,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(USAGE)
         return 0 if argv and argv[0] in ("-h", "--help", "help") else 2
     command, args = argv[0], quote_paths(argv[1:])
+    if command != "train" and any(a in ("-h", "--help") for a in args):  # train's help is Hydra's (conf/hydra/help)
+        print(command_help(command))
+        return 0
     asks_job = (
         any(a in ("--cfg", "-c") and b == "job" for a, b in zip(args, args[1:], strict=False)) or "--cfg=job" in args
     )

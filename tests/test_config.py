@@ -197,3 +197,17 @@ def test_a_misspelt_key_names_the_nearest_valid_keys_not_hydras_plus_fix(tmp_pat
     key = typo.split("=")[0]
     assert f"{key} is not a key of `{command}`; did you mean {meant}" in proc.stderr
     assert "+" + key not in proc.stderr  # Hydra's advice would add the misspelt key
+
+
+@pytest.mark.parametrize("command", ["tables", "evaluate", "bench", "spiral", "flattening", "synthetic"])
+def test_every_commands_help_lists_each_key_with_a_line_on_it(command):
+    from mm_repro.cli import command_help, command_keys
+
+    lines = {line.split()[0]: line for line in command_help(command).splitlines() if line.startswith("  ")}
+    for key in command_keys(command):
+        assert key in lines and len(lines[key].split()) > 3, key  # the key, a few words and its default
+
+
+def test_help_of_a_command_is_printed_without_running_it(tmp_path):
+    proc = run_cli("tables", "--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "include_chance" in proc.stdout and not (tmp_path / "results").exists()

@@ -174,6 +174,11 @@ def test_a_packed_sweep_ends_where_its_runs_alone_end_with_complete_records(cifa
             assert (run_dir / record).exists(), record
         assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
         assert "packed with 2 other run(s)" in (run_dir / "train.log").read_text()
+        result = json.loads((run_dir / "result.json").read_text())
+        assert result["packed"] and sorted(result["packed_with"]) == sorted(
+            str(d) for n, d in together.items() if n != name
+        )  # which runs it was packed with
+        assert not json.loads((alone[name] / "result.json").read_text())["packed"]
         single = build("preactresnet18", 10, width=8)  # the checkpoint holds this run's own, unpacked model
         single.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"])
         _compare(run_dir, alone[name], test_images=40)

@@ -13,9 +13,31 @@ from mm_repro.records.files import METRICS
 from mm_repro.records.scan import Record
 
 
+def cell_group(row: dict, records: list[Record]) -> list[Record]:
+    """The runs of one paper cell that a figure shows: its largest setup group (a figure never averages two setups;
+    the tables list every group)."""
+    groups: dict[str, list[Record]] = {}
+    for rec in records:
+        if matches(row, rec):
+            groups.setdefault(rec.setup_key, []).append(rec)
+    return max(sorted(groups.items()), key=lambda kv: len(kv[1]))[1] if groups else []
+
+
 def final_accuracies(row: dict, records: list[Record]) -> list[float]:
-    """Final-epoch test accuracies (%) of the runs that reproduce one paper cell."""
-    return [100 - rec.result["final"]["test_error"] for rec in records if matches(row, rec)]
+    """Final-epoch test accuracies (%) of the runs of one paper cell (its largest setup group)."""
+    return [100 - rec.result["final"]["test_error"] for rec in cell_group(row, records)]
+
+
+def _ours_label(spec: dict, records: list[Record]) -> str:
+    """The setup of the runs a figure shows (protocol, epochs, width, precision) and their numbers per cell."""
+    shown = [g for row in spec["rows"] if (g := cell_group(row, records))]
+    if not shown:
+        return "ours: no complete runs"
+    keys = [k for k in LABEL_KEYS if k in shown[0][0].setup]
+    setups = {", ".join(f"{short_key(k)}={g[0].setup.get(k)}" for k in keys) for g in shown}
+    counts = sorted({len(g) for g in shown})
+    n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"ours: {' | '.join(sorted(setups))}; n = {n} per cell"
 
 
 def _plot_alpha(ax: Any, spec: dict, records: list[Record]) -> None:
@@ -37,14 +59,15 @@ def _plot_alpha(ax: Any, spec: dict, records: list[Record]) -> None:
             )
     ax.set_xlabel("α")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Table 6: CIFAR-10, PreActResNet18")
+    ax.set_title(f"Table 6: CIFAR-10, PreActResNet18\n{_ours_label(spec, records)}", fontsize=8)
     ax.legend(fontsize=7)
 
 
 def _plot_layers(ax: Any, spec: dict, records: list[Record], dataset: str) -> None:
     rows = [r for r in spec["rows"] if r["dataset"] == dataset]
     x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], [r["test_accuracy"][0] for r in rows], 0.4, label="paper", color="0.7")
+    paper = [r["test_accuracy"][0] for r in rows]
+    ax.bar([i - 0.2 for i in x], paper, 0.4, label="paper", color="0.7")
     ours = [mean_std(accs) if (accs := final_accuracies(r, records)) else (float("nan"), None, 0) for r in rows]
     ax.bar(
         [i + 0.2 for i in x],
@@ -56,23 +79,25 @@ def _plot_layers(ax: Any, spec: dict, records: list[Record], dataset: str) -> No
         color="tab:red",
     )
     ax.set_xticks(list(x), [r["label"] for r in rows], rotation=45, fontsize=7)
-    low = min(r["test_accuracy"][0] for r in rows)
-    ax.set_ylim(low - 3, 100 if dataset == "cifar10" else low + 8)
+    shown = [o[0] - (o[1] or 0) for o in ours if o[2]] + [o[0] + (o[1] or 0) for o in ours if o[2]]
+    low, high = min(paper + shown), max(paper + shown)
+    ax.set_ylim(max(0.0, low - 3), min(100.0, high + 3))  # our bars are inside the axes, however far from the paper
     ax.set_xlabel("eligible layers S")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Table 5: {dataset}, PreActResNet18")
+    ax.set_title(f"Table 5: {dataset}, PreActResNet18\n{_ours_label({'rows': rows}, records)}", fontsize=8)
     ax.legend(fontsize=7)
 
 
-def loss_curve(records: list[Record]) -> tuple[list[int], list[float], list[float]]:
-    """Epochs, mean and sample std (0 for one run) of the training loss over the runs, at the epochs every run has."""
+def loss_curve(records: list[Record], key: str = "train_loss") -> tuple[list[int], list[float], list[float]]:
+    """Epochs, mean and sample std (0 for one run) of `key` (a metrics.jsonl column) over the runs, at the epochs
+    every run has."""
     curves = []
     for record in records:
         try:
             rows = [json.loads(line) for line in (record.path / METRICS).read_text().splitlines() if line.strip()]
         except (OSError, ValueError):
             continue
-        curves.append({r["epoch"]: r["train_loss"] for r in rows})
+        curves.append({r["epoch"]: r[key] for r in rows if key in r})
     if not curves:
         return [], [], []
     epochs = sorted(set.intersection(*(set(c) for c in curves)))
@@ -145,4 +170,44 @@ def plot_figures(specs: list[dict], records: list[Record], out: Path) -> list[Pa
         figure.tight_layout()
         figure.savefig(path, dpi=120)
         plt.close(figure)
+    return written
+
+
+def plot_learning_curves(records: list[Record], out: Path) -> list[Path]:
+    """One figure per setup group of runs (as summary.md groups them): test error and training loss against epoch,
+    mean and a one-std band over seeds; curves/index.md says which file is which group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mm_repro.records.files import atomic_write
+
+    groups: dict[str, list[Record]] = {}
+    for record in records:
+        groups.setdefault(record.setup_key, []).append(record)
+    labels = setup_labels([g[0].setup for g in groups.values()])
+    folder = out / "curves"
+    folder.mkdir(parents=True, exist_ok=True)
+    written, index = [], ["| file | runs | setup | n |", "|---|---|---|---|"]
+    for i, (label, group) in enumerate(sorted(zip(labels, groups.values(), strict=True), key=lambda lg: lg[0])):
+        run = group[0].run
+        name = f"{i:03d}-{run['dataset']}-{run['model']}-{run['method']}.png"
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+        for ax, key, what in zip(axes, ("test_error", "train_loss"), ("test error (%)", "training loss"), strict=True):
+            epochs, means, stds = loss_curve(group, key)
+            (line,) = ax.plot(epochs, means, label=f"mean over {len(group)} seed(s)")
+            low = [m - d for m, d in zip(means, stds, strict=True)]
+            high = [m + d for m, d in zip(means, stds, strict=True)]
+            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.25, label="± 1 std")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(what)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{run['dataset']} {run['model']} {run['method']} [{label or 'one setup'}], n = {len(group)}",
+                     fontsize=9)  # fmt: skip
+        fig.savefig(folder / name, dpi=100)
+        plt.close(fig)
+        written.append(folder / name)
+        index.append(f"| {name} | {run['dataset']} {run['model']} {run['method']} | {label} | {len(group)} |")
+    atomic_write(folder / "index.md", ("\n".join(index) + "\n").encode())
     return written

@@ -301,7 +301,8 @@ def make_tables(
     atomic_write(out / "summary.md", summary.to_markdown(rows, unmatched).encode())
     atomic_write(out / "summary.csv", summary.to_csv(rows).encode())
     if figures:
-        from mm_repro.analysis.table_figures import plot_figures
+        from mm_repro.analysis.table_figures import plot_figures, plot_learning_curves
 
         plot_figures(specs, scanned.records, out)
+        plot_learning_curves(scanned.records, out)
     return {"scan": scanned, "tables": rendered, "unmatched": unmatched}

@@ -49,6 +49,7 @@ class Run:
     run_id: str = ""  # the run's identity, drawn when it starts from scratch and kept through every resume
     data: dict = field(default_factory=dict)  # fingerprints of the train and test splits (data.fingerprint)
     checkpoint_epoch: int | None = None  # the epoch of the last checkpoint on disk (None: none yet)
+    packed_with: list[str] = field(default_factory=list)  # the runs it trained packed with, over every session
     outcome: dict | RunFailed | None = None
 
     @property
@@ -78,7 +79,13 @@ class Run:
 
     def identity_state(self) -> dict:
         """What a checkpoint holds of the run besides its training state: records, config, identity, data."""
-        return {"metrics": self.metrics, "config": self.job.config, "run_id": self.run_id, "data": self.data}
+        return {
+            "metrics": self.metrics,
+            "config": self.job.config,
+            "run_id": self.run_id,
+            "data": self.data,
+            "packed_with": self.packed_with,
+        }
 
     def record_epoch(self, row: dict) -> None:
         self.metrics.append(row)
@@ -110,6 +117,7 @@ class Run:
         identity = {"run_id": self.run_id, "checkpoint_sha256": checkpoint_digest, "data": self.data}
         c = self.job
         result = records.make_result(c.cfg, c.config, self.metrics, identity, self.params, wall_seconds, device)
+        result["packed"], result["packed_with"] = bool(self.packed_with), self.packed_with
         if self.world.is_main:
             records.write_json(self.run_dir / records.RESULT, result)
         self.tracker.summary(result)

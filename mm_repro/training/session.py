@@ -255,6 +255,8 @@ def open_session(jobs: list[Job], world: World, device: torch.device, started: f
                 run.tracker = open_tracker(job.cfg.logger, run.run_dir, job.config, str(run.run_dir), job.group)
         session.cursor.restore([r.saved for r in runs])
         for run in runs:
+            others = {str(r.run_dir) for r in runs if r is not run}
+            run.packed_with = sorted(others | set((run.saved or {}).get("packed_with", [])))
             run.metrics = list(run.saved["metrics"]) if run.saved else []
             run.wall_base = run.saved["wall_seconds"] if run.saved else 0.0
         yield session
