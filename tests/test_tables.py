@@ -267,6 +267,9 @@ def test_tiny_real_multirun_becomes_table_1a(cifar10_root, tmp_path):
         line = next(x for x in table_1a.splitlines() if f"| PreActResNet18 | {method} |" in x)
         assert f"| 2 | {paper} |" in line and "epochs=1, width=4" in line
     assert (out / "table1_cifar10.tex").exists() and (out / "table6_alpha.png").exists()
+    curves = sorted((out / "curves").glob("*.png"))  # one learning-curve figure per setup group: erm, mixup, manifold
+    assert len(curves) == 3 and all(c.stat().st_size > 10_000 for c in curves)
+    assert (out / "curves" / "index.md").read_text().count("| 2 |") == 3  # two seeds each
     bad = run_cli("tables", f"runs={sweep}", "tables=[table99]", f"out={out}", cwd=tmp_path)
     assert bad.returncode == 2 and "tables='table99' is not a table" in bad.stderr
 

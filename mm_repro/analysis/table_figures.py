@@ -180,6 +180,7 @@ def plot_learning_curves(records: list[Record], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from mm_repro.records.files import atomic_write
 
@@ -192,6 +193,8 @@ def plot_learning_curves(records: list[Record], out: Path) -> list[Path]:
     written, index = [], ["| file | runs | setup | n |", "|---|---|---|---|"]
     for i, (label, group) in enumerate(sorted(zip(labels, groups.values(), strict=True), key=lambda lg: lg[0])):
         run = group[0].run
+        if not loss_curve(group, "test_error")[0]:  # no metrics.jsonl to draw from (a copied result.json, say)
+            continue
         name = f"{i:03d}-{run['dataset']}-{run['model']}-{run['method']}.png"
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
         for ax, key, what in zip(axes, ("test_error", "train_loss"), ("test error (%)", "training loss"), strict=True):
@@ -201,6 +204,7 @@ def plot_learning_curves(records: list[Record], out: Path) -> list[Path]:
             high = [m + d for m, d in zip(means, stds, strict=True)]
             ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.25, label="± 1 std")
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(what)
             ax.legend(fontsize=7)
         fig.suptitle(f"{run['dataset']} {run['model']} {run['method']} [{label or 'one setup'}], n = {len(group)}",
