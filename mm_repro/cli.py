@@ -14,6 +14,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 COMMANDS: dict[str, str] = {
     "train": "train a model (ERM, input mixup or manifold mixup); -m for sweeps",
@@ -28,6 +29,20 @@ COMMANDS: dict[str, str] = {
 USAGE = "usage: python -m mm_repro <command> [hydra overrides]\n\ncommands:\n" + "".join(
     f"  {name:<9} {text}\n" for name, text in COMMANDS.items()
 )
+
+
+def share_threads(hydra_cfg: Any) -> int | None:
+    """Jobs of the local launcher run `n_jobs` at a time on one machine; with torch's default (every core each) they
+    fight over the cores, and small CPU jobs ran 2-11x slower. Each job then takes its share of the cores, unless
+    OMP_NUM_THREADS says otherwise. Returns the thread count set (None: left as it was)."""
+    import torch
+
+    n_jobs = hydra_cfg.launcher.get("n_jobs") if "joblib" in str(hydra_cfg.launcher.get("_target_", "")) else None
+    if not n_jobs or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    threads = max(1, (os.cpu_count() or 1) // int(n_jobs))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _train_task(cfg) -> None:  # noqa: ANN001 (a DictConfig; typed at validation)
@@ -47,6 +62,7 @@ def _train_task(cfg) -> None:  # noqa: ANN001 (a DictConfig; typed at validation
             f"experiment={experiment} is a sweep ({', '.join(f'{k}: {v}' for k, v in sweep.items())}); run it with "
             f"-m: python -m mm_repro train -m experiment={experiment}"
         )
+    share_threads(hydra_cfg)
     group = sweep_group(hydra_cfg.sweep.dir) if multirun else None
     job = job_from_hydra(cfg, HydraConfig.instance().cfg, Path(hydra_cfg.runtime.output_dir), group)
     loop.run(job.cfg, job.run_dir, job.config, job.group, hydra_cfg.job.num if multirun else None, job.hydra_files)
@@ -213,64 +229,6 @@ def quote_paths(args: list[str]) -> list[str]:
     return out
 
 
-def command_keys(command: str) -> list[str]:
-    """Every key a command's config takes, from its schema (the keys `--help` lists)."""
-    import dataclasses
-    import importlib
-
-    module, name = {
-        "train": ("mm_repro.config", "TrainRunConfig"),
-        "tables": ("mm_repro.config", "TablesConfig"),
-        "evaluate": ("mm_repro.analysis.evaluate", "EvalConfig"),
-        "spiral": ("mm_repro.analysis.spiral", "SpiralConfig"),
-        "flattening": ("mm_repro.analysis.flattening_study", "StudyConfig"),
-        "synthetic": ("mm_repro.analysis.synthetic_factors", "SyntheticConfig"),
-        "bench": ("mm_repro.bench.measure", "BenchConfig"),
-    }[command]
-
-    def leaves(schema: type, prefix: str = "") -> list[str]:
-        out = []
-        for f in dataclasses.fields(schema):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            is_schema = dataclasses.is_dataclass(default)
-            out += leaves(type(default), f"{prefix}{f.name}.") if is_schema else [f"{prefix}{f.name}"]
-        return out
-
-    return leaves(getattr(importlib.import_module(module), name))
-
-
-def command_help(command: str) -> str:
-    """`python -m mm_repro <command> --help` for the commands besides train: every key of the command's schema with
-    its default and the comment of its line in conf/<command>.yaml (one source: the file the command composes)."""
-    import re
-
-    from mm_repro.config import CONF_DIR
-
-    described = {}
-    for line in (CONF_DIR / f"{command}.yaml").read_text().splitlines():
-        match = re.match(r"^([a-z_]+):\s*(.*?)\s*#\s*(.*)$", line)
-        if match:
-            described[match.group(1)] = f"{match.group(3)} (default {match.group(2)})"
-    groups = {"logger": "W&B logging: logger=wandb (offline unless logger.mode=online), as `train --help` says"}
-    groups.update(dict.fromkeys(("dataset", "model", "method", "protocol"), "as in `train --help` (its group sets it)"))
-    lines = [f"python -m mm_repro {command} [key=value ...]: {COMMANDS[command]}", "", "== Keys (key=value) =="]
-    for key in command_keys(command):
-        text = described.get(key) or groups.get(key.split(".")[0], "")
-        lines.append(f"  {key:<28} {text}")
-    lines += ["", "README.md describes each command; --cfg job shows the composed config."]
-    return "\n".join(lines)
-
-
-def unknown_key_message(command: str, key: str) -> str:
-    """One line for a misspelt key: the nearest valid keys (difflib), and where every key is listed."""
-    import difflib
-
-    keys = command_keys(command)
-    near = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(near)}?" if near else ""
-    return f"{key} is not a key of `{command}`{hint} (python -m mm_repro {command} --help lists every key)"
-
-
 def _sweep_exit_code(codes: list[int]) -> int:
     return codes[0] if len(set(codes)) == 1 else 1
 
@@ -285,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help", "help") else 2
     command, args = argv[0], quote_paths(argv[1:])
     if command != "train" and any(a in ("-h", "--help") for a in args):  # train's help is Hydra's (conf/hydra/help)
+        from mm_repro.keys import command_help
+
         print(command_help(command))
         return 0
     asks_job = (
@@ -319,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         message = f"cannot write {exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else one_line(exc)
         unknown = re.search(r"Could not override '([\w.]+)'", message)
         if unknown:  # Hydra's advice (+key=...) would add the misspelt key; name the keys it may have meant
+            from mm_repro.keys import unknown_key_message
+
             message = unknown_key_message(command, unknown.group(1))
         sys.stderr.write(f"error: {message}\n")
         return UserError.exit_code

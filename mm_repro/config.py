@@ -191,10 +191,48 @@ class TrainRunConfig:
     experiment: str | None = None  # set from Hydra's runtime choice of the experiment group, never typed
 
 
-def _one_line(exc: OmegaConfBaseException) -> str:
-    """OmegaConf's messages span lines (key, type, object); keep the message and the key."""
+# How a wrong-typed value's line names what the key takes, by the schema's annotation.
+EXPECTED = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "int | None": "an integer, or null",
+    "float | None": "a number, or null",
+    "bool | None": "true, false or null",
+    "str | None": "a string, or null",
+    "list[int]": "a list of integers, e.g. [0,1,2]",
+    "list[float]": "a list of numbers, e.g. [0.5,0.5,0.5]",
+    "list[str]": "a list of names, e.g. [a,b]",
+}
+
+
+def _expected(schema: type, key: str) -> str | None:
+    """What the schema's field at dotted `key` takes, in words (None if the key is not a typed field)."""
+    node: Any = schema
+    for part in key.split("."):
+        hints = (
+            {f.name: f for f in fields(node)}
+            if isinstance(node, type) and hasattr(node, "__dataclass_fields__")
+            else {}
+        )
+        if part not in hints:
+            return None
+        f = hints[part]
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        node = type(default) if hasattr(type(default), "__dataclass_fields__") else f.type
+    return EXPECTED.get(str(node))
+
+
+def _one_line(exc: OmegaConfBaseException, schema: type) -> str:
+    """OmegaConf's messages span lines (key, type, object); keep the message and the key, and for a value of the
+    wrong type name the type the key takes (`method.layers=0` -> a list of integers)."""
     message = str(exc).splitlines()[0]
     key = getattr(exc, "full_key", None)
+    expected = _expected(schema, key) if key else None
+    if expected and hasattr(exc, "value"):
+        value = exc.value
+        return f"{key}={value!r} is of the wrong type: {key} takes {expected}"
     return f"config key {key}: {message}" if key else message
 
 
@@ -204,7 +242,7 @@ def to_schema(cfg: DictConfig | dict, schema: type) -> Any:
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise UserError(_one_line(exc)) from None
+        raise UserError(_one_line(exc, schema)) from None
 
 
 def choose(what: str, value: Any, allowed: tuple) -> None:

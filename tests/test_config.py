@@ -84,7 +84,10 @@ def test_paper_protocol_switches_schedule_and_wrn_layers():
         (["model=wrn28_2", "method.layers=[4]"], r"wrn28_2 has no mixing point 4"),
         (["train.batch_size=1"], r"batch_size=1: mixing needs at least 2"),
         (["train.loss=mse"], r"train.loss='mse' is not allowed; choose one of bce_softmax, soft_ce"),
-        (["train.lr=abc"], r"train.lr: Value 'abc'"),
+        (["train.lr=abc"], r"train.lr='abc' is of the wrong type: train.lr takes a number"),
+        (["method.layers=0"], r"method.layers=0 is of the wrong type: method.layers takes a list of integers, e.g."),
+        (["train.compile=maybe"], r"train.compile='maybe' is of the wrong type: train.compile takes true or false"),
+        (["dataset.per_class_cap=x"], r"dataset.per_class_cap='x' is of the wrong type: .* an integer, or null"),
         (["device=tpu"], r"device='tpu' is not allowed"),
         (["method.layers=[]"], r"method.layers is empty"),
         (["train.lr=nan"], r"train.lr=nan must be a finite number > 0"),
@@ -201,7 +204,7 @@ def test_a_misspelt_key_names_the_nearest_valid_keys_not_hydras_plus_fix(tmp_pat
 
 @pytest.mark.parametrize("command", ["tables", "evaluate", "bench", "spiral", "flattening", "synthetic"])
 def test_every_commands_help_lists_each_key_with_a_line_on_it(command):
-    from mm_repro.cli import command_help, command_keys
+    from mm_repro.keys import command_help, command_keys
 
     lines = {line.split()[0]: line for line in command_help(command).splitlines() if line.startswith("  ")}
     for key in command_keys(command):

@@ -286,3 +286,34 @@ def test_an_offline_wandb_run_turns_off_wandbs_error_reports(tmp_path, monkeypat
         assert tracker.run.settings.mode == "offline"
     finally:
         tracker.finish()
+
+
+def test_local_launcher_jobs_share_the_cores_unless_omp_num_threads_says(monkeypatch):
+    import os
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from mm_repro.cli import share_threads
+
+    before = torch.get_num_threads()
+    joblib = OmegaConf.create(
+        {"launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher", "n_jobs": 4}}
+    )
+    basic = OmegaConf.create({"launcher": {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}})
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert share_threads(joblib) == max(1, (os.cpu_count() or 1) // 4) == torch.get_num_threads()
+        assert share_threads(basic) is None
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert share_threads(joblib) is None  # the user's setting wins
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_bench_warns_when_mfu_reads_above_100_percent():
+    from mm_repro.bench.command import implausible
+
+    assert implausible({"mfu_ours": 0.4, "mfu_official": 0.1, "measured_peak_flops": 1e11}) == []
+    (line,) = implausible({"mfu_ours": 1.3, "mfu_official": 0.2, "measured_peak_flops": 1e11})
+    assert "MFU above 100 % (ours 130 %)" in line and "quiet machine" in line

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 
-def plot_reliability(calibration: dict, path: Path) -> str:
+def plot_reliability(calibration: dict, path: Path, run: str = "") -> str:
+    """Accuracy per confidence bin, drawn for the bins that hold test images only (an empty bin has no accuracy)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,7 +29,10 @@ def plot_reliability(calibration: dict, path: Path) -> str:
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"ECE = {100 * calibration['ece']:.2f} %")
+    ax.set_title(
+        f"{run}\nECE = {100 * calibration['ece']:.2f} %" if run else f"ECE = {100 * calibration['ece']:.2f} %",
+        fontsize=8,
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -36,7 +40,7 @@ def plot_reliability(calibration: dict, path: Path) -> str:
     return path.name
 
 
-def plot_spectra(flat: dict, path: Path) -> str:
+def plot_spectra(flat: dict, path: Path, run: str = "") -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,6 +59,8 @@ def plot_spectra(flat: dict, path: Path) -> str:
     handles, labels = axes[0][0].get_legend_handles_labels()
     shown = min(len(labels), 20)  # CIFAR-100 has 100 classes: name the first 20
     extra = f" (first {shown} of {len(labels)})" if shown < len(labels) else ""
+    if run:
+        fig.suptitle(run, fontsize=8)
     fig.tight_layout()
     fig.legend(
         handles[:shown],

@@ -35,6 +35,7 @@ from mm_repro.analysis.measures import (
     deform,
     deformation_names,
     expected_calibration_error,
+    features_before_head,
     fgsm,
     flattening,
     knn_errors,
@@ -148,6 +149,11 @@ class EvalInputs:
     run_dir: Path
 
     @property
+    def label(self) -> str:
+        """The run a figure shows: its directory (the last two parts) and which checkpoint."""
+        return f"{self.run_dir.parent.name}/{self.run_dir.name} ({self.cfg.checkpoint} checkpoint)"
+
+    @property
     def figure_prefix(self) -> str:
         """Figures of the best checkpoint's evaluation are `best_<name>.png`, beside the last one's."""
         return "best_" if self.cfg.checkpoint == "best" else ""
@@ -179,7 +185,7 @@ def eval_calibration(e: EvalInputs) -> dict:
     probs = torch.cat([F.softmax(e.model(x).float(), 1) for x, _ in e.clean]).cpu()
     labels = torch.cat([y for _, y in e.clean]).cpu()
     out = expected_calibration_error(probs, labels, e.cfg.ece_bins)
-    out["figure"] = plot_reliability(out, e.run_dir / f"{e.figure_prefix}reliability.png")
+    out["figure"] = plot_reliability(out, e.run_dir / f"{e.figure_prefix}reliability.png", e.label)
     return out
 
 
@@ -195,7 +201,7 @@ def eval_flattening(e: EvalInputs) -> dict:
         step = e.cfg.batch_size
         batches = [e.model.forward_until(x[i : i + step], k).cpu() for i in range(0, len(x), step)]
         out[f"k{k}"] = flattening(torch.cat(batches), labels[keep])
-    out["figure"] = plot_spectra(out, e.run_dir / f"{e.figure_prefix}flattening.png")
+    out["figure"] = plot_spectra(out, e.run_dir / f"{e.figure_prefix}flattening.png", e.label)
     return out
 
 
@@ -224,19 +230,6 @@ def eval_pgd(e: EvalInputs) -> dict:
     return out
 
 
-@torch.no_grad()
-def _features(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """The input of the final linear layer (the pooled features) for every batch."""
-    seen: list[torch.Tensor] = []
-    hook = model.linear.register_forward_pre_hook(lambda m, args: seen.append(args[0].flatten(1)))
-    try:
-        for x, _ in batches:
-            model(x)
-    finally:
-        hook.remove()
-    return torch.cat(seen)
-
-
 def eval_knn(e: EvalInputs) -> dict:
     """k-NN test error on the features before the final linear layer, the run's own training split (what it trained
     on, without augmentation) as the neighbours."""
@@ -250,7 +243,9 @@ def eval_knn(e: EvalInputs) -> dict:
     ]
     labels = train.labels.to(device)
     test_labels = torch.cat([y for _, y in e.clean])
-    errors = knn_errors(_features(e.model, batches), labels, _features(e.model, e.clean), test_labels, e.cfg.knn_k)
+    errors = knn_errors(
+        features_before_head(e.model, batches), labels, features_before_head(e.model, e.clean), test_labels, e.cfg.knn_k
+    )
     return {
         "features": "input of the final linear layer",
         "train_images": len(labels),

@@ -200,3 +200,16 @@ def knn_errors(
             votes.scatter_add_(1, train_labels[nearest[:, :k]], torch.ones(len(block), k, device=train.device))
             wrong[k] += int((votes.argmax(1) != test_labels[i : i + 256]).sum())
     return {k: 100.0 * w / len(test) for k, w in wrong.items()}
+
+
+@torch.no_grad()
+def features_before_head(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The input of the final linear layer (the pooled features) for every batch."""
+    seen: list[torch.Tensor] = []
+    hook = model.linear.register_forward_pre_hook(lambda m, args: seen.append(args[0].flatten(1)))
+    try:
+        for x, _ in batches:
+            model(x)
+    finally:
+        hook.remove()
+    return torch.cat(seen)

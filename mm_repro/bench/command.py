@@ -38,8 +38,23 @@ def report(r: dict) -> str:
             f" + background write {r['checkpoint_write_seconds']:.3f} s, records {r['records_seconds']:.3f} s)",
             f"train FLOPs/image {r['train_flops_per_image'] / 1e9:.3f} G; measured peak (matmul or conv) "
             f"{r['measured_peak_flops'] / 1e12:.3f} TFLOP/s ({r['measured_peak_mode']})",
+            *implausible(r),
         ]
     )
+
+
+def implausible(r: dict) -> list[str]:
+    """A warning line when an MFU reads above 100 %: the peak was measured low (a busy machine, a throttled core), so
+    every MFU of this run is inflated; rerun on a quiet machine."""
+    high = {k: v for k, v in (("ours", r["mfu_ours"]), ("official-style", r["mfu_official"])) if v > 1.0}
+    if not high:
+        return []
+    listed = ", ".join(f"{k} {100 * v:.0f} %" for k, v in high.items())
+    return [
+        f"warning: MFU above 100 % ({listed}): the measured peak of {r['measured_peak_flops'] / 1e12:.3f} TFLOP/s "
+        "is implausibly low (was the machine busy?); the MFU figures of this run are not to be trusted: rerun on a "
+        "quiet machine (OMP_NUM_THREADS set to its cores)"
+    ]
 
 
 def main(dict_cfg: object) -> dict:

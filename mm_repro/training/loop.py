@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from mm_repro.config import TrainRunConfig
 from mm_repro.errors import Diverged, Preempted, RunFailed
@@ -93,6 +94,7 @@ def _train(session: Session) -> list[dict | RunFailed]:
     """The loop: epochs of training steps, then evaluation, records and (on the time policy) checkpoints."""
     cursor = session.cursor
     for r in session.active:
+        r.note("config (resolved):\n" + OmegaConf.to_yaml(r.job.config).rstrip())  # train.log only, as Hydra's
         r.say(session.banner(r))
         r.say(HEADER)
     with StopSignals() as stop:
