@@ -31,6 +31,20 @@ USAGE = "usage: python -m mm_repro <command> [hydra overrides]\n\ncommands:\n" +
 )
 
 
+def label_console(hydra_cfg: Any) -> bool:
+    """Jobs of the local launcher print side by side: each console line of a job then starts with `[job N]`, as a
+    packed run's do (train.log keeps the plain lines). Returns whether it labelled."""
+    import logging
+
+    if "joblib" not in str(hydra_cfg.launcher.get("_target_", "")):
+        return False
+    prefix = logging.Formatter(f"[job {hydra_cfg.job.num}] %(message)s")
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setFormatter(prefix)
+    return True
+
+
 def share_threads(hydra_cfg: Any) -> int | None:
     """Jobs of the local launcher run `n_jobs` at a time on one machine; with torch's default (every core each) they
     fight over the cores, and small CPU jobs ran 2-11x slower. Each job then takes its share of the cores, unless
@@ -63,6 +77,7 @@ def _train_task(cfg) -> None:  # noqa: ANN001 (a DictConfig; typed at validation
             f"-m: python -m mm_repro train -m experiment={experiment}"
         )
     share_threads(hydra_cfg)
+    label_console(hydra_cfg)
     group = sweep_group(hydra_cfg.sweep.dir) if multirun else None
     job = job_from_hydra(cfg, HydraConfig.instance().cfg, Path(hydra_cfg.runtime.output_dir), group)
     loop.run(job.cfg, job.run_dir, job.config, job.group, hydra_cfg.job.num if multirun else None, job.hydra_files)

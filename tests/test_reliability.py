@@ -226,6 +226,10 @@ def test_a_failed_sweep_job_is_recorded_named_and_listed_under_every_launcher(tm
     assert "error: method.alpha=0.0" in (bad.parent / "train.log").read_text()
     assert len(list(sweep.rglob("result.json"))) == 1  # the other job ran
     assert not (sweep / ".failures").exists()
+    if launcher == "local":  # jobs print side by side: each console line names its job, train.log stays plain
+        ok = next(sweep.rglob("result.json")).parent
+        assert any(line.startswith("[job 1] final test error") for line in proc.stdout.splitlines())
+        assert not any(line.startswith("[job") for line in (ok / "train.log").read_text().splitlines())
     tables = run_cli(
         "tables",
         f"runs={sweep}",
