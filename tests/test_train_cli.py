@@ -318,3 +318,19 @@ def test_a_run_directory_written_before_the_house_move_resumes_and_ends_where_an
     ra, rb = json.loads((old / "result.json").read_text()), json.loads((tmp_path / "fresh" / "result.json").read_text())
     assert ra["final"]["test_error"] == rb["final"]["test_error"] and ra["epochs"] == 2
     assert ra["final"]["test_nll"] == pytest.approx(rb["final"]["test_nll"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_progress_in_a_log_is_a_line_at_a_steady_interval(tmp_path):
+    # stderr is a pipe here, as in a cluster log: no carriage-return redraws, one line per refresh (every 0 s here)
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        "train", "dataset=synthetic", "model.width=4", "train.epochs=2", "train.milestones=[]", "logger=none",
+        f"hydra.run.dir={run_dir}", cwd=tmp_path, env={"MM_REPRO_PROGRESS_SECONDS": "0"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("epoch ")]
+    assert len(lines) > 4 and "\r" not in proc.stderr
+    assert any("img/s" in line and "epoch 1/2" in line for line in lines)
+    assert any("run left" in line for line in lines if line.startswith("epoch 2/2"))  # from the second epoch on
+    assert "img/s]" not in (run_dir / "train.log").read_text()  # progress goes to the terminal, not the records

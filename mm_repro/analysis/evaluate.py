@@ -46,6 +46,7 @@ from mm_repro.config import validate_train
 from mm_repro.data import Splits, load_splits
 from mm_repro.errors import UserError
 from mm_repro.models import build_from
+from mm_repro.progress import progress
 from mm_repro.training.runtime import training_device
 
 
@@ -295,7 +296,8 @@ def evaluate_run(ecfg: EvalConfig) -> dict:
         out["test_images"] = len(test.labels)
         with torch.no_grad():
             out["clean"] = {"accuracy": _accuracy(model, clean)}
-        for name in ecfg.suite:
+        for name in (bar := progress(ecfg.suite, desc="evaluate", unit="evaluation")):
+            bar.set_postfix_str(name)
             out[name] = EVALUATIONS[name](inputs)
     records.write_json(target, out)
     return out

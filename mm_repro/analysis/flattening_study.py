@@ -34,6 +34,7 @@ from mm_repro.errors import UserError
 from mm_repro.method.losses import LOSSES
 from mm_repro.method.mixing import MixSpec
 from mm_repro.models.mlp import MLP
+from mm_repro.progress import progress
 from mm_repro.training.runtime import RunRandom, init_model
 from mm_repro.training.step import MixedForward, TrainStep
 
@@ -166,7 +167,8 @@ def run_study(cfg: StudyConfig) -> dict:
     tracker = open_tracker(cfg.logger, out, json.loads(json.dumps(asdict(cfg))), f"flattening-{cfg.study}")
     results = []
     try:
-        for i, net in enumerate(nets_of(cfg.study)):
+        for i, net in enumerate(bar := progress(nets_of(cfg.study), desc=f"flattening {cfg.study}", unit="net")):
+            bar.set_postfix_str(net.name)
             result = measure(train_net(net, cfg, x, y), net, cfg, xt, yt)
             results.append(result)
             tracker.log({"test_accuracy": result["test_accuracy"], "mean_top": result["mean_top"]}, step=i)

@@ -28,6 +28,7 @@ from mm_repro.analysis.measures import singular_values
 from mm_repro.config import LoggerConfig
 from mm_repro.method import mixing
 from mm_repro.models.mlp import MLP
+from mm_repro.progress import progress
 from mm_repro.training.runtime import RunRandom, init_model
 
 
@@ -214,7 +215,8 @@ def run_spiral(cfg: SpiralConfig) -> dict:
     tracker = open_tracker(cfg.logger, out, asdict(cfg), "spiral-figure2" if cfg.regularizers else "spiral")
     nets, stats = {}, {}
     try:
-        for i, name in enumerate(names):
+        for i, name in enumerate(bar := progress(names, desc="spiral", unit="net")):
+            bar.set_postfix_str(name)
             nets[name] = train_spiral(x, y, cfg, name)
             stats[name] = analyse(nets[name], x, y, xt, yt, cfg.grid)
             tracker.log({k: v for k, v in stats[name].items() if isinstance(v, float)}, step=i)

@@ -31,6 +31,7 @@ from torch import nn
 
 from mm_repro.config import LoggerConfig
 from mm_repro.errors import UserError
+from mm_repro.progress import progress
 
 TASKS = {  # (train angle ranges per class, test angle ranges per class); None: the class does not set the angle
     "A": (((-70.0, -50.0), (50.0, 80.0)), ((-30.0, -10.0), (10.0, 30.0))),
@@ -134,7 +135,7 @@ def train_and_test(cfg: SyntheticConfig, method: str, device: torch.device) -> d
     model = SynthClassifier().to(device)
     rng = random.Random(cfg.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    for _ in range(cfg.steps):
+    for _ in progress(range(cfg.steps), desc=f"task {cfg.task}, {method} mixup", unit="step"):
         x, t = (v.to(device) for v in make_batch(rng, cfg.task, True, method))
         loss = F.binary_cross_entropy(model.train()(x), t)
         optimizer.zero_grad()

@@ -49,6 +49,7 @@ from mm_repro.config import (
 from mm_repro.data import Arrays, DeviceLoader, random_split
 from mm_repro.method.losses import LOSSES
 from mm_repro.models import build
+from mm_repro.progress import progress
 from mm_repro.records.checkpoint import to_host
 from mm_repro.training.builders import build_model, packed_trainer, single_trainer
 from mm_repro.training.distributed import World
@@ -255,12 +256,23 @@ def run_bench(cfg: BenchConfig) -> dict:
         torch.backends.cudnn.benchmark = True
         np.random.seed(cfg.seed)  # the official-style step draws from the global streams, as the official code
         split = random_split(cfg.images, cfg.seed)
+        phases = ["train steps, ours and official-style", "the rest of an epoch", "a packed row", "FLOPs and peak"]
+        bar = progress(total=len(phases), desc="bench", unit="phase")
+        bar.set_postfix_str(phases[0])
         steps = measure_steps(cfg, split, device)
         model, trainer = steps.pop("model_obj"), steps.pop("trainer_obj")
+        bar.update(1)
+        bar.set_postfix_str(phases[1])
         rest = measure_epoch_rest(cfg, model, trainer, split, device, steps["ours_images_per_second"])
+        bar.update(1)
+        bar.set_postfix_str(phases[2])
         packed = measure_packed(cfg, split, device, steps["ours_images_per_second"]) if cfg.pack > 1 else {}
+        bar.update(1)
+        bar.set_postfix_str(phases[3])
         flops = train_flops_per_image(model, device)
         peak, peak_mode = peak_for(device, cfg.precision)
+        bar.update(1)
+        bar.close()
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     return {
         "device": cfg.device,

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from mm_repro.config import TrainRunConfig
 from mm_repro.errors import Diverged, Preempted, RunFailed
 from mm_repro.training import distributed
-from mm_repro.training.runs import Job, completed, emit, progress_bar
+from mm_repro.training.runs import Job, completed, emit, hms, progress_bar
 from mm_repro.training.runtime import StopSignals, configure_backends, training_device
 from mm_repro.training.session import Session, open_session
 
@@ -120,7 +120,12 @@ def _train_epoch(session: Session, stop: StopSignals) -> bool:
     cursor, shards = session.cursor, session.shards
     steps = cursor.steps_per_epoch
     check_every = 25 if shards.size > 1 else 1  # a collective per check under DDP: not every step
-    bar = progress_bar(steps, shards.is_main)
+    lead = session.active[0]
+    rows = lead.metrics
+    left = (session.epochs - cursor.epoch) * sum(r["seconds"] for r in rows) / len(rows) if rows else 0.0
+    desc = f"epoch {cursor.epoch + 1}/{session.epochs}"
+    images = cursor.loaders[0].batch_size * shards.size
+    bar = progress_bar(steps, shards.is_main, desc, images, hms(left) if rows else "")
     start = time.perf_counter()
     for i in range(cursor.step, steps):
         xs, ys = cursor.batch(i)

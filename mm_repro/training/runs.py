@@ -4,7 +4,6 @@ streams, lock and tracker, and the lines it writes), plus the epoch's progress b
 from __future__ import annotations
 
 import logging
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +97,7 @@ class Run:
         left = (epochs - epoch) * sum(r["seconds"] for r in self.metrics) / len(self.metrics)
         self.say(
             f"{epoch:>7d} {row['lr']:>9.5f} {row['train_loss']:>11.5f} {row['test_error']:>9.2f} "
-            f"{row['test_nll']:>9.4f} {row['train_images_per_second']:>9.0f} {_hms(left):>10}"
+            f"{row['test_nll']:>9.4f} {row['train_images_per_second']:>9.0f} {hms(left):>10}"
         )
 
     def diverged_message(self, what: str) -> str:
@@ -229,7 +228,7 @@ def take_over(run: Run) -> None:
     distributed.barrier(run.world)
 
 
-def _hms(s: float) -> str:
+def hms(s: float) -> str:
     s = int(round(s))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
@@ -241,28 +240,24 @@ def resume_point(saved: dict | None) -> tuple[int, int]:
     return saved["epoch"], (saved["position"] or {}).get("step", 0)
 
 
-def progress_bar(total: int, enabled: bool) -> Any:
-    """A one-line progress bar within the epoch, only when stderr is a terminal (no host sync: counts only)."""
-    return _Progress(total) if enabled and sys.stderr.isatty() else _NoProgress()
+def progress_bar(total: int, enabled: bool, desc: str = "", images_per_step: int = 1, run_left: str = "") -> Any:
+    """The steps of an epoch (mm_repro.progress, tqdm): a bar on a terminal, a line at a steady interval in a log, with
+    the images per second, the epoch's time left and, from the second epoch, the run's (no host sync: counts only)."""
+    from mm_repro.progress import progress
+
+    return _Steps(progress(total=total, desc=desc, unit="img", unit_scale=images_per_step, enabled=enabled), run_left)
 
 
-class _NoProgress:
+class _Steps:
+    """tqdm, told the absolute step (the loop's cursor) rather than an increment."""
+
+    def __init__(self, bar: Any, run_left: str) -> None:
+        self.bar = bar
+        if run_left:
+            bar.set_postfix_str(f"run left {run_left}", refresh=False)
+
     def update(self, step: int) -> None:
-        pass
+        self.bar.update(step - self.bar.n)
 
     def close(self) -> None:
-        pass
-
-
-class _Progress(_NoProgress):
-    def __init__(self, total: int) -> None:
-        self.total = total
-
-    def update(self, step: int) -> None:
-        if step % 10 == 0 or step == self.total:
-            done = int(30 * step / self.total)
-            sys.stderr.write(f"\r  [{'#' * done}{'.' * (30 - done)}] {step}/{self.total}")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        sys.stderr.write("\r" + " " * 60 + "\r")
+        self.bar.close()

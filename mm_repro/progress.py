@@ -1,0 +1,52 @@
+"""Progress on every long command, through tqdm: a bar on a terminal; in a log (stderr not a terminal, as under SLURM)
+a plain line at a steady interval (`MM_REPRO_PROGRESS_SECONDS`, default 60), each refresh of the bar written as one
+line instead of redrawn with carriage returns."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from tqdm import tqdm
+
+
+class _Lines:
+    """A file for tqdm that turns each redraw into a line of its own (a log keeps them readable)."""
+
+    def write(self, text: str) -> None:
+        text = text.strip("\r\n\x1b[A ")
+        if text:
+            sys.stderr.write(text + "\n")
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def progress(
+    iterable: Iterable | None = None,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    unit_scale: float = 1.0,
+    enabled: bool = True,
+) -> Any:
+    """A tqdm bar over `iterable` (or `total` steps, updated by hand): drawn on a terminal, a line every
+    MM_REPRO_PROGRESS_SECONDS in a log, nothing when not `enabled` (a DDP rank other than the first)."""
+    terminal = sys.stderr.isatty()
+    interval = float(os.environ.get("MM_REPRO_PROGRESS_SECONDS", "60"))
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=unit_scale if unit_scale != 1.0 else False,
+        disable=not enabled,
+        leave=False,
+        file=None if terminal else _Lines(),
+        mininterval=0.5 if terminal else interval,
+        maxinterval=interval if not terminal else 10.0,
+        ncols=None if terminal else 100,
+        dynamic_ncols=terminal,
+    )
