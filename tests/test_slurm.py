@@ -1,0 +1,101 @@
+"""Sweeps on a real SLURM cluster, as users run them: `hydra/launcher=slurm` (Hydra's submitit launcher) against the
+one-node cluster `.ci/slurm_up` starts (Debian's slurm-wlm and munge). Skipped, with the reason, where no cluster
+answers. A job requeued while it trains (`scontrol requeue`, as a preemption does) resumes from its checkpoint and
+ends bitwise where an unbroken run of the same job ends; a job that fails is named at the sweep's end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+from conftest import popen_cli, run_cli, wait_for
+
+from mm_repro.records import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def _cluster() -> str | None:
+    """None when a partition answers idle or mixed, else why not."""
+    if not shutil.which("sinfo"):
+        return "no SLURM here (sinfo not found): run .ci/slurm_up as root to start a one-node cluster"
+    try:
+        states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"sinfo failed ({exc})"
+    return None if any(s in states for s in ("idle", "mix", "alloc")) else f"no usable SLURM node ({states.strip()!r})"
+
+
+REASON = _cluster()
+skip = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.partition=debug",
+    "hydra.launcher.gpus_per_node=0",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+]
+SMALL = ["experiment=smoke", "dataset.train_size=400", "dataset.test_size=50", "model.width=4", "logger=none"]
+
+
+@skip
+def test_a_sweep_on_slurm_completes_and_names_its_failed_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "train", "-m", *SMALL, *SLURM, "method.alpha=0,1", "train.epochs=2", "train.milestones=[]",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("error: job 0")]
+    assert len(failed) == 1 and "method.alpha=0.0 must be a finite number > 0" in failed[0]
+    (result,) = sweep.rglob("result.json")
+    assert json.loads(result.read_text())["epochs"] == 2 and "sweep summary: 1 complete runs" in proc.stdout
+
+
+def _job_ids() -> set[str]:
+    return set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
+
+
+@skip
+def test_a_requeued_job_resumes_and_ends_bitwise_where_an_unbroken_one_ends(tmp_path):
+    args = [
+        *SMALL,
+        *SLURM,
+        "train.epochs=5",
+        "train.milestones=[3]",
+        "train.checkpoint_seconds=0",
+        "deterministic=true",
+    ]
+    before = _job_ids()
+    broken = popen_cli(["train", "-m", *args, f"hydra.sweep.dir={tmp_path / 'broken'}"], cwd=tmp_path)
+    unbroken = popen_cli(["train", "-m", *args, f"hydra.sweep.dir={tmp_path / 'unbroken'}"], cwd=tmp_path)
+
+    def epochs_done() -> int:
+        return sum(len(p.read_text().splitlines()) for p in (tmp_path / "broken").rglob("metrics.jsonl"))
+
+    wait_for(lambda: epochs_done() >= 2, broken, "two epochs of the job to requeue", timeout=300)
+    (folder,) = (tmp_path / "broken").rglob(".submitit")
+    job = next(p.name for p in folder.iterdir() if p.name.isdigit())
+    assert job in _job_ids() - before
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    time.sleep(3)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)  # skip SLURM's 2-min hold
+    for proc in (broken, unbroken):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    (run_a,) = [p.parent for p in (tmp_path / "broken").rglob("result.json")]
+    (run_b,) = [p.parent for p in (tmp_path / "unbroken").rglob("result.json")]
+    log = (run_a / "train.log").read_text()
+    assert "resuming" in log and "config (resolved)" in log  # it was stopped, and a second session finished it
+    a, b = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (run_a, run_b))
+    assert a["epoch"] == b["epoch"] == 5
+    for key in a["model"]:
+        assert (a["model"][key] == b["model"][key]).all(), key  # bitwise
+    rows_a = [json.loads(x) for x in (run_a / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (run_b / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["lr"], r["train_loss"], r["test_error"]) for r in rows_a] == [
+        (r["lr"], r["train_loss"], r["test_error"]) for r in rows_b
+    ]
