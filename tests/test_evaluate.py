@@ -279,3 +279,13 @@ def test_best_checkpoint_is_kept_and_evaluate_reads_it(cifar10_root, tmp_path):
     assert (run_dir / "best_reliability.png").exists() and not (run_dir / "eval.json").exists()
     wrong = run_cli("evaluate", f"run={run_dir}", "checkpoint=first", cwd=tmp_path)
     assert wrong.returncode == 2 and "checkpoint='first' is not allowed; choose one of last, best" in wrong.stderr
+
+
+def test_the_reliability_table_and_plot_hold_only_bins_with_images(tmp_path):
+    from mm_repro.analysis.eval_report import plot_reliability
+
+    probs = torch.tensor([[0.95, 0.05], [0.96, 0.04], [0.55, 0.45]])  # confidences in 2 of the 15 bins
+    calibration = expected_calibration_error(probs, torch.tensor([0, 1, 0]), bins=15)
+    assert [b["count"] for b in calibration["table"]] == [1, 2]  # no entry, so no bar at accuracy 0, for empty bins
+    name = plot_reliability(calibration, tmp_path / "r.png", "sweep/run (last checkpoint)")
+    assert (tmp_path / name).stat().st_size > 5_000
