@@ -1,6 +1,7 @@
 """Progress on every long command, through tqdm: a bar on a terminal; in a log (stderr not a terminal, as under SLURM)
 a plain line at a steady interval (`MM_REPRO_PROGRESS_SECONDS`, default 60), each refresh of the bar written as one
-line instead of redrawn with carriage returns."""
+line instead of redrawn with carriage returns; a task shorter than the interval writes nothing there, so a short
+run's stderr holds only what it has to say (an error stays one line)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def progress(
         leave=False,
         file=None if terminal else _Lines(),
         mininterval=0.5 if terminal else interval,
+        delay=0.0 if terminal else interval,  # in a log, nothing for a task shorter than the interval
         maxinterval=interval if not terminal else 10.0,
         ncols=None if terminal else 100,
         dynamic_ncols=terminal,
