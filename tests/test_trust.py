@@ -276,7 +276,7 @@ def test_tables_list_bad_directories_apart_and_refuse_bad_paths_in_one_line(tmp_
     assert any("bad-failure" in f for f in found.failed)
     out = tmp_path / "out"
     assert run_cli("tables", f"runs={runs}", f"out={out}", cwd=tmp_path).returncode == 0
-    before = {p: p.read_bytes() for p in out.iterdir()}
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}  # tables, summary, figures, curves/
     empty = tmp_path / "empty"
     empty.mkdir()
     for args, message in (
@@ -286,7 +286,7 @@ def test_tables_list_bad_directories_apart_and_refuse_bad_paths_in_one_line(tmp_
     ):
         proc = run_cli("tables", *args, cwd=tmp_path)
         assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, args
-    assert {p: p.read_bytes() for p in out.iterdir()} == before
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 class _Dtypes(TorchDispatchMode):
