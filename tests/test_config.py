@@ -99,6 +99,9 @@ def test_paper_protocol_switches_schedule_and_wrn_layers():
         (["train.epochs=10"], r"train.milestones=\[500, 1000, 1500\]: milestone 500 is outside 1..9"),
         (["model.bn_init=zeros"], r"model.bn_init='zeros' is not allowed; choose one of uniform, ones"),
         (["train.checkpoint_every=0"], r"train.checkpoint_every=0 must be >= 1"),
+        (["method=erm", "method.block_gradient=true"], r"block_gradient=true needs method=manifold \(method=erm"),
+        (["method=cutout", "method.cutout=0"], r"method.cutout=0: the hole's side must be >= 1 pixel"),
+        (["dataset.valid_per_class=-1"], r"dataset.valid_per_class=-1 must be >= 0"),
     ],
 )
 def test_bad_values_are_one_line_errors(overrides, message):

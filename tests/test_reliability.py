@@ -144,7 +144,11 @@ def test_slurm_launcher_composes(tmp_path):
             marks=pytest.mark.slow,
         ),
         (["method=cutmix"], "method='cutmix' is not an option; choose one of: cutout, erm, manifold, mixup"),
-        (["method=erm", "method.block_gradient=true"], "method.block_gradient=true needs method=manifold (method=erm"),
+        pytest.param(
+            ["method=erm", "method.block_gradient=true"],
+            "method.block_gradient=true needs method=manifold (method=erm",
+            marks=pytest.mark.slow,
+        ),
         pytest.param(
             ["model.stem_stride=0"],
             "model.stem_stride=0: the first convolution's stride must be >= 1",

@@ -43,7 +43,7 @@ def _train_steps(steps: int, *overrides: str) -> tuple[list[float], nn.Module, t
     return losses, model, trainer.optimizer
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["bf16", pytest.param("fp16", marks=pytest.mark.slow)])  # fp16 on a CPU: 16 s
 def test_half_precision_losses_agree_with_fp32_over_a_few_steps(precision):
     reference, _, _ = _train_steps(4, "train.precision=fp32")
     half, _, _ = _train_steps(4, f"train.precision={precision}")
@@ -64,6 +64,7 @@ def test_no_recompilation_per_lam_and_one_graph_per_mixing_point():
     assert counter.frame_count == 3  # k = 0, 1, 2; nine different lam values
 
 
+@pytest.mark.slow  # nine compiled graphs: ~9 s on 2 cores
 def test_one_static_graph_per_mixing_point_and_batch_size_even_past_the_default_recompile_limit():
     # PreActResNet offers 5 mixing points; with a smaller last batch that is 10 graphs, more than dynamo's default
     # limit of 8, past which it would silently fall back to eager.
