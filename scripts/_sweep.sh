@@ -16,3 +16,12 @@ sweep() {
     "hydra.sweep.dir=runs/${experiment}" "$@"
   python -m mm_repro tables "runs=runs/${experiment}" "tables=[${TABLE:-$experiment}]"
 }
+# evaluate_then_table <runs dir> <suite> <table>: `evaluate suite=[<suite>]` on every complete CIFAR-10
+# PreActResNet18 run under <runs dir>, then that table (scripts/knn.sh, scripts/pgd.sh).
+evaluate_then_table() {
+  local runs=$1 suite=$2 table=$3
+  for run in $(find "$runs" -path "*cifar10-preactresnet18-*" -name result.json -printf "%h\n"); do
+    python -m mm_repro evaluate "run=$run" "suite=[$suite]"
+  done
+  python -m mm_repro tables "runs=$runs" "tables=[$table]"
+}
