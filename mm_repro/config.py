@@ -19,8 +19,10 @@ from omegaconf.errors import OmegaConfBaseException
 from mm_repro.errors import UserError
 from mm_repro.training.step import PRECISION_DTYPES
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-PAPER_DIR = CONF_DIR.parent / "results" / "paper"  # the paper's numbers, one JSON file per table
+_PACKAGE = Path(__file__).resolve().parent
+_INSTALLED = (_PACKAGE / "conf").is_dir()  # a wheel's install carries conf/ and results/paper/ inside the package
+CONF_DIR = _PACKAGE / "conf" if _INSTALLED else _PACKAGE.parent / "conf"
+PAPER_DIR = _PACKAGE / "paper" if _INSTALLED else _PACKAGE.parent / "results" / "paper"  # one JSON file per table
 
 PAIRINGS = ("permutation", "flip")
 NOT_MIXING = ("erm", "cutout")  # methods with one-hot targets and no mixing point

@@ -4,7 +4,14 @@ a module loads), and every module stays small enough to read."""
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mm_repro"
 
@@ -50,3 +57,53 @@ def test_no_import_cycle():
 def test_every_module_is_small():
     sizes = {p.relative_to(PACKAGE): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
     assert max(sizes.values()) <= 320, max(sizes, key=sizes.get)
+
+
+REPO = PACKAGE.parent
+
+
+def test_the_packaging_lists_every_package_of_the_tree():
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    tree = {
+        ".".join(p.parent.relative_to(REPO).parts)
+        for root in (PACKAGE, REPO / "hydra_plugins")
+        for p in root.rglob("__init__.py")
+    }
+    assert listed == tree | {"hydra_plugins", "mm_repro.conf", "mm_repro.paper"}  # hydra_plugins: a namespace
+
+
+def test_a_wheel_carries_the_configs_and_the_papers_numbers_and_runs_outside_the_tree(tmp_path):
+    source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
+    for part in ("mm_repro", "hydra_plugins", "conf", "results/paper"):
+        shutil.copytree(REPO / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "."],
+        cwd=source, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("mm_repro-*.whl")
+    unpacked = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(unpacked)
+    for source, target in (("conf", "mm_repro/conf"), ("results/paper", "mm_repro/paper")):
+        files = [p for p in (REPO / source).rglob("*") if p.suffix in (".yaml", ".json")]
+        assert len(files) > 10
+        for p in files:
+            copy = unpacked / target / p.relative_to(REPO / source)
+            assert copy.read_bytes() == p.read_bytes(), copy
+    # From another directory, the unpacked wheel alone: its config and numbers, not the source tree's.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(unpacked)}
+    code = "import mm_repro.config as c; print(c.CONF_DIR); print(c.PAPER_DIR)"
+    found = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert found.stdout.split() == [str(unpacked / "mm_repro" / "conf"), str(unpacked / "mm_repro" / "paper")]
+    shown = subprocess.run(
+        [sys.executable, "-m", "mm_repro", "train", "experiment=smoke", "--cfg", "job"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "name: synthetic" in shown.stdout and not list(elsewhere.iterdir())

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mm_repro import __version__
+
 
 def run_info(cfg: Any) -> dict:
     """The keys that name a table cell (dataset, model, method, alpha, layers), the seed and the experiment, plus a
@@ -127,6 +129,7 @@ def make_result(
         "wall_seconds": wall_seconds,
         "train_images_per_second": float(np.median(rates)) if rates else None,
         "git_commit": git_commit(),
+        "mm_repro_version": __version__,  # the one mark an install from a wheel has (git_commit is None there)
         "torch_version": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "config": config,
@@ -171,9 +174,15 @@ def check_result(result: dict) -> None:
 
 
 def git_commit() -> str | None:
-    """The commit of the mm_repro checkout (with '-dirty' if modified), or None outside git."""
+    """The commit of the mm_repro checkout (with '-dirty' if modified), or None where mm_repro is not run from its own
+    checkout (an install from a wheel, whose site-packages may lie inside some other repository)."""
     here = Path(__file__).resolve().parent
     try:
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        if Path(top).resolve() != here.parent.parent:
+            return None
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
