@@ -277,6 +277,61 @@ def test_jobs_pack_by_what_they_share_and_the_rest_run_alone(tmp_path):
     assert plan_packs(jobs, max_pack=8) == [[0, 1, 2, 7], [3], [4], [5], [6]]
     assert plan_packs(jobs, max_pack=3) == [[0, 1, 2], [3], [4], [5], [6], [7]]
 
+    # on a cluster the launching machine groups without a memory cap: the node that trains a pack caps it
+    assert plan_packs(jobs, max_pack=8, fits=lambda job: 2) == [[0, 1], [2, 7], [3], [4], [5], [6]]
+
+
+def test_packed_slurm_has_the_options_and_values_of_slurm_plus_max_pack():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+
+    def launcher(name: str) -> dict:
+        from hydra import compose, initialize_config_dir
+        from omegaconf import OmegaConf
+
+        from mm_repro.config import CONF_DIR
+
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[f"hydra/launcher={name}"], return_hydra_config=True)
+        return OmegaConf.to_container(cfg.hydra.launcher)
+
+    slurm, packed = launcher("slurm"), launcher("packed_slurm")
+    assert packed.pop("max_pack") == 8 and packed.pop("_target_").endswith("PackedSlurmLauncher")
+    slurm.pop("_target_")
+    assert packed == slurm
+
+
+class _ClusterJob:
+    """A submitit job as `wait_for_job` sees it: done once it wrote its result, or never."""
+
+    job_id, paths = "41_0", None
+
+    def __init__(self, polls_until_done: int | None) -> None:
+        self.left = polls_until_done
+
+    def done(self) -> bool:
+        if self.left is None:
+            return False
+        self.left -= 1
+        return self.left < 0
+
+    def results(self) -> list:
+        return [["returns of the pack"]]
+
+
+def test_a_pack_job_that_ended_without_its_result_ends_the_wait_and_a_requeued_one_does_not(monkeypatch):
+    from mm_repro.errors import RunFailed
+    from mm_repro.sweeps import cluster
+
+    states = iter(["RUNNING", "PENDING", "RUNNING", "COMPLETING"])  # requeued once: pending again, not ended
+    monkeypatch.setattr(cluster, "slurm_state", lambda job_id: next(states))
+    assert cluster.wait_for_job(_ClusterJob(4), poll=0, grace=0) == ["returns of the pack"]
+    for state in ("CANCELLED", "OUT_OF_MEMORY", None):  # None: SLURM no longer knows the job
+        monkeypatch.setattr(cluster, "slurm_state", lambda job_id, s=state: s)
+        with pytest.raises(RunFailed, match=f"it ended {state or 'and left the queue'} without a result"):
+            cluster.wait_for_job(_ClusterJob(None), poll=0, grace=0.01)
+    monkeypatch.setattr(cluster, "slurm_state", lambda job_id: "UNKNOWN")  # scontrol unreadable: keep waiting
+    assert cluster.wait_for_job(_ClusterJob(3), poll=0, grace=0) == ["returns of the pack"]
+
 
 @pytest.mark.slow
 def test_the_packed_table_1a_sweep_runs_on_fixture_files_and_tables_renders_it(cifar10_root, tmp_path):

@@ -38,6 +38,7 @@ SLURM = [
     "hydra.launcher.cpus_per_task=1",
     "hydra.launcher.mem_gb=2",
 ]
+PACKED_SLURM = ["hydra/launcher=packed_slurm", *SLURM[1:]]
 SMALL = ["experiment=smoke", "dataset.train_size=400", "dataset.test_size=50", "model.width=4", "logger=none"]
 
 
@@ -99,3 +100,72 @@ def test_a_requeued_job_resumes_and_ends_bitwise_where_an_unbroken_one_ends(tmp_
     assert [(r["lr"], r["train_loss"], r["test_error"]) for r in rows_a] == [
         (r["lr"], r["train_loss"], r["test_error"]) for r in rows_b
     ]
+
+
+def _rows(run_dir) -> list[tuple]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["lr"], r["train_loss"], r["test_error"]) for r in rows]
+
+
+def _submitted(sweep) -> list[str]:
+    folder = next(sweep.rglob(".submitit"), None)
+    return sorted({p.name.split("_")[0] for p in folder.iterdir() if p.name[0].isdigit()}) if folder else []
+
+
+@skip
+def test_a_requeued_pack_resumes_and_its_runs_end_bitwise_where_an_unbroken_pack_ends(tmp_path):
+    args = [*SMALL, *PACKED_SLURM, "seed=0,1", "train.epochs=5", "train.milestones=[3]",
+            "train.checkpoint_seconds=0", "deterministic=true"]  # fmt: skip
+    broken = popen_cli(["train", "-m", *args, f"hydra.sweep.dir={tmp_path / 'broken'}"], cwd=tmp_path)
+    unbroken = popen_cli(["train", "-m", *args, f"hydra.sweep.dir={tmp_path / 'unbroken'}"], cwd=tmp_path)
+
+    def epochs_done() -> list[int]:
+        return [len(p.read_text().splitlines()) for p in (tmp_path / "broken").rglob("metrics.jsonl")]
+
+    wait_for(lambda: len(epochs_done()) == 2 and min(epochs_done()) >= 2, broken, "two epochs of the pack", 300)
+    (job,) = _submitted(tmp_path / "broken")  # the two runs are one SLURM job
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    time.sleep(3)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)  # skip SLURM's 2-min hold
+    for proc in (broken, unbroken):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    assert _submitted(tmp_path / "broken") == [job] and len(_submitted(tmp_path / "unbroken")) == 1
+    for seed in (0, 1):
+        (run_a,) = [p.parent for p in (tmp_path / "broken").rglob("result.json") if f"seed={seed}" in str(p)]
+        (run_b,) = [p.parent for p in (tmp_path / "unbroken").rglob("result.json") if f"seed={seed}" in str(p)]
+        log = (run_a / "train.log").read_text()
+        assert "resuming" in log and "packed" in log
+        result = json.loads((run_a / "result.json").read_text())
+        assert result["packed"] is True and len(result["packed_with"]) == 1  # the other seed, in both sessions
+        a, b = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (run_a, run_b))
+        assert a["epoch"] == b["epoch"] == 5
+        for key in a["model"]:
+            assert (a["model"][key] == b["model"][key]).all(), key  # bitwise
+        assert _rows(run_a) == _rows(run_b)
+
+
+@skip
+def test_a_pack_whose_cluster_job_dies_names_each_of_its_runs_and_they_resume_on_rerun(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", *SMALL, *PACKED_SLURM, "seed=0,1", "train.epochs=3", "train.milestones=[]",
+            "train.checkpoint_seconds=0", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = popen_cli([*args, "method.alpha=0,1"], cwd=tmp_path)
+    done = lambda: [len(p.read_text().splitlines()) for p in sweep.rglob("metrics.jsonl")]  # noqa: E731
+    wait_for(lambda: len(done()) == 2 and min(done()) >= 1, proc, "an epoch of the pack", 300)
+    (job,) = _submitted(sweep)
+    subprocess.run(["scancel", job], check=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in err.splitlines() if line.startswith("error: job")]
+    assert len(errors) == 4 and "4 jobs failed" in err  # two refused configs, the two runs of the killed pack
+    assert sum("method.alpha=0.0 must be a finite number > 0" in line for line in errors) == 2
+    killed = [line for line in errors if f"its SLURM job {job} failed" in line]
+    assert len(killed) == 2 and all(".submitit" in line for line in killed)  # with the job's log
+    assert not list(sweep.rglob("result.json"))
+    rerun = run_cli(*args, "method.alpha=1", cwd=tmp_path, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    for result in sweep.rglob("result.json"):
+        assert json.loads(result.read_text())["epochs"] == 3
+        assert "resuming" in (result.parent / "train.log").read_text()
+    assert len(list(sweep.rglob("result.json"))) == 2

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -99,14 +100,15 @@ def memory_cap(job: Job) -> int:
     return max(1, int(0.8 * free // per_run))
 
 
-def plan_packs(jobs: list[Job], max_pack: int) -> list[list[int]]:
-    """Indices of `jobs` grouped into packs (in sweep order), each of at most max_pack runs and what fits."""
+def plan_packs(jobs: list[Job], max_pack: int, fits: Callable[[Job], int] = memory_cap) -> list[list[int]]:
+    """Indices of `jobs` grouped into packs (in sweep order), each of at most max_pack runs and of what `fits` says
+    fits on the device (the login node of a cluster does not cap: the node that trains the pack does)."""
     groups: dict[str, list[int]] = {}
     for i, job in enumerate(jobs):
         groups.setdefault(pack_key(job), []).append(i)
     packs = []
     for members in groups.values():
-        size = max(1, min(max_pack, memory_cap(jobs[members[0]])))
+        size = max(1, min(max_pack, fits(jobs[members[0]])))
         packs += [members[i : i + size] for i in range(0, len(members), size)]
     return sorted(packs)
 
@@ -162,15 +164,20 @@ class PackedLaunch:
         return ret
 
     def launch(self, job_overrides: list[list[str]], initial_job_idx: int) -> list[JobReturn]:
-        from mm_repro.training.loop import train_jobs
+        numbered = [(initial_job_idx + i, overrides) for i, overrides in enumerate(job_overrides)]
+        configs, jobs, returns = self.prepare(numbered)
+        returns.update(self.train(configs, jobs))
+        return [returns[num] for num, _ in numbered]
 
+    def prepare(self, numbered: list[tuple[int, list[str]]]) -> tuple[dict, dict, dict]:
+        """Each job (number, overrides) composed and checked: (configs, jobs, returns), where a job whose config is
+        refused has already run alone (and failed in one line) and has its return."""
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         group = sweep_group(str(self.config.hydra.sweep.dir))
         configs, jobs, returns = {}, {}, {}
-        for idx, overrides in enumerate(job_overrides):
-            num = initial_job_idx + idx
+        for num, overrides in numbered:
             configs[num] = self._compose(overrides, num)
             task_cfg = copy.deepcopy(configs[num])
             with open_dict(task_cfg):
@@ -181,9 +188,14 @@ class PackedLaunch:
                 )
             except Exception:
                 returns[num] = self._alone(configs[num])  # bad input: the job fails alone, in one line
-        nums = sorted(jobs)
-        for pack in plan_packs([jobs[n] for n in nums], self.max_pack):
-            members = [nums[i] for i in pack]
+        return configs, jobs, returns
+
+    def train(self, configs: dict, jobs: dict, fits: Callable[[Job], int] = memory_cap) -> dict[int, JobReturn]:
+        """The prepared jobs trained, pack by pack (a pack of one alone, as Hydra's basic launcher runs it)."""
+        from mm_repro.training.loop import train_jobs
+
+        nums, returns = sorted(jobs), {}
+        for members in self.packs(jobs, fits):
             if len(members) == 1:
                 returns[members[0]] = self._alone(configs[members[0]])
                 continue
@@ -200,10 +212,16 @@ class PackedLaunch:
             except Exception as exc:  # recorded in every member's directory by train_jobs; reported per job
                 outcomes = [exc] * len(members)
             for n, outcome in zip(members, outcomes, strict=True):
-                returns[n] = self._report(n, configs[n], jobs[n], outcome)
-        return [returns[initial_job_idx + i] for i in range(len(job_overrides))]
+                returns[n] = self.report(n, configs[n], jobs[n], outcome)
+        assert sorted(returns) == nums
+        return returns
 
-    def _report(self, num: int, sweep_config: Any, job: Job, outcome: Any) -> JobReturn:
+    def packs(self, jobs: dict, fits: Callable[[Job], int] = memory_cap) -> list[list[int]]:
+        """The job numbers of each pack, in sweep order."""
+        nums = sorted(jobs)
+        return [[nums[i] for i in pack] for pack in plan_packs([jobs[n] for n in nums], self.max_pack, fits)]
+
+    def report(self, num: int, sweep_config: Any, job: Job, outcome: Any) -> JobReturn:
         overrides = list(sweep_config.hydra.overrides.task)
         if isinstance(outcome, Exception):  # a diverged run (RunFailed) or a crash of the pack
             label = f"job {num} ({' '.join(filter_overrides(overrides))})"

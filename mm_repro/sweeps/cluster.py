@@ -1,0 +1,125 @@
+"""`hydra/launcher=packed_slurm`: a packed sweep on a SLURM cluster, each pack one cluster job (submitit).
+
+On the machine that launches the sweep, every job is composed and checked (a refused config fails there, at once, in
+one line, as under `hydra/launcher=packed`) and grouped by mm_repro.sweeps.packed's key into packs of at most
+`max_pack`; each pack is submitted as one SLURM job with the options of `hydra/launcher=slurm`. On its node the pack's
+jobs are grouped again, there capped by what fits in that node's GPU memory, and trained as the packed launcher trains
+them; a pack of one trains alone through Hydra's `run_job`, as under `hydra/launcher=slurm`.
+
+Requeue-safe: a job requeued by a preemption or `scontrol requeue` is stopped by SIGTERM (every run of the pack writes
+its checkpoints/last.pt at the same step and the process exits 75), and one requeued before its time limit by submitit
+(`checkpoint`, then `scontrol requeue`) the same way; the requeued job runs the same pack again, its runs resume from
+that step together and end bitwise where an unbroken pack ends. Each run keeps its own records. A run that fails
+(diverged, crashed) is named at the sweep's end by the failure notes of mm_repro.sweeps.jobs, which reach the launching
+process through the sweep directory; a whole cluster job that dies (killed, out of memory) names each of its runs, with
+the job's log.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, setup_globals
+
+from mm_repro.errors import RunFailed
+from mm_repro.sweeps.packed import PackedLaunch
+
+log = logging.getLogger("mm_repro.packed")
+
+_EXECUTOR_KEYS = ("submitit_folder", "max_num_timeout")  # options of submitit's executor, not of the job
+
+
+def _executor(params: dict) -> Any:
+    """A submitit SLURM executor with `hydra/launcher=slurm`'s options, passed as Hydra's submitit launcher does."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    executor = submitit.AutoExecutor(
+        cluster="slurm", folder=params["submitit_folder"], slurm_max_num_timeout=params["max_num_timeout"]
+    )
+    shared = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(
+        **{k if k in shared else f"slurm_{k}": v for k, v in params.items() if k not in _EXECUTOR_KEYS}
+    )
+    return executor
+
+
+def _launch(launcher: Any) -> PackedLaunch:
+    return PackedLaunch(launcher.config, launcher.hydra_context, launcher.task_function, launcher.max_pack)
+
+
+def submit_packs(launcher: Any, job_overrides: list[list[str]], initial_job_idx: int) -> list[JobReturn]:
+    """On the launching machine: check and group the sweep's jobs, submit one SLURM job per pack, wait for all."""
+    launch = _launch(launcher)
+    numbered = [(initial_job_idx + i, overrides) for i, overrides in enumerate(job_overrides)]
+    configs, jobs, returns = launch.prepare(numbered)
+    packs = launch.packs(jobs, fits=lambda job: sys.maxsize)  # the node caps by its own GPU memory
+    if not packs:
+        return [returns[num] for num, _ in numbered]
+    overrides = dict(numbered)
+    log.info(f"SLURM sweep output dir: {launcher.config.hydra.sweep.dir}")
+    for pack in packs:
+        log.info(f"\tone SLURM job: {', '.join(f'#{n}' for n in pack)}")
+    submitted = _executor(launcher.params).map_array(
+        launcher, [[(n, overrides[n]) for n in pack] for pack in packs], [Singleton.get_state()] * len(packs)
+    )
+    for pack, cluster_job in zip(packs, submitted, strict=True):
+        try:
+            returns.update(zip(pack, wait_for_job(cluster_job), strict=True))
+        except Exception as exc:  # the cluster job itself died: each of its runs is named, with the job's log
+            last = [line for line in str(exc).splitlines() if line.strip()][-1:] or [type(exc).__name__]
+            failed = RunFailed(
+                f"its SLURM job {cluster_job.job_id} failed ({last[0].strip()}); log: {cluster_job.paths.stderr}; "
+                "rerun the sweep to resume its runs from their checkpoints"
+            )
+            returns.update({n: launch.report(n, configs[n], jobs[n], failed) for n in pack})
+    return [returns[num] for num, _ in numbered]
+
+
+ENDED = ("CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")  # SLURM's ends
+
+
+def slurm_state(job_id: str) -> str | None:
+    """The job's state as `scontrol` reports it; None once SLURM no longer knows the job, "UNKNOWN" if unreadable."""
+    try:
+        shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return "UNKNOWN"
+    found = re.search(r"JobState=(\S+)", shown.stdout)
+    return found.group(1) if found else (None if "Invalid job id" in shown.stderr else "UNKNOWN")
+
+
+def wait_for_job(cluster_job: Any, poll: float = 2.0, grace: float = 30.0) -> Any:
+    """The pack job's return. Submitit learns that a job ended from `sacct`; where SLURM keeps no accounting (small
+    clusters; the one-node test cluster) it never learns that a job was cancelled or killed, and would wait forever.
+    So the wait also reads scontrol's state: a job that ended (or left the queue) without writing its result for
+    `grace` seconds (time for the file to reach a shared file system) ends the wait as failed. A requeued job is
+    PENDING again, not ended."""
+    ended_at = None
+    while not cluster_job.done():
+        state = slurm_state(str(cluster_job.job_id))
+        if state is None or state in ENDED:
+            ended_at = ended_at or time.monotonic()
+            if time.monotonic() - ended_at > grace:
+                raise RunFailed(f"it ended {state or 'and left the queue'} without a result")
+        else:
+            ended_at = None
+        time.sleep(poll)
+    return cluster_job.results()[0]
+
+
+def train_pack(launcher: Any, members: list[tuple[int, list[str]]], singleton_state: dict) -> list[JobReturn]:
+    """On the cluster node: the pack's jobs composed again, grouped by this node's memory and trained."""
+    Singleton.set_state(singleton_state)
+    setup_globals()
+    launch = _launch(launcher)
+    configs, jobs, returns = launch.prepare([(num, list(overrides)) for num, overrides in members])
+    returns.update(launch.train(configs, jobs))
+    return [returns[num] for num, _ in members]
