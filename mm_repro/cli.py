@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "tables": "regenerate the paper's tables from run records: runs=DIR out=DIR",
     "evaluate": "FGSM, PGD, k-NN, novel deformations, calibration and flattening of a trained run: run=DIR",
     "spiral": "the paper's Figure 1: 2-D spirals, ERM against manifold mixup at a 2-D bottleneck: out=DIR",
+    "plan": "a train sweep's jobs, packs and estimated GPU-hours (from bench figures), without training: bench=DIR",
     "bench": "time our training step and epoch against the official pipeline: device=cpu|cuda out=DIR",
     "flattening": "the paper's MNIST flattening studies: study=section3_2|figure5|appendix_g out=DIR",
     "synthetic": "Table 8 and Figure 4: mixing in the true generative factors: task=A|B|C out=DIR",
@@ -177,6 +178,7 @@ TASKS: dict[str, Callable] = {
     "flattening": _flattening_task,
     "spiral": _spiral_task,
     "train": _train_task,
+    "plan": _train_task,  # never called: the plan sweeper (conf/plan.yaml) launches nothing
     "tables": _tables_task,
     "evaluate": _evaluate_task,
     "bench": _bench_task,
@@ -257,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(USAGE)
         return 0 if argv and argv[0] in ("-h", "--help", "help") else 2
     command, args = argv[0], quote_paths(argv[1:])
+    if command == "plan" and not {"-m", "--multirun"} & set(args):
+        args.insert(0, "-m")  # a plan is of a sweep (of one job, without -m's lists)
     if command != "train" and any(a in ("-h", "--help") for a in args):  # train's help is Hydra's (conf/hydra/help)
         from mm_repro.keys import command_help
 

@@ -9,6 +9,8 @@ def command_keys(command: str) -> list[str]:
     import dataclasses
     import importlib
 
+    if command == "plan":  # train's keys, and where the bench figures are
+        return ["bench", *command_keys("train")]
     module, name = {
         "train": ("mm_repro.config", "TrainRunConfig"),
         "tables": ("mm_repro.config", "TablesConfig"),
@@ -47,7 +49,9 @@ def command_help(command: str) -> str:
     from mm_repro.cli import COMMANDS
 
     lines = [f"python -m mm_repro {command} [key=value ...]: {COMMANDS[command]}", "", "== Keys (key=value) =="]
-    for key in command_keys(command):
+    if command == "plan":
+        lines.append("  every key of `train` (python -m mm_repro train --help) and its hydra/launcher choice, and")
+    for key in command_keys(command) if command != "plan" else ["bench"]:
         text = described.get(key) or groups.get(key.split(".")[0], "")
         lines.append(f"  {key:<28} {text}")
     lines += ["", "README.md describes each command; --cfg job shows the composed config."]

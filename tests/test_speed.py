@@ -215,6 +215,13 @@ def test_bench_runs_on_cpu_in_reduced_form(tmp_path):
     for row in ("ours: train step", "official-style: data pipeline", "packed: 2 runs", "epoch outside training"):
         assert row in proc.stdout
     assert np.isfinite(result["checkpoint_stall_seconds"]) and result["eval_seconds_per_image"] > 0
+    # `plan` estimates a sweep of the benched setup from this very file
+    plan = run_cli(
+        "plan", "dataset=synthetic", "model.width=4", "train.batch_size=16", "device=cpu", "logger=none",
+        "train.epochs=2", "train.milestones=[]", "seed=0,1", "hydra/launcher=packed", f"bench={tmp_path}", cwd=tmp_path,
+    )  # fmt: skip
+    assert plan.returncode == 0, plan.stderr
+    assert f"CPU-hours ({tmp_path / 'bench-cpu.json'}: packed 2: " in plan.stdout
 
 
 def test_the_official_style_loader_keeps_an_epochs_last_smaller_batch():

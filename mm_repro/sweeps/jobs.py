@@ -127,6 +127,8 @@ class FailureReport(Callback):
     multirun.yaml as it was (Hydra writes the new one before it launches any job)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if str(config.hydra.job.name) == "plan":  # `plan` launches nothing and writes nothing
+            return
         sweep_dir = Path(str(config.hydra.sweep.dir))
         path = sweep_dir / ".failures" / uuid.uuid4().hex
         path.mkdir(parents=True, exist_ok=True)

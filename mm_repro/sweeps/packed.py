@@ -43,7 +43,7 @@ from mm_repro.training.runs import Job, resume_point
 log = logging.getLogger("mm_repro.packed")
 
 
-def _saved_point(job: Job) -> tuple[int, int]:
+def saved_point(job: Job) -> tuple[int, int]:
     path = job.run_dir / records.CHECKPOINT
     if not job.cfg.train.resume or not path.exists():
         return 0, 0
@@ -70,7 +70,7 @@ def pack_key(job: Job) -> str:
         "train": asdict(c.train),
         "device": c.device,
         "deterministic": c.deterministic,
-        "resume": _saved_point(job),
+        "resume": saved_point(job),
     }
     return json.dumps(shared, sort_keys=True, default=str)
 
@@ -139,7 +139,7 @@ class PackedLaunch:
             max_pack,
         )
 
-    def _compose(self, overrides: list[str], num: int) -> Any:
+    def compose(self, overrides: list[str], num: int) -> Any:
         sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = num
@@ -178,7 +178,7 @@ class PackedLaunch:
         group = sweep_group(str(self.config.hydra.sweep.dir))
         configs, jobs, returns = {}, {}, {}
         for num, overrides in numbered:
-            configs[num] = self._compose(overrides, num)
+            configs[num] = self.compose(overrides, num)
             task_cfg = copy.deepcopy(configs[num])
             with open_dict(task_cfg):
                 del task_cfg["hydra"]

@@ -1,0 +1,69 @@
+"""`python -m mm_repro plan`: a sweep's jobs, its packs and the device-hours estimated from the user's bench figures,
+without training or writing anything; refused jobs named, with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import run_cli
+
+SWEEP = ["dataset=synthetic", "model.width=4", "train.epochs=5", "train.milestones=[]", "logger=none", "device=cpu"]
+
+
+def _bench_figure(path, **keys) -> None:
+    """A bench-cpu.json as `bench` writes it (the keys `plan` reads; test_speed runs bench itself and plans on it)."""
+    figure = {"device": "cpu", "model": "preactresnet18", "width": 4, "batch_size": 100, "precision": "fp32",
+              "compile": False, "method": "manifold", "ours_images_per_second": 1.0, "epoch_overhead": 0.5,
+              "pack": 2, "packed_images_per_second": 1.5, **keys}  # fmt: skip
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "bench-cpu.json").write_text(json.dumps(figure))
+
+
+def _files(root) -> list:
+    return sorted(p.relative_to(root) for p in root.rglob("*"))
+
+
+def test_plan_lists_the_packs_and_estimates_hours_from_the_bench_figures_without_writing(tmp_path):
+    _bench_figure(tmp_path / "mine")
+    before = _files(tmp_path)
+    proc = run_cli(
+        "plan", *SWEEP, "seed=0,1,2", "method=erm,manifold", "hydra/launcher=packed", "hydra.launcher.max_pack=2",
+        f"bench={tmp_path / 'mine'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "plan: 6 jobs under hydra/launcher=packed (max_pack 2): 3 device jobs; nothing is trained" in out
+    assert len(re.findall(r"^device job \d: 2 run\(s\), 5 epochs left", out, re.M)) == 3
+    # a pack of 2 with a pack=2 figure: 2 runs x 2000 images / 1.5 img/s x 1.5 x 5 epochs = 5.6 h per device job
+    assert out.count("~5.6 CPU-hours") == 3 and "packed 2: 2 img/s" in out and "estimated: ~16.7 CPU-hours" in out
+    assert _files(tmp_path) == before  # nothing written: no runs/, no .failures/, no multirun.yaml
+
+    alone = run_cli("plan", *SWEEP, "seed=0,1,2", f"bench={tmp_path / 'mine'}", cwd=tmp_path)
+    assert alone.returncode == 0 and alone.stdout.count("~4.2 CPU-hours (") == 3  # 2000 / 1.0 x 1.5 x 5 epochs
+    assert "hydra/launcher=basic: 3 device jobs" in alone.stdout
+
+
+def test_plan_says_what_it_lacks_and_names_refused_jobs(tmp_path):
+    _bench_figure(tmp_path / "mine", width=8)  # another width: no figure matches
+    proc = run_cli("plan", *SWEEP, "method.alpha=-1,1", "method=mixup", f"bench={tmp_path / 'mine'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert (
+        "#0 method.alpha=-1 refused, would fail at once: method.alpha=-1.0 must be a finite number > 0" in proc.stdout
+    )
+    assert "no bench figure for `bench device=cpu model=preactresnet18 model.width=4 batch_size=100" in proc.stdout
+    assert proc.stderr.strip() == "error: 1 of 2 jobs would be refused at once (listed above)"
+    none = run_cli("plan", *SWEEP, f"bench={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert none.returncode == 0 and "no bench figures under" in none.stdout
+    typo = run_cli("plan", *SWEEP, "trian.epochs=3", cwd=tmp_path)
+    assert typo.returncode == 2 and "did you mean train.epochs" in typo.stderr
+
+
+@pytest.mark.slow
+def test_plan_reads_a_finished_run_as_complete(tmp_path):
+    args = [*SWEEP, "dataset.train_size=200", "dataset.test_size=50", "train.epochs=1", "seed=0"]
+    assert run_cli("train", "-m", *args, cwd=tmp_path).returncode == 0
+    proc = run_cli("plan", *args, "seed=0,1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "[complete]" in proc.stdout and "[new]" in proc.stdout
