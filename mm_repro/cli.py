@@ -14,7 +14,6 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 COMMANDS: dict[str, str] = {
     "train": "train a model (ERM, input mixup or manifold mixup); -m for sweeps",
@@ -32,38 +31,10 @@ USAGE = "usage: python -m mm_repro <command> [hydra overrides]\n\ncommands:\n" +
 )
 
 
-def label_console(hydra_cfg: Any) -> bool:
-    """Jobs of the local launcher print side by side: each console line of a job then starts with `[job N]`, as a
-    packed run's do (train.log keeps the plain lines). Returns whether it labelled."""
-    import logging
-
-    if "joblib" not in str(hydra_cfg.launcher.get("_target_", "")):
-        return False
-    prefix = logging.Formatter(f"[job {hydra_cfg.job.num}] %(message)s")
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.setFormatter(prefix)
-    return True
-
-
-def share_threads(hydra_cfg: Any) -> int | None:
-    """Jobs of the local launcher run `n_jobs` at a time on one machine; with torch's default (every core each) they
-    fight over the cores, and small CPU jobs ran 2-11x slower. Each job then takes its share of the cores, unless
-    OMP_NUM_THREADS says otherwise. Returns the thread count set (None: left as it was)."""
-    import torch
-
-    n_jobs = hydra_cfg.launcher.get("n_jobs") if "joblib" in str(hydra_cfg.launcher.get("_target_", "")) else None
-    if not n_jobs or os.environ.get("OMP_NUM_THREADS"):
-        return None
-    threads = max(1, (os.cpu_count() or 1) // int(n_jobs))
-    torch.set_num_threads(threads)
-    return threads
-
-
 def _train_task(cfg) -> None:  # noqa: ANN001 (a DictConfig; typed at validation)
     from hydra.core.hydra_config import HydraConfig
 
-    from mm_repro.sweeps.jobs import job_from_hydra, sweep_group
+    from mm_repro.sweeps.jobs import job_from_hydra, label_console, share_threads, sweep_group
     from mm_repro.training import loop
 
     hydra_cfg = HydraConfig.get()

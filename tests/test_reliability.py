@@ -296,13 +296,13 @@ def test_an_offline_wandb_run_turns_off_wandbs_error_reports(tmp_path, monkeypat
         tracker.finish()
 
 
-def test_local_launcher_jobs_share_the_cores_unless_omp_num_threads_says(monkeypatch):
+def test_local_and_slurm_jobs_take_their_share_of_the_cores_unless_omp_num_threads_says(monkeypatch):
     import os
 
     import torch
     from omegaconf import OmegaConf
 
-    from mm_repro.cli import share_threads
+    from mm_repro.sweeps.jobs import share_threads
 
     before = torch.get_num_threads()
     joblib = OmegaConf.create(
@@ -313,6 +313,8 @@ def test_local_launcher_jobs_share_the_cores_unless_omp_num_threads_says(monkeyp
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         assert share_threads(joblib) == max(1, (os.cpu_count() or 1) // 4) == torch.get_num_threads()
         assert share_threads(basic) is None
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+        assert share_threads(basic) == 3 == torch.get_num_threads()  # a SLURM job: the cores SLURM gave it
         monkeypatch.setenv("OMP_NUM_THREADS", "3")
         assert share_threads(joblib) is None  # the user's setting wins
     finally:

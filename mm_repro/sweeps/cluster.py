@@ -28,6 +28,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, setup_globals
 
 from mm_repro.errors import RunFailed
+from mm_repro.sweeps.jobs import share_threads
 from mm_repro.sweeps.packed import PackedLaunch
 
 log = logging.getLogger("mm_repro.packed")
@@ -120,6 +121,7 @@ def train_pack(launcher: Any, members: list[tuple[int, list[str]]], singleton_st
     Singleton.set_state(singleton_state)
     setup_globals()
     launch = _launch(launcher)
+    share_threads(launcher.config.hydra)
     configs, jobs, returns = launch.prepare([(num, list(overrides)) for num, overrides in members])
     returns.update(launch.train(configs, jobs))
     return [returns[num] for num, _ in members]

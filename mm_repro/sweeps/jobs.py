@@ -63,6 +63,40 @@ def job_from_hydra(task_cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, g
     return Job(cfg, Path(run_dir), config, group, hydra_files)
 
 
+def label_console(hydra_cfg: Any) -> bool:
+    """Jobs of the local launcher print side by side: each console line of a job then starts with `[job N]`, as a
+    packed run's do (train.log keeps the plain lines). Returns whether it labelled."""
+    import logging
+
+    if "joblib" not in str(hydra_cfg.launcher.get("_target_", "")):
+        return False
+    prefix = logging.Formatter(f"[job {hydra_cfg.job.num}] %(message)s")
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setFormatter(prefix)
+    return True
+
+
+def share_threads(hydra_cfg: Any) -> int | None:
+    """Jobs of the local launcher run `n_jobs` at a time on one machine; with torch's default (every core each) they
+    fight over the cores, and small CPU jobs ran 2-11x slower. Each job then takes its share of the cores; a SLURM job
+    (slurm or packed_slurm) takes the cores SLURM gave it (SLURM_CPUS_PER_TASK), not the node's. OMP_NUM_THREADS, when
+    set, wins. Returns the thread count set (None: left as it was)."""
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    n_jobs = hydra_cfg.launcher.get("n_jobs") if "joblib" in str(hydra_cfg.launcher.get("_target_", "")) else None
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        threads = max(1, int(os.environ["SLURM_CPUS_PER_TASK"]))
+    elif n_jobs:
+        threads = max(1, (os.cpu_count() or 1) // int(n_jobs))
+    else:
+        return None
+    torch.set_num_threads(threads)
+    return threads
+
+
 def sweep_group(sweep_dir: str) -> str:
     """The W&B group of a sweep's jobs: the sweep's overrides, which Hydra writes to multirun.yaml before it launches
     any job (each job's own overrides differ, so they can't name the group)."""
