@@ -327,3 +327,28 @@ def test_bench_warns_when_mfu_reads_above_100_percent():
     assert implausible({"mfu_ours": 0.4, "mfu_official": 0.1, "measured_peak_flops": 1e11}) == []
     (line,) = implausible({"mfu_ours": 1.3, "mfu_official": 0.2, "measured_peak_flops": 1e11})
     assert "MFU above 100 % (ours 130 %)" in line and "quiet machine" in line
+
+
+def test_sigusr2_stops_like_sigterm_and_then_runs_the_handler_it_displaced_submitits_requeue():
+    import os
+    import signal
+
+    from mm_repro.errors import Preempted
+    from mm_repro.training.runtime import StopSignals
+
+    calls = []
+    before = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))  # as submitit installs it
+    try:
+        with pytest.raises(Preempted), StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert stop.received == signal.SIGUSR2 and calls == []  # caught: the loop writes its checkpoints first
+            raise Preempted("stopped")
+        assert calls == [signal.SIGUSR2]  # then submitit's handler runs: it requeues the job and exits
+        with StopSignals() as stop:  # a run that ended anyway (the signal came in its last step) is not requeued
+            os.kill(os.getpid(), signal.SIGUSR2)
+        with pytest.raises(Preempted), StopSignals():  # SIGTERM stops without handing on
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise Preempted("stopped")
+        assert calls == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, before)

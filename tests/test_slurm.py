@@ -169,3 +169,50 @@ def test_a_pack_whose_cluster_job_dies_names_each_of_its_runs_and_they_resume_on
         assert json.loads(result.read_text())["epochs"] == 3
         assert "resuming" in (result.parent / "train.log").read_text()
     assert len(list(sweep.rglob("result.json"))) == 2
+
+
+@skip
+def test_the_runs_that_diverge_in_a_pack_on_the_cluster_are_named_at_the_sweeps_end(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "train", "-m", *SMALL, *PACKED_SLURM, "seed=0,1", "method=erm", "train.epochs=3", "train.milestones=[1]",
+        "train.gamma=1e8", f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: job")]
+    assert len(errors) == 2 and all("diverged in epoch 2" in line for line in errors), errors
+    assert len(_submitted(sweep)) == 1  # both trained in one SLURM job
+    failures = [json.loads(p.read_text()) for p in sweep.rglob("failure.json")]
+    assert [f["status"] for f in failures] == ["diverged", "diverged"] and not list(sweep.rglob("result.json"))
+
+
+@skip
+def test_a_pack_at_its_time_limit_checkpoints_at_the_step_and_submitits_requeue_resumes_it_bitwise(tmp_path):
+    # SLURM sends USR2 `signal_delay_s` before the one-minute limit; the runs write their checkpoints at that step
+    # (checkpoint_seconds=300: no epoch-end checkpoint in between), then submitit requeues the job.
+    args = [*SMALL, *PACKED_SLURM, "dataset.train_size=1000", "seed=0,1", "train.epochs=10", "train.milestones=[6]",
+            "deterministic=true"]  # fmt: skip
+    limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30"]
+    broken = popen_cli(["train", "-m", *args, *limit, f"hydra.sweep.dir={tmp_path / 'broken'}"], cwd=tmp_path)
+    unbroken = popen_cli(["train", "-m", *args, f"hydra.sweep.dir={tmp_path / 'unbroken'}"], cwd=tmp_path)
+
+    def requeued() -> bool:
+        return any("Requeued job" in p.read_text() for p in (tmp_path / "broken").rglob("*_log.out"))
+
+    wait_for(requeued, broken, "submitit's requeue at the time limit", timeout=300)
+    (job,) = _submitted(tmp_path / "broken")
+    time.sleep(3)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)  # skip SLURM's 2-min hold
+    for proc in (broken, unbroken):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    for seed in (0, 1):
+        (run_a,) = [p.parent for p in (tmp_path / "broken").rglob("result.json") if f"seed={seed}" in str(p)]
+        (run_b,) = [p.parent for p in (tmp_path / "unbroken").rglob("result.json") if f"seed={seed}" in str(p)]
+        log = (run_a / "train.log").read_text()
+        assert "stopped by signal 12 at epoch" in log and "resuming" in log  # SIGUSR2, mid-epoch
+        a, b = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (run_a, run_b))
+        assert a["epoch"] == b["epoch"] == 10
+        for key in a["model"]:
+            assert (a["model"][key] == b["model"][key]).all(), key  # bitwise
+        assert _rows(run_a) == _rows(run_b)

@@ -7,8 +7,8 @@ packed on one device (mm_repro.training.packed), with the same loop: a single ru
 
 What a run can trust (README "Resuming and preemption"): one process per run directory (a lock); a resume refused
 when the config changed; a checkpoint at least every `train.checkpoint_seconds`, at the end and on a stop signal
-(SIGTERM/SIGINT/SIGUSR1 finish the step, write it and exit 75); a resumed run ends bitwise where an unbroken one would
-on a deterministic CPU run; a non-finite loss or metric stops the run at the epoch's end with failure.json
+(SIGTERM/SIGINT/SIGUSR1/SIGUSR2 finish the step, write it and exit 75); a resumed run ends bitwise where an unbroken
+one would on a deterministic CPU run; a non-finite loss or metric stops the run at the epoch's end with failure.json
 ("diverged"), exit 3, and the last good checkpoint kept.
 """
 
@@ -104,14 +104,24 @@ def _train(session: Session) -> list[dict | RunFailed]:
                 session.save_all()  # a run whose state went non-finite writes none and stops as diverged
                 if not session.active:
                     break
-                raise Preempted(session.stop_message(stop.received, mid_epoch=True))
+                raise _stopped(session, stop, mid_epoch=True)
             stopping = session.shards.any_rank(stop.received is not None)  # all ranks alike, or one would hang
             _end_epoch(session, stopping)
             if stopping and session.active and cursor.epoch < session.epochs:
-                raise Preempted(session.stop_message(stop.received, mid_epoch=False))
+                raise _stopped(session, stop, mid_epoch=False)
     for r in session.active:  # finish waits for the last checkpoint: it is on disk before the run counts as done
         r.outcome = session.finish(r)
     return [r.outcome for r in session.runs]
+
+
+def _stopped(session: Session, stop: StopSignals, mid_epoch: bool) -> Preempted:
+    """The stop, once every checkpoint is on disk (before anything else runs: submitit's requeue, the exit), written
+    into each run's train.log (the terminal gets it from the CLI)."""
+    session.checkpoints.wait()
+    message = session.stop_message(stop.received, mid_epoch)
+    for r in session.active:
+        r.note(message)
+    return Preempted(message)
 
 
 def _train_epoch(session: Session, stop: StopSignals) -> bool:

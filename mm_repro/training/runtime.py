@@ -25,15 +25,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from mm_repro.errors import UserError
+from mm_repro.errors import Preempted, UserError
 
 log = logging.getLogger("mm_repro.training.runtime")
 
 
 class StopSignals:
-    """Turns SIGTERM, SIGINT and SIGUSR1 into a flag the loop checks after each step; a second signal kills."""
+    """Turns SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 into a flag the loop checks after each step; a second signal kills.
 
-    SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)) if s)
+    SIGUSR2 is the time-limit warning submitit asks SLURM for (`--signal=USR2@signal_delay_s`); submitit's own handler
+    requeues the job and exits at once, which would lose the steps since the last checkpoint. So it is caught here
+    like the others, and once the loop has written every checkpoint at the step (it leaves with Preempted), the handler
+    it displaced runs: submitit requeues the job, which resumes from that step."""
+
+    SIGNALS = tuple(
+        s
+        for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None), getattr(signal, "SIGUSR2", None))
+        if s
+    )
+    CHAINED = tuple(s for s in (getattr(signal, "SIGUSR2", None),) if s)
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -51,9 +61,13 @@ class StopSignals:
                 self._previous[s] = signal.signal(s, self._handle)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+        displaced = self._previous.get(self.received)
+        stopped = exc_type is not None and issubclass(exc_type, Preempted)
+        if stopped and self.received in self.CHAINED and callable(displaced):
+            displaced(self.received, None)  # submitit: requeue, then exit
 
 
 def sync(device: torch.device) -> None:
