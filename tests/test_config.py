@@ -192,9 +192,9 @@ def test_records_carry_the_experiment_hydra_chose(tmp_path, experiment):
 @pytest.mark.parametrize(
     ("command", "typo", "meant"),
     [
-        ("train", "trian.epochs=3", "train.epochs"),
         ("train", "method.alfa=1", "method.alpha"),
         ("tables", "runz=x", "runs"),
+        ("plan", "trian.epochs=3", "train.epochs"),
     ],
 )
 def test_a_misspelt_key_names_the_nearest_valid_keys_not_hydras_plus_fix(tmp_path, command, typo, meant):
@@ -212,6 +212,15 @@ def test_every_commands_help_lists_each_key_with_a_line_on_it(command):
     lines = {line.split()[0]: line for line in command_help(command).splitlines() if line.startswith("  ")}
     for key in command_keys(command):
         assert key in lines and len(lines[key].split()) > 3, key  # the key, a few words and its default
+
+
+def test_plans_help_names_its_own_key_and_sends_to_trains_for_the_rest():
+    from mm_repro.keys import command_help, command_keys
+
+    text = command_help("plan")
+    assert "every key of `train` (python -m mm_repro train --help)" in text
+    assert "bench-<device>.json" in text and "(default runs/bench)" in text
+    assert command_keys("plan") == ["bench", *command_keys("train")]
 
 
 def test_help_of_a_command_is_printed_without_running_it(tmp_path):

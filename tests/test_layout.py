@@ -73,6 +73,7 @@ def test_the_packaging_lists_every_package_of_the_tree():
     assert listed == tree | {"hydra_plugins", "mm_repro.conf", "mm_repro.paper"}  # hydra_plugins: a namespace
 
 
+@pytest.mark.slow
 def test_a_wheel_carries_the_configs_and_the_papers_numbers_and_runs_outside_the_tree(tmp_path):
     source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
     for part in ("mm_repro", "hydra_plugins", "conf", "results/paper"):
