@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mm_repro.config import CONF_DIR
     from mm_repro.errors import Preempted, UserError
-    from mm_repro.sweeps.jobs import FAILED_JOBS, one_line
+    from mm_repro.sweeps.jobs import FAILED_JOBS, one_line, undo_sweep_start
 
     debug = os.environ.get("MM_REPRO_DEBUG") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, so that they become one line
@@ -266,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, HydraException, OmegaConfBaseException, OSError, ValueError) as exc:
         if debug:
             raise
+        undo_sweep_start()
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        exc = cause or exc  # ours, as Hydra raised it wrapped (a launcher's refused option)
         message = f"cannot write {exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else one_line(exc)
         unknown = re.search(r"Could not override '([\w.]+)'", message)
         if unknown:  # Hydra's advice (+key=...) would add the misspelt key; name the keys it may have meant

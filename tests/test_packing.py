@@ -362,3 +362,14 @@ def test_the_packed_table_1a_sweep_runs_on_fixture_files_and_tables_renders_it(c
         for method in ("No Mixup", "Input Mixup (α = 1)", "Manifold Mixup (α = 2)"):
             line = next(x for x in tables.stdout.splitlines() if f"| {arch} | {method} |" in x)
             assert "| 5 |" in line  # five seeds per cell
+
+
+def test_a_refused_launcher_option_is_one_line_and_leaves_no_sweep_directory(tmp_path):
+    for command in ("train", "plan"):
+        proc = run_cli(
+            command, "-m", "experiment=smoke", "seed=0,1", "hydra/launcher=packed_slurm", "hydra.launcher.max_pack=0",
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 2, command
+        assert proc.stderr == "error: hydra.launcher.max_pack=0 must be >= 1\n", command
+        assert not list(tmp_path.iterdir()), command  # no runs/.failures/ left by the sweep's start

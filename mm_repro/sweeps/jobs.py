@@ -31,6 +31,7 @@ from mm_repro.errors import RunFailed, UserError
 
 FAILURES_ENV = "MM_REPRO_SWEEP_FAILURES"
 FAILED_JOBS: list[tuple[str, int]] = []  # (line, exit code) of the jobs that failed, reported by cli.main
+STARTED: list[Path] = []  # the failure notes' directory of the sweep now running, and the topmost one it made
 
 
 def exit_code_of(exc: BaseException) -> int:
@@ -155,6 +156,22 @@ def record_success(num: int, run_dir: Path | None = None) -> None:
         records.write_json(Path(os.environ[FAILURES_ENV]) / f"ok-{uuid.uuid4().hex}.json", note)
 
 
+def undo_sweep_start() -> None:
+    """A sweep refused before any job ran (a bad launcher option: Hydra instantiates the launcher after the sweep's
+    start) leaves neither its failure notes' directory nor the directories that start made."""
+    if not STARTED:
+        return
+    path, made = STARTED
+    STARTED.clear()
+    os.environ.pop(FAILURES_ENV, None)
+    if path.is_dir() and not any(path.iterdir()):
+        while True:
+            path.rmdir()
+            if path == made or any(path.parent.iterdir()):
+                break
+            path = path.parent
+
+
 class FailureReport(Callback):
     """Hydra callback (conf/train.yaml): opens the sweep's failure notes at its start, reports them at its end. A
     sweep whose every job was refused (bad input, exit 2: nothing trained) leaves the sweep directory's earlier
@@ -165,12 +182,17 @@ class FailureReport(Callback):
             return
         sweep_dir = Path(str(config.hydra.sweep.dir))
         path = sweep_dir / ".failures" / uuid.uuid4().hex
+        made = path
+        while not made.parent.exists():
+            made = made.parent
         path.mkdir(parents=True, exist_ok=True)
+        STARTED[:] = [path, made]
         os.environ[FAILURES_ENV] = str(path.resolve())
         earlier = sweep_dir / "multirun.yaml"
         self.earlier = (earlier, earlier.read_bytes() if earlier.is_file() else None)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        STARTED.clear()
         path = Path(os.environ.pop(FAILURES_ENV, ""))
         if not path.name or not path.is_dir():
             return

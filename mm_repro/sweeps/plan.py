@@ -116,6 +116,8 @@ def plan(config: Any, hydra_context: Any, job_overrides: list[list[str]]) -> lis
     """The lines `plan` prints."""
     launcher = config.hydra.runtime.choices.get("hydra/launcher") or "basic"
     max_pack = int(config.hydra.launcher.get("max_pack", 1)) if "packed" in launcher else 1
+    if max_pack < 1:  # as the launcher would refuse it
+        raise UserError(f"hydra.launcher.max_pack={max_pack} must be >= 1")
     launch = PackedLaunch(config, hydra_context, None, max_pack)
     planned = []
     for num, overrides in enumerate(job_overrides):
