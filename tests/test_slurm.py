@@ -143,6 +143,9 @@ def test_a_requeued_pack_resumes_and_its_runs_end_bitwise_where_an_unbroken_pack
         for key in a["model"]:
             assert (a["model"][key] == b["model"][key]).all(), key  # bitwise
         assert _rows(run_a) == _rows(run_b)
+    again = run_cli("train", "-m", *args, f"hydra.sweep.dir={tmp_path / 'broken'}", cwd=tmp_path, timeout=300)
+    assert again.returncode == 0 and (again.stdout + again.stderr).count("is complete") == 2
+    assert _submitted(tmp_path / "broken") == [job]  # complete runs say so at once: no cluster job for them
 
 
 @skip

@@ -1,14 +1,15 @@
 """`hydra/launcher=packed_slurm`: a packed sweep on a SLURM cluster, each pack one cluster job (submitit).
 
 On the machine that launches the sweep, every job is composed and checked (a refused config fails there, at once, in
-one line, as under `hydra/launcher=packed`) and grouped by mm_repro.sweeps.packed's key into packs of at most
-`max_pack`; each pack is submitted as one SLURM job with the options of `hydra/launcher=slurm`. On its node the pack's
-jobs are grouped again, there capped by what fits in that node's GPU memory, and trained as the packed launcher trains
-them; a pack of one trains alone through Hydra's `run_job`, as under `hydra/launcher=slurm`.
+one line, as under `hydra/launcher=packed`; a run already complete says so there, with no cluster job), and the rest
+are grouped by mm_repro.sweeps.packed's key into packs of at most `max_pack`; each pack is submitted as one SLURM job
+with the options of `hydra/launcher=slurm`. On its node the pack's jobs are grouped again, there capped by what fits
+in that node's GPU memory, and trained as the packed launcher trains them; a pack of one trains alone through Hydra's
+`run_job`, as under `hydra/launcher=slurm`. (SIGUSR2 before the time limit: mm_repro.training.runtime.StopSignals.)
 
 Requeue-safe: a job requeued by a preemption or `scontrol requeue` is stopped by SIGTERM (every run of the pack writes
-its checkpoints/last.pt at the same step and the process exits 75), and one requeued before its time limit by submitit
-(`checkpoint`, then `scontrol requeue`) the same way; the requeued job runs the same pack again, its runs resume from
+its checkpoints/last.pt at the same step and the process exits 75); at its time limit, SLURM's SIGUSR2 stops it the
+same way, then submitit requeues it; the requeued job runs the same pack again, its runs resume from
 that step together and end bitwise where an unbroken pack ends. Each run keeps its own records. A run that fails
 (diverged, crashed) is named at the sweep's end by the failure notes of mm_repro.sweeps.jobs, which reach the launching
 process through the sweep directory; a whole cluster job that dies (killed, out of memory) names each of its runs, with
@@ -27,9 +28,10 @@ from typing import Any
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, setup_globals
 
-from mm_repro.errors import RunFailed
+from mm_repro.errors import RunFailed, UserError
 from mm_repro.sweeps.jobs import share_threads
 from mm_repro.sweeps.packed import PackedLaunch
+from mm_repro.training.runs import completed
 
 log = logging.getLogger("mm_repro.packed")
 
@@ -56,11 +58,22 @@ def _launch(launcher: Any) -> PackedLaunch:
     return PackedLaunch(launcher.config, launcher.hydra_context, launcher.task_function, launcher.max_pack)
 
 
+def _settled(job: Any) -> bool:
+    """A run that is complete with this config, or whose result refuses this config: said here, at once."""
+    try:
+        return completed(job) is not None
+    except UserError:
+        return True
+
+
 def submit_packs(launcher: Any, job_overrides: list[list[str]], initial_job_idx: int) -> list[JobReturn]:
     """On the launching machine: check and group the sweep's jobs, submit one SLURM job per pack, wait for all."""
     launch = _launch(launcher)
     numbered = [(initial_job_idx + i, overrides) for i, overrides in enumerate(job_overrides)]
     configs, jobs, returns = launch.prepare(numbered)
+    for num in [n for n in jobs if _settled(jobs[n])]:  # no cluster job to say "complete" or refuse a start
+        returns[num] = launch.alone(configs[num])
+        del jobs[num]
     packs = launch.packs(jobs, fits=lambda job: sys.maxsize)  # the node caps by its own GPU memory
     if not packs:
         return [returns[num] for num, _ in numbered]

@@ -151,7 +151,7 @@ class PackedLaunch:
         HydraConfig.instance().set_config(sweep_config)
         return sweep_config
 
-    def _alone(self, sweep_config: Any) -> JobReturn:
+    def alone(self, sweep_config: Any) -> JobReturn:
         """Hydra's own path for one job, as the basic launcher takes it."""
         ret = run_job(
             hydra_context=self.hydra_context,
@@ -187,7 +187,7 @@ class PackedLaunch:
                     task_cfg, copy.deepcopy(HydraConfig.instance().cfg), _out(configs[num]), group
                 )
             except Exception:
-                returns[num] = self._alone(configs[num])  # bad input: the job fails alone, in one line
+                returns[num] = self.alone(configs[num])  # bad input: the job fails alone, in one line
         return configs, jobs, returns
 
     def train(self, configs: dict, jobs: dict, fits: Callable[[Job], int] = memory_cap) -> dict[int, JobReturn]:
@@ -197,7 +197,7 @@ class PackedLaunch:
         nums, returns = sorted(jobs), {}
         for members in self.packs(jobs, fits):
             if len(members) == 1:
-                returns[members[0]] = self._alone(configs[members[0]])
+                returns[members[0]] = self.alone(configs[members[0]])
                 continue
             log.info(f"packing jobs {', '.join(f'#{n}' for n in members)} into one model on one device")
             for n in members:
@@ -207,7 +207,7 @@ class PackedLaunch:
                 outcomes = train_jobs([jobs[n] for n in members])
             except UserError as exc:  # a refused start of one member: each runs alone and says why
                 log.info(f"pack {members} could not start together ({exc}); running its jobs alone")
-                returns.update({n: self._alone(configs[n]) for n in members})
+                returns.update({n: self.alone(configs[n]) for n in members})
                 continue
             except Exception as exc:  # recorded in every member's directory by train_jobs; reported per job
                 outcomes = [exc] * len(members)
