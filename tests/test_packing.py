@@ -364,12 +364,12 @@ def test_the_packed_table_1a_sweep_runs_on_fixture_files_and_tables_renders_it(c
             assert "| 5 |" in line  # five seeds per cell
 
 
-def test_a_refused_launcher_option_is_one_line_and_leaves_no_sweep_directory(tmp_path):
-    for command in ("train", "plan"):
-        proc = run_cli(
-            command, "-m", "experiment=smoke", "seed=0,1", "hydra/launcher=packed_slurm", "hydra.launcher.max_pack=0",
-            cwd=tmp_path,
-        )  # fmt: skip
-        assert proc.returncode == 2, command
-        assert proc.stderr == "error: hydra.launcher.max_pack=0 must be >= 1\n", command
-        assert not list(tmp_path.iterdir()), command  # no runs/.failures/ left by the sweep's start
+@pytest.mark.parametrize("command", ["train", pytest.param("plan", marks=pytest.mark.slow)])
+def test_a_refused_launcher_option_is_one_line_and_leaves_no_sweep_directory(tmp_path, command):
+    proc = run_cli(
+        command, "-m", "experiment=smoke", "seed=0,1", "hydra/launcher=packed_slurm", "hydra.launcher.max_pack=0",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr == "error: hydra.launcher.max_pack=0 must be >= 1\n"
+    assert not list(tmp_path.iterdir())  # no runs/.failures/ left by the sweep's start

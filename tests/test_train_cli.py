@@ -141,7 +141,7 @@ def test_resume_with_a_changed_config_is_refused_and_touches_nothing(cifar10_roo
     assert same.returncode == 0, same.stderr
 
 
-@pytest.mark.parametrize("loss", ["bce_softmax", "soft_ce"])
+@pytest.mark.parametrize("loss", ["bce_softmax", pytest.param("soft_ce", marks=pytest.mark.slow)])
 def test_a_diverged_run_stops_with_a_record_and_keeps_its_last_good_checkpoint(cifar10_root, tmp_path, loss):
     # epoch 1 trains at lr 0.1; from epoch 2 the lr is 0.1 * 1e8, and the run diverges
     run_dir = tmp_path / "run"

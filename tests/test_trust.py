@@ -466,6 +466,7 @@ def test_leftovers_a_kill_leaves_are_removed_and_a_refused_sweep_keeps_its_multi
     assert refused.returncode == 2 and (sweep / "multirun.yaml").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_divergence_is_one_line_on_the_terminal_and_in_train_log(cifar10_root, tmp_path):
     run_dir = tmp_path / "run"
     extra = ("method=erm", "train.epochs=3", "train.milestones=[1]", "train.gamma=1e8")
