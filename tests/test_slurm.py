@@ -56,6 +56,27 @@ def test_a_sweep_on_slurm_completes_and_names_its_failed_job(tmp_path):
     assert json.loads(result.read_text())["epochs"] == 2 and "sweep summary: 1 complete runs" in proc.stdout
 
 
+def _rows(run_dir) -> list[tuple]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["lr"], r["train_loss"], r["test_error"]) for r in rows]
+
+
+def _requeue_now(job: str) -> None:
+    """`scontrol requeue`, as a preemption does, then the requeued job released from SLURM's 2-minute hold."""
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    time.sleep(3)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
+
+
+def _assert_same_end(run_a, run_b, epochs: int) -> None:
+    """Both runs end at `epochs` with bitwise-equal weights and the same metrics.jsonl rows."""
+    a, b = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (run_a, run_b))
+    assert a["epoch"] == b["epoch"] == epochs
+    for key in a["model"]:
+        assert (a["model"][key] == b["model"][key]).all(), key  # bitwise
+    assert _rows(run_a) == _rows(run_b)
+
+
 def _job_ids() -> set[str]:
     return set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
 
@@ -81,9 +102,7 @@ def test_a_requeued_job_resumes_and_ends_bitwise_where_an_unbroken_one_ends(tmp_
     (folder,) = (tmp_path / "broken").rglob(".submitit")
     job = next(p.name for p in folder.iterdir() if p.name.isdigit())
     assert job in _job_ids() - before
-    subprocess.run(["scontrol", "requeue", job], check=True)
-    time.sleep(3)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)  # skip SLURM's 2-min hold
+    _requeue_now(job)
     for proc in (broken, unbroken):
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
@@ -91,20 +110,7 @@ def test_a_requeued_job_resumes_and_ends_bitwise_where_an_unbroken_one_ends(tmp_
     (run_b,) = [p.parent for p in (tmp_path / "unbroken").rglob("result.json")]
     log = (run_a / "train.log").read_text()
     assert "resuming" in log and "config (resolved)" in log  # it was stopped, and a second session finished it
-    a, b = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (run_a, run_b))
-    assert a["epoch"] == b["epoch"] == 5
-    for key in a["model"]:
-        assert (a["model"][key] == b["model"][key]).all(), key  # bitwise
-    rows_a = [json.loads(x) for x in (run_a / "metrics.jsonl").read_text().splitlines()]
-    rows_b = [json.loads(x) for x in (run_b / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["lr"], r["train_loss"], r["test_error"]) for r in rows_a] == [
-        (r["lr"], r["train_loss"], r["test_error"]) for r in rows_b
-    ]
-
-
-def _rows(run_dir) -> list[tuple]:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["lr"], r["train_loss"], r["test_error"]) for r in rows]
+    _assert_same_end(run_a, run_b, 5)
 
 
 def _submitted(sweep) -> list[str]:
@@ -124,9 +130,7 @@ def test_a_requeued_pack_resumes_and_its_runs_end_bitwise_where_an_unbroken_pack
 
     wait_for(lambda: len(epochs_done()) == 2 and min(epochs_done()) >= 2, broken, "two epochs of the pack", 300)
     (job,) = _submitted(tmp_path / "broken")  # the two runs are one SLURM job
-    subprocess.run(["scontrol", "requeue", job], check=True)
-    time.sleep(3)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)  # skip SLURM's 2-min hold
+    _requeue_now(job)
     for proc in (broken, unbroken):
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
@@ -138,11 +142,7 @@ def test_a_requeued_pack_resumes_and_its_runs_end_bitwise_where_an_unbroken_pack
         assert "resuming" in log and "packed" in log
         result = json.loads((run_a / "result.json").read_text())
         assert result["packed"] is True and len(result["packed_with"]) == 1  # the other seed, in both sessions
-        a, b = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (run_a, run_b))
-        assert a["epoch"] == b["epoch"] == 5
-        for key in a["model"]:
-            assert (a["model"][key] == b["model"][key]).all(), key  # bitwise
-        assert _rows(run_a) == _rows(run_b)
+        _assert_same_end(run_a, run_b, 5)
     again = run_cli("train", "-m", *args, f"hydra.sweep.dir={tmp_path / 'broken'}", cwd=tmp_path, timeout=300)
     assert again.returncode == 0 and (again.stdout + again.stderr).count("is complete") == 2
     assert _submitted(tmp_path / "broken") == [job]  # complete runs say so at once: no cluster job for them
@@ -216,8 +216,4 @@ def test_a_pack_warned_of_its_time_limit_checkpoints_at_the_step_and_submitits_r
         (run_b,) = [p.parent for p in (tmp_path / "unbroken").rglob("result.json") if f"seed={seed}" in str(p)]
         log = (run_a / "train.log").read_text()
         assert "stopped by signal 12 at epoch" in log and "resuming" in log  # SIGUSR2, mid-epoch
-        a, b = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (run_a, run_b))
-        assert a["epoch"] == b["epoch"] == 8
-        for key in a["model"]:
-            assert (a["model"][key] == b["model"][key]).all(), key  # bitwise
-        assert _rows(run_a) == _rows(run_b)
+        _assert_same_end(run_a, run_b, 8)

@@ -11,7 +11,8 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
-from hydra.plugins.launcher import Launcher
+
+from hydra_plugins.mm_repro_launchers.packed_launcher import PackedLauncher
 
 try:
     from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
@@ -30,20 +31,10 @@ if SlurmQueueConf is not None:
     )
 
 
-class PackedSlurmLauncher(Launcher):
+class PackedSlurmLauncher(PackedLauncher):
     def __init__(self, max_pack: int = 8, **params: Any) -> None:
-        super().__init__()
-        if max_pack < 1:
-            from mm_repro.errors import UserError
-
-            raise UserError(f"hydra.launcher.max_pack={max_pack} must be >= 1")
-        self.max_pack, self.params = max_pack, params
-        self.config: Any = None
-        self.hydra_context: Any = None
-        self.task_function: Any = None
-
-    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
-        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        super().__init__(max_pack)
+        self.params = params  # hydra/launcher=slurm's options, for submitit
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from mm_repro.sweeps.cluster import submit_packs
