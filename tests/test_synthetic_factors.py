@@ -60,10 +60,15 @@ def test_batches_and_classifier_shapes():
 
 @pytest.mark.slow
 def test_the_synthetic_command_end_to_end(tmp_path):
-    proc = run_cli("synthetic", "task=A", "steps=2", "test_batches=1", f"out={tmp_path}", "device=cpu", cwd=tmp_path)
+    args = ("task=A", "steps=2", "test_batches=1", "seeds=[0,1]", f"out={tmp_path}", "device=cpu")
+    proc = run_cli("synthetic", *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "table8_taskA.json").read_text())
-    assert [r["method"] for r in report["results"]] == ["none", "input", "factor"]
+    assert [(r["method"], r["seed"]) for r in report["results"]] == [
+        (m, s) for s in (0, 1) for m in ("none", "input", "factor")
+    ]
+    assert all(" ± " in row["ours: test accuracy (%)"] for row in report["rows"])  # mean ± std over the 2 seeds
+    assert report["provenance"]["command"].startswith("python -m mm_repro synthetic task=A")
     markdown = (tmp_path / "table8_taskA.md").read_text()
     assert "| 94.77 |" in markdown and "| 8.831 |" in markdown  # the paper's numbers beside ours
     assert (tmp_path / "figure4_taskA.png").stat().st_size > 10_000

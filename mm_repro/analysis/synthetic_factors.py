@@ -21,6 +21,7 @@ fixed test set of `test_batches` x 128 images drawn with the seed (the script av
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from torch import nn
 from mm_repro.config import LoggerConfig
 from mm_repro.errors import UserError
 from mm_repro.progress import progress
+from mm_repro.records.provenance import provenance
 
 TASKS = {  # (train angle ranges per class, test angle ranges per class); None: the class does not set the angle
     "A": (((-70.0, -50.0), (50.0, 80.0)), ((-30.0, -10.0), (10.0, 30.0))),
@@ -54,7 +56,7 @@ class SyntheticConfig:
     steps: int = 1000
     lr: float = 1e-4
     test_batches: int = 20
-    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0])
     device: str = "auto"  # auto (CUDA when there is one) | cpu | cuda
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
@@ -130,18 +132,19 @@ class SynthClassifier(nn.Module):
         return torch.sigmoid(self.linear(self.features(x).flatten(1))).squeeze(1)
 
 
-def train_and_test(cfg: SyntheticConfig, method: str, device: torch.device) -> dict:
-    torch.manual_seed(cfg.seed)
+def train_and_test(cfg: SyntheticConfig, method: str, seed: int, device: torch.device) -> dict:
+    """Train one classifier with `method` from `seed`; its accuracy and NLL on the seed's fixed test set."""
+    torch.manual_seed(seed)
     model = SynthClassifier().to(device)
-    rng = random.Random(cfg.seed)
+    rng = random.Random(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    for _ in progress(range(cfg.steps), desc=f"task {cfg.task}, {method} mixup", unit="step"):
+    for _ in progress(range(cfg.steps), desc=f"task {cfg.task}, seed {seed}, {method} mixup", unit="step"):
         x, t = (v.to(device) for v in make_batch(rng, cfg.task, True, method))
         loss = F.binary_cross_entropy(model.train()(x), t)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    test_rng = random.Random(cfg.seed + 1)  # the same test set for every method
+    test_rng = random.Random(f"test set of seed {seed}")  # the same for every method; apart from any training stream
     correct, nll, n = 0, 0.0, 0
     model.eval()
     with torch.no_grad():
@@ -151,7 +154,14 @@ def train_and_test(cfg: SyntheticConfig, method: str, device: torch.device) -> d
             correct += int(((p > 0.5).float() == t).sum())
             nll += float(F.binary_cross_entropy(p, t, reduction="sum"))
             n += len(t)
-    return {"method": method, "test_accuracy": 100.0 * correct / n, "test_nll": nll / n, "test_images": n}
+    return {"method": method, "seed": seed, "test_accuracy": 100.0 * correct / n, "test_nll": nll / n, "test_images": n}
+
+
+def mean_std(values: list[float], digits: int) -> str:
+    """`mean ± std` over seeds (sample std, as `tables`); the mean alone for one seed."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
 def run_synthetic(cfg: SyntheticConfig) -> dict:
@@ -162,6 +172,9 @@ def run_synthetic(cfg: SyntheticConfig) -> dict:
         raise UserError(f"task={cfg.task!r} is not a task; choose one of {', '.join(TASKS)}")
     if cfg.steps < 1 or cfg.test_batches < 1:
         raise UserError("steps >= 1 and test_batches >= 1 are needed")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise UserError(f"seeds={cfg.seeds} must be a non-empty list of distinct seeds, such as seeds=[0,1,2]")
+    started = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     from mm_repro.records.tracking import open_tracker
@@ -171,25 +184,35 @@ def run_synthetic(cfg: SyntheticConfig) -> dict:
     results: list[dict] = []
     try:
         with training_device(cfg.device, in_sweep=False) as device:
-            for i, method in enumerate(METHODS):
-                results.append(train_and_test(cfg, method, device))
-                tracker.log({k: results[-1][k] for k in ("test_accuracy", "test_nll")}, step=i)
+            for seed in cfg.seeds:
+                for method in METHODS:
+                    results.append(train_and_test(cfg, method, seed, device))
+                    tracker.log({k: results[-1][k] for k in ("test_accuracy", "test_nll")}, step=len(results) - 1)
     finally:
-        tracker.finish(0 if len(results) == len(METHODS) else 1)
+        tracker.finish(0 if len(results) == len(METHODS) * len(cfg.seeds) else 1)
     names = {"none": "No Mixup", "input": "Input Mixup (1.0)", "factor": "Ground Truth Factor Mixup (1.0)"}
-    rows = [
-        {
-            "task": cfg.task,
-            "model": names[r["method"]],
-            "ours: test accuracy (%)": f"{r['test_accuracy']:.2f}",
-            "paper: test accuracy (%)": f"{PAPER[cfg.task][r['method']][0]:g}",
-            "ours: test NLL": f"{r['test_nll']:.4f}",
-            "paper: test NLL": f"{PAPER[cfg.task][r['method']][1]:g}",
-        }
-        for r in results
-    ]
-    report = {"config": asdict(cfg), "results": results, "rows": rows, "figures": [plot_examples(cfg, out)]}
-    note = f"Ours: seed {cfg.seed}, {cfg.steps} steps of batch {BATCH}, {results[0]['test_images']} test images."
+    rows = []
+    for method in METHODS:
+        mine = [r for r in results if r["method"] == method]
+        rows.append(
+            {
+                "task": cfg.task,
+                "model": names[method],
+                "ours: test accuracy (%)": mean_std([r["test_accuracy"] for r in mine], 2),
+                "paper: test accuracy (%)": f"{PAPER[cfg.task][method][0]:g}",
+                "ours: test NLL": mean_std([r["test_nll"] for r in mine], 4),
+                "paper: test NLL": f"{PAPER[cfg.task][method][1]:g}",
+            }
+        )
+    figures = [plot_examples(cfg, out)]
+    made = provenance(device, started)
+    report = {"config": asdict(cfg), "provenance": made, "results": results, "rows": rows, "figures": figures}
+    seeds = ", ".join(map(str, cfg.seeds))
+    note = (
+        f"Ours: mean ± std (sample) over seeds {seeds} ({len(cfg.seeds)} run(s) per method), {cfg.steps} steps of "
+        f"batch {BATCH}, {results[0]['test_images']} test images per seed. `{made['command']}` on {made['device']}, "
+        f"torch {made['torch_version']}, {made['wall_seconds'] / 60:.1f} min, commit {made['git_commit']}."
+    )
     write_rows(out / f"table8_task{cfg.task}", f"Table 8, task {cfg.task}", note, rows)
     write_json(out / f"table8_task{cfg.task}.json", report)
     return report
@@ -202,7 +225,7 @@ def plot_examples(cfg: SyntheticConfig, out: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rng = random.Random(cfg.seed)
+    rng = random.Random(cfg.seeds[0])
     kinds = [("train images", True, "none"), ("input mixup", True, "input"), ("factor mixup", True, "factor")]
     kinds.append(("test images", False, "none"))
     fig, axes = plt.subplots(len(kinds), 8, figsize=(10, 5.4))
