@@ -21,7 +21,6 @@ fixed test set of `test_batches` x 128 images drawn with the seed (the script av
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from torch import nn
 from mm_repro.config import LoggerConfig
 from mm_repro.errors import UserError
 from mm_repro.progress import progress
-from mm_repro.records.provenance import provenance
+from mm_repro.records.provenance import provenance, start_record
 
 TASKS = {  # (train angle ranges per class, test angle ranges per class); None: the class does not set the angle
     "A": (((-70.0, -50.0), (50.0, 80.0)), ((-30.0, -10.0), (10.0, 30.0))),
@@ -174,7 +173,7 @@ def run_synthetic(cfg: SyntheticConfig) -> dict:
         raise UserError("steps >= 1 and test_batches >= 1 are needed")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise UserError(f"seeds={cfg.seeds} must be a non-empty list of distinct seeds, such as seeds=[0,1,2]")
-    started = time.time()
+    start = start_record()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     from mm_repro.records.tracking import open_tracker
@@ -205,7 +204,7 @@ def run_synthetic(cfg: SyntheticConfig) -> dict:
             }
         )
     figures = [plot_examples(cfg, out)]
-    made = provenance(device, started)
+    made = provenance(start, device)
     report = {"config": asdict(cfg), "provenance": made, "results": results, "rows": rows, "figures": figures}
     seeds = ", ".join(map(str, cfg.seeds))
     note = (

@@ -30,15 +30,20 @@ def device_label(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads)"
 
 
-def provenance(device: torch.device, started: float) -> dict:
-    """The record of one command's run; `started` is its `time.time()` at the start."""
+def start_record() -> dict:
+    """Taken when a command starts (the checkout may change while a long one runs): command, code and versions."""
     return {
         "command": command_line(),
         "git_commit": git_commit(),
         "mm_repro_version": __version__,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
-        "device": device_label(device),
-        "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(timespec="seconds"),
-        "wall_seconds": round(time.time() - started, 1),
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "started_at": time.time(),
     }
+
+
+def provenance(start: dict, device: torch.device) -> dict:
+    """The record of one command's run, completed at its end: `start` (from start_record), device, wall time."""
+    record = {k: v for k, v in start.items() if k != "started_at"}
+    return {**record, "device": device_label(device), "wall_seconds": round(time.time() - start["started_at"], 1)}
