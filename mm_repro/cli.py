@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     from mm_repro.sweeps.jobs import FAILED_JOBS, one_line, undo_sweep_start
 
     debug = os.environ.get("MM_REPRO_DEBUG") == "1"
+    FAILED_JOBS.clear()  # main() may be called more than once in one process (tests, a notebook)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, so that they become one line
     sys.argv = [f"mm_repro {command}", *args]
     app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=command)(

@@ -9,7 +9,7 @@ options are the files in its conf/ directory (`group_options`), the others are t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,81 @@ ADDED_KEYS = {
 }
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch computes in float32: a larger value becomes inf there
+INT64_MAX = 2**63 - 1
+
+
+def rule(
+    default: Any = MISSING,
+    *,
+    factory: Any = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: tuple | None = None,
+    nonempty: bool = False,
+) -> Any:
+    """A schema field with the values it allows (bounds on a number or on each number of a list, a set of choices, a
+    list that must not be empty): `to_schema` checks them for every command, so a value torch would reject later is
+    one line naming the key before anything runs."""
+    limits = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "nonempty": nonempty}
+    if factory is not None:
+        return field(default_factory=factory, metadata=limits)
+    return field(default=default, metadata=limits)
+
+
+def _number_problem(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+        return f"is out of float32's range (|x| <= {FLOAT32_MAX:.3g}): torch would compute with inf"
+    if isinstance(value, int) and abs(value) > INT64_MAX:
+        return "is out of int64's range"
+    return None
+
+
+def _bound_problem(value: Any, limits: dict) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    for name, text, fails in (
+        ("ge", ">=", lambda v, b: v < b),
+        ("gt", ">", lambda v, b: v <= b),
+        ("le", "<=", lambda v, b: v > b),
+        ("lt", "<", lambda v, b: v >= b),
+    ):
+        bound = limits.get(name)
+        if bound is not None and fails(value, bound):
+            return f"must be {text} {bound:g}"
+    return None
+
+
+def check_values(obj: Any, prefix: str = "") -> None:
+    """Every value of a schema object against its field's rule and the ranges torch can compute with; the first
+    problem is a one-line UserError naming the key, its value and what is allowed."""
+    for f in fields(obj):
+        value, key, limits = getattr(obj, f.name), f"{prefix}{f.name}", dict(f.metadata)
+        if hasattr(type(value), "__dataclass_fields__"):
+            check_values(value, f"{key}.")
+            continue
+        items = value if isinstance(value, list | tuple) else [value]
+        if limits.get("nonempty") and isinstance(value, list | tuple) and not value:
+            raise UserError(f"{key}=[] must list at least one value")
+        if limits.get("choices") and value is not None:
+            for item in items:
+                if item not in limits["choices"]:
+                    raise UserError(
+                        f"{key}={item!r} is not allowed; choose one of {', '.join(map(str, limits['choices']))}"
+                    )
+        for item in items:
+            problem = _number_problem(item) or _bound_problem(item, limits)
+            if problem:
+                each = " (each value)" if isinstance(value, list | tuple) else ""
+                raise UserError(f"{key}={value!r}{each} {problem}")
+
+
 def compose_train(overrides: list[str]) -> DictConfig:
     """conf/train.yaml composed with `overrides`, as `python -m mm_repro train` composes it (inside another command's
     Hydra app, or outside any)."""
@@ -90,7 +165,7 @@ class DatasetConfig:
     name: str = "cifar10"
     root: str = "data"
     download: bool = True
-    num_classes: int = 10
+    num_classes: int = rule(10, ge=2)
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     crop_padding: int = 2
@@ -239,12 +314,15 @@ def _one_line(exc: OmegaConfBaseException, schema: type) -> str:
 
 
 def to_schema(cfg: DictConfig | dict, schema: type) -> Any:
-    """Merge `cfg` into `schema` (unknown keys and wrong types are errors) and return the dataclass object."""
+    """Merge `cfg` into `schema` (unknown keys and wrong types are errors), check every value against its field's
+    rule (`rule`) and the float32/int64 range, and return the dataclass object."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
-        return OmegaConf.to_object(merged)
+        obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise UserError(_one_line(exc, schema)) from None
+    check_values(obj)
+    return obj
 
 
 def choose(what: str, value: Any, allowed: tuple) -> None:

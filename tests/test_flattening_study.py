@@ -110,3 +110,13 @@ def test_the_flattening_command_end_to_end_on_idx_files(tmp_path, study):
     assert (out / f"flattening_{study}.png").stat().st_size > 10_000
     for r in report["results"]:
         assert r["mean_top"] > 0 and np.all(np.diff(r["spectra"][0]) <= 1e-9)  # largest first
+
+
+def test_mnist_labels_outside_0_to_9_are_refused_not_dropped(tmp_path):
+    write_mnist(tmp_path, n_train=30, n_test=20)
+    path = tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    labels = np.frombuffer(path.read_bytes(), np.uint8, offset=8).copy()
+    labels[3] = 12
+    write_idx(path, labels)
+    with pytest.raises(UserError, match=re.escape(f"{path}: label 12 found; MNIST's labels are the digits 0..9")):
+        mnist.read_mnist(tmp_path)

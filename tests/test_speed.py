@@ -33,7 +33,7 @@ def _train_steps(steps: int, *overrides: str) -> tuple[list[float], nn.Module, t
     cfg = validate_train(
         compose_train("dataset=synthetic", "model.width=16", "method=manifold", "device=cpu", *overrides)
     )
-    model = build_model(cfg, CPU)
+    model = build_model(cfg, CPU, (3, 32, 32))
     trainer = single_trainer(cfg, model, RunRandom(0, CPU), World())
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)

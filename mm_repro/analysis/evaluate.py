@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,33 +42,12 @@ from mm_repro.analysis.measures import (
     normalize,
     pgd,
 )
-from mm_repro.config import validate_train
+from mm_repro.config import DEVICES, SEED_LIMIT, rule, validate_train
 from mm_repro.data import Splits, load_splits
 from mm_repro.errors import UserError
 from mm_repro.models import build_from
 from mm_repro.progress import progress
 from mm_repro.training.runtime import training_device
-
-
-@dataclass
-class EvalConfig:
-    run: str | None = None
-    suite: list[str] = field(default_factory=lambda: ["fgsm", "deformations", "calibration", "flattening"])
-    checkpoint: str = "last"  # last (the final epoch's weights: eval.json) | best (best test error's: eval_best.json)
-    device: str = "auto"
-    batch_size: int = 500
-    dataset_root: str | None = None  # where the run's dataset is, if not where training found it
-    fgsm_eps_normalized: list[float] = field(default_factory=lambda: [0.03])
-    fgsm_eps_pixel: list[float] = field(default_factory=lambda: [8 / 255])
-    deformation_seed: int = 0
-    ece_bins: int = 15
-    flattening_max_per_class: int = 500
-    knn_k: list[int] = field(default_factory=lambda: [5, 1, 20])  # the first is the one `tables` compares
-    pgd_steps_normalized: int = 200  # App. D: 200 unbounded steps of 0.01 in the official normalised space
-    pgd_step_normalized: float = 0.01
-    pgd_eps_pixel: float = 8 / 255  # a bounded multi-step attack (Madry et al.'s CIFAR setting): eps 8/255,
-    pgd_step_pixel: float = 2 / 255  # steps of 2/255, 20 of them, in pixel space clipped to [0, 1]
-    pgd_steps_pixel: int = 20
 
 
 def _accuracy(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
@@ -234,8 +213,6 @@ def eval_pgd(e: EvalInputs) -> dict:
 def eval_knn(e: EvalInputs) -> dict:
     """k-NN test error on the features before the final linear layer, the run's own training split (what it trained
     on, without augmentation) as the neighbours."""
-    if any(k < 1 for k in e.cfg.knn_k) or not e.cfg.knn_k:
-        raise UserError(f"knn_k={e.cfg.knn_k}: give one or more neighbour counts >= 1")
     device, b = e.mean.device, e.cfg.batch_size
     train = e.splits.train
     batches = [
@@ -264,18 +241,40 @@ EVALUATIONS: dict[str, Callable[[EvalInputs], dict]] = {
 }
 
 
+@dataclass
+class EvalConfig:
+    run: str | None = None
+    suite: list[str] = rule(
+        factory=lambda: ["fgsm", "deformations", "calibration", "flattening"], choices=tuple(EVALUATIONS), nonempty=True
+    )
+    checkpoint: str = rule("last", choices=("last", "best"))  # last: eval.json | best: eval_best.json
+    device: str = rule("auto", choices=DEVICES)
+    batch_size: int = rule(500, ge=1)
+    dataset_root: str | None = None  # where the run's dataset is, if not where training found it
+    fgsm_eps_normalized: list[float] = rule(factory=lambda: [0.03], gt=0)
+    fgsm_eps_pixel: list[float] = rule(factory=lambda: [8 / 255], gt=0, le=1)
+    deformation_seed: int = rule(0, ge=0, lt=SEED_LIMIT)
+    ece_bins: int = rule(15, ge=1)
+    flattening_max_per_class: int = rule(500, ge=2)
+    knn_k: list[int] = rule(factory=lambda: [5, 1, 20], ge=1, nonempty=True)  # the first is the one `tables` compares
+    pgd_steps_normalized: int = rule(200, ge=1)  # App. D: 200 unbounded steps of 0.01 in the official normalised space
+    pgd_step_normalized: float = rule(0.01, gt=0)
+    pgd_eps_pixel: float = rule(8 / 255, gt=0, le=1)  # a bounded multi-step attack (Madry et al.'s CIFAR setting):
+    pgd_step_pixel: float = rule(2 / 255, gt=0, le=1)  # eps 8/255, steps of 2/255, 20 of them, pixels clipped to [0, 1]
+    pgd_steps_pixel: int = rule(20, ge=1)
+
+
 def evaluate_run(ecfg: EvalConfig) -> dict:
     """Run the suite on one complete run; merges its results into the run's eval.json (and PNGs) and returns it.
     Results of another checkpoint (the run was retrained since) are dropped rather than merged."""
-    from mm_repro.config import choose
-
-    choose("checkpoint", ecfg.checkpoint, ("last", "best"))
-    unknown = [s for s in ecfg.suite if s not in EVALUATIONS]
-    if unknown:
-        raise UserError(f"suite={unknown[0]!r} is not an evaluation; choose from {', '.join(EVALUATIONS)}")
     run_dir = Path(ecfg.run)
     with training_device(ecfg.device, in_sweep=False) as device:
         cfg, model, splits, epoch = load_run(run_dir, device, ecfg.dataset_root, ecfg.checkpoint)
+        if "knn" in ecfg.suite and max(ecfg.knn_k) > len(splits.train.labels):
+            raise UserError(
+                f"knn_k={ecfg.knn_k}: {max(ecfg.knn_k)} neighbours, but the run's training split holds "
+                f"{len(splits.train.labels)} images; choose at most {len(splits.train.labels)}"
+            )
         test = splits.test
         mean = torch.tensor(cfg.dataset.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(cfg.dataset.std, device=device).view(1, -1, 1, 1)

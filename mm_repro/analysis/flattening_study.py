@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from mm_repro.analysis.measures import singular_values
-from mm_repro.config import LoggerConfig
+from mm_repro.config import SEED_LIMIT, LoggerConfig, rule
 from mm_repro.errors import UserError
 from mm_repro.method.losses import LOSSES
 from mm_repro.method.mixing import MixSpec
@@ -44,19 +44,19 @@ H = 1024
 
 @dataclass
 class StudyConfig:
-    study: str = "section3_2"
+    study: str = rule("section3_2", choices=STUDIES)
     out: str = "results/flattening"
-    data: str = "mnist"  # mnist | generated (random images of MNIST's shape: for timing, never a result)
+    data: str = rule("mnist", choices=("mnist", "generated"))  # generated: random images, for timing, never a result
     dataset_root: str = "data"
     download: bool = True
-    epochs: int = 10
-    batch_size: int = 100
-    lr: float = 1e-3
-    alpha: float = 2.0
-    weight_decay: float = 1e-4
-    dropout: float = 0.5
-    svd_per_class: int = 1000  # test images per class whose hidden states are decomposed
-    seed: int = 0
+    epochs: int = rule(10, ge=1)
+    batch_size: int = rule(100, ge=2)
+    lr: float = rule(1e-3, gt=0)
+    alpha: float = rule(2.0, gt=0)
+    weight_decay: float = rule(1e-4, ge=0)
+    dropout: float = rule(0.5, ge=0, lt=1)
+    svd_per_class: int = rule(1000, ge=2)  # test images per class whose hidden states are decomposed
+    seed: int = rule(0, ge=0, lt=SEED_LIMIT)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
@@ -157,10 +157,6 @@ def run_study(cfg: StudyConfig) -> dict:
     from mm_repro.records import write_json
     from mm_repro.records.tracking import open_tracker
 
-    if cfg.study not in STUDIES:
-        raise UserError(f"study={cfg.study!r} is not a study; choose one of {', '.join(STUDIES)}")
-    if cfg.epochs < 1 or cfg.batch_size < 2 or cfg.svd_per_class < 2:
-        raise UserError("epochs >= 1, batch_size >= 2 and svd_per_class >= 2 are needed")
     x, y, xt, yt = load_data(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from mm_repro.analysis.measures import singular_values
-from mm_repro.config import LoggerConfig
+from mm_repro.config import SEED_LIMIT, LoggerConfig, rule
 from mm_repro.method import mixing
 from mm_repro.models.mlp import MLP
 from mm_repro.progress import progress
@@ -35,14 +35,14 @@ from mm_repro.training.runtime import RunRandom, init_model
 @dataclass
 class SpiralConfig:
     out: str = "results/spiral"
-    points: int = 1000  # per class
-    steps: int = 3000
-    alpha: float = 2.0
-    lr: float = 3e-3
-    width: int = 64
-    noise: float = 0.03
-    grid: int = 150
-    seed: int = 0
+    points: int = rule(1000, ge=2)  # per class
+    steps: int = rule(3000, ge=1)
+    alpha: float = rule(2.0, gt=0)
+    lr: float = rule(3e-3, gt=0)
+    width: int = rule(64, ge=3)  # the nets narrow to a 2-D bottleneck
+    noise: float = rule(0.03, ge=0)
+    grid: int = rule(150, ge=2)
+    seed: int = rule(0, ge=0, lt=SEED_LIMIT)
     regularizers: bool = False  # true: Figure 2, the other regularizers beside Figure 1's two nets
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 

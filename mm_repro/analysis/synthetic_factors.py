@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm_repro.config import LoggerConfig
+from mm_repro.config import DEVICES, SEED_LIMIT, LoggerConfig, rule
 from mm_repro.errors import UserError
 from mm_repro.progress import progress
 from mm_repro.records.provenance import provenance, start_record
@@ -50,13 +50,13 @@ BATCH = 128
 
 @dataclass
 class SyntheticConfig:
-    task: str = "C"
+    task: str = rule("C", choices=tuple(TASKS))
     out: str = "results/synthetic"
-    steps: int = 1000
-    lr: float = 1e-4
-    test_batches: int = 20
-    seeds: list[int] = field(default_factory=lambda: [0])
-    device: str = "auto"  # auto (CUDA when there is one) | cpu | cuda
+    steps: int = rule(1000, ge=1)
+    lr: float = rule(1e-4, gt=0)
+    test_batches: int = rule(20, ge=1)
+    seeds: list[int] = rule(factory=lambda: [0], ge=0, lt=SEED_LIMIT, nonempty=True)
+    device: str = rule("auto", choices=DEVICES)  # auto (CUDA when there is one) | cpu | cuda
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
@@ -167,11 +167,7 @@ def run_synthetic(cfg: SyntheticConfig) -> dict:
     from mm_repro.analysis.flattening_report import write_rows
     from mm_repro.records import write_json
 
-    if cfg.task not in TASKS:
-        raise UserError(f"task={cfg.task!r} is not a task; choose one of {', '.join(TASKS)}")
-    if cfg.steps < 1 or cfg.test_batches < 1:
-        raise UserError("steps >= 1 and test_batches >= 1 are needed")
-    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+    if len(set(cfg.seeds)) != len(cfg.seeds):
         raise UserError(f"seeds={cfg.seeds} must be a non-empty list of distinct seeds, such as seeds=[0,1,2]")
     start = start_record()
     out = Path(cfg.out)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mm_repro import records
 from mm_repro.bench.measure import BenchConfig, run_bench
-from mm_repro.config import COMPILE_MODES, PRECISIONS, choose, to_schema
+from mm_repro.config import to_schema
 
 
 def report(r: dict) -> str:
@@ -60,9 +60,6 @@ def implausible(r: dict) -> list[str]:
 def main(dict_cfg: object) -> dict:
     """The `bench` command: checked options, the measurements, bench-<device>.json and the printed table."""
     cfg: BenchConfig = to_schema(dict_cfg, BenchConfig)
-    choose("device", cfg.device, ("cpu", "cuda"))
-    choose("precision", cfg.precision, PRECISIONS)
-    choose("compile_mode", cfg.compile_mode, COMPILE_MODES)
     result = run_bench(cfg)
     out = Path(cfg.out) / f"bench-{cfg.device}.json"
     records.write_json(out, result)

@@ -39,11 +39,15 @@ from mm_repro import records
 from mm_repro.bench.official import official_loader, official_step
 from mm_repro.bench.throughput import cycle, median_rates, peak_for, rate, timed, train_flops_per_image
 from mm_repro.config import (
+    COMPILE_MODES,
+    PRECISIONS,
+    SEED_LIMIT,
     DatasetConfig,
     MethodConfig,
     ModelConfig,
     TrainRunConfig,
     compose_train,
+    rule,
     validate_train,
 )
 from mm_repro.data import Arrays, DeviceLoader, random_split
@@ -58,28 +62,30 @@ from mm_repro.training.step import SingleTrainer, build_optimizer
 
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
 
+BENCH_IMAGE = (3, 32, 32)  # bench times random images of CIFAR's shape (data.random_split)
+
 
 @dataclass
 class BenchConfig:
-    device: str = "cpu"
+    device: str = rule("cpu", choices=("cpu", "cuda"))
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     protocol: dict = field(default_factory=dict)
     out: str = "results/bench"
-    batch_size: int = 100
-    precision: str = "fp32"
+    batch_size: int = rule(100, ge=2)
+    precision: str = rule("fp32", choices=PRECISIONS)
     compile: bool = False
-    compile_mode: str = "default"
-    images: int = 5000
-    eval_images: int = 1000
-    warmup: int = 3
-    steps: int = 10
-    repeats: int = 3
-    workers: int = 2
-    pack: int = 3
-    checkpoint_seconds: float = 300.0
-    seed: int = 0
+    compile_mode: str = rule("default", choices=COMPILE_MODES)
+    images: int = rule(5000, ge=2)
+    eval_images: int = rule(1000, ge=1)
+    warmup: int = rule(3, ge=0)
+    steps: int = rule(10, ge=1)
+    repeats: int = rule(3, ge=1)
+    workers: int = rule(2, ge=0)
+    pack: int = rule(3, ge=1)
+    checkpoint_seconds: float = rule(300.0, ge=0)
+    seed: int = rule(0, ge=0, lt=SEED_LIMIT - 64)
 
 
 def run_config(cfg: BenchConfig, seed: int | None = None) -> TrainRunConfig:
@@ -109,7 +115,7 @@ def run_config(cfg: BenchConfig, seed: int | None = None) -> TrainRunConfig:
 def _ours(cfg: BenchConfig, device: torch.device) -> tuple[nn.Module, SingleTrainer, bool]:
     """Our training step and evaluation, built by the builders `train` uses."""
     run = run_config(cfg)
-    model = build_model(run, device)
+    model = build_model(run, device, BENCH_IMAGE)
     channels_last = model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     return model, single_trainer(run, model, RunRandom(cfg.seed, device), World()), channels_last
 
@@ -231,7 +237,7 @@ def measure_packed(cfg: BenchConfig, split: Arrays, device: torch.device, single
     """Aggregate images/s of `pack` runs trained as one (mm_repro.training.packed), against one run."""
     k = cfg.pack
     runs = [run_config(cfg, cfg.seed + i) for i in range(k)]
-    models = [build_model(run, device) for run in runs]
+    models = [build_model(run, device, BENCH_IMAGE) for run in runs]
     trainer = packed_trainer(runs, models, [RunRandom(run.seed, device) for run in runs])
     channels_last = models[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
     loader = DeviceLoader(split, cfg.dataset, cfg.batch_size, device, True, channels_last)

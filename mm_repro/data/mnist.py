@@ -104,5 +104,10 @@ def read_mnist(root: Path) -> tuple[Arrays, Arrays]:
             raise UserError(
                 f"{root / FOLDER / labels_name}: {len(labels)} labels for the {len(images)} images of {images_name}"
             )
+        if len(labels) and labels.max() > 9:
+            raise UserError(
+                f"{root / FOLDER / labels_name}: label {labels.max()} found; MNIST's labels are the digits 0..9 "
+                "(nothing is dropped or folded silently)"
+            )
         out.append(Arrays(torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))))
     return out[0], out[1]

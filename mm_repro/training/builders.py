@@ -15,6 +15,7 @@ from torch import nn
 from mm_repro.config import NOT_MIXING, TrainRunConfig
 from mm_repro.data import DeviceLoader, Splits, fingerprint
 from mm_repro.data import load_splits as data_splits
+from mm_repro.errors import UserError
 from mm_repro.method.losses import LOSSES
 from mm_repro.method.mixing import MixSpec
 from mm_repro.models import build_from
@@ -51,10 +52,30 @@ def load_splits(jobs: list[Any]) -> dict[Path, Splits]:
     return out
 
 
-def build_model(cfg: TrainRunConfig, device: torch.device) -> nn.Module:
-    """The run's model on `device`, initial weights from its seed, in channels_last where chosen."""
+def check_fits(model: nn.Module, cfg: TrainRunConfig, image_shape: tuple[int, ...]) -> None:
+    """One forward of two blank images of the dataset's shape (eval mode, no gradient: nothing of the model changes),
+    so that a model that cannot take the data (a stem stride larger than the image, a fully-connected net of another
+    input size, one input channel against three) is one line before any run directory is touched."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, *image_shape))
+    except RuntimeError as exc:
+        m = cfg.model
+        raise UserError(
+            f"model={m.name} (width {m.width}, stem_stride {m.stem_stride}) cannot take the {cfg.dataset.name} images "
+            f"of shape {tuple(image_shape)} ({str(exc).strip().splitlines()[0][:120]}); choose a model that fits them"
+        ) from None
+    finally:
+        model.train()
+
+
+def build_model(cfg: TrainRunConfig, device: torch.device, image_shape: tuple[int, ...]) -> nn.Module:
+    """The run's model on `device`, initial weights from its seed, checked against the data's image shape, in
+    channels_last where chosen."""
     c = cfg
     model = init_model(lambda: build_from(c.model, c.dataset.num_classes), c.seed)
+    check_fits(model, cfg, image_shape)
     channels_last = uses_channels_last(c.train.channels_last, device, model)
     refuse_onednn_bug(
         model, c.model.width, device, channels_last, c.train.compile and c.train.compile_backend == "inductor"
@@ -136,7 +157,7 @@ def build_trainer(
             data[-1]["valid"] = prints[id(s.valid)]
     lead = jobs[0].cfg
     local_batch = lead.train.batch_size // world.size
-    models = [build_model(job.cfg, device) for job in jobs]
+    models = [build_model(job.cfg, device, tuple(splits[job.run_dir].train.images.shape[1:])) for job in jobs]
     channels_last = models[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)  # the layout chosen
     by_split: dict[int, DeviceLoader] = {}
     loaders = []

@@ -1,0 +1,83 @@
+"""Bad input to any command is one line on stderr naming the value and what is allowed, exit code 2, no traceback,
+and nothing written: every command's schema carries the values it allows (config.rule), checked before anything
+runs. In-process through `cli.main`, as the CLI runs it (a subprocess per case would cost seconds each)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mm_repro.cli import main
+
+SYNTHETIC = ["dataset=synthetic", "dataset.train_size=40", "dataset.test_size=20", "model.width=4", "logger=none"]
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """cli(*args) -> (exit code, stderr) of `python -m mm_repro <args>` run in an empty directory, which must stay
+    empty."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MM_REPRO_PROGRESS_SECONDS", "3600")
+
+    def run(*args: str) -> tuple[int, str]:
+        code = main(list(args))
+        err = capsys.readouterr().err
+        assert not list(tmp_path.iterdir()), f"{args} left {sorted(p.name for p in tmp_path.iterdir())}"
+        return code, err
+
+    return run
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("evaluate", "run=x", "batch_size=0"), "batch_size=0 must be >= 1"),
+        (("evaluate", "run=x", "batch_size=-3"), "batch_size=-3 must be >= 1"),
+        (("evaluate", "run=x", "ece_bins=0"), "ece_bins=0 must be >= 1"),
+        (("evaluate", "run=x", "device=tpu"), "device='tpu' is not allowed; choose one of auto, cpu, cuda"),
+        (("evaluate", "run=x", "fgsm_eps_normalized=[nan]"), "must be a finite number"),
+        (("evaluate", "run=x", "fgsm_eps_pixel=[inf]"), "must be a finite number"),
+        (("evaluate", "run=x", "fgsm_eps_pixel=[-0.1]"), "fgsm_eps_pixel=[-0.1] (each value) must be > 0"),
+        (("evaluate", "run=x", "pgd_steps_pixel=-2"), "pgd_steps_pixel=-2 must be >= 1"),
+        (("evaluate", "run=x", "pgd_step_normalized=nan"), "must be a finite number"),
+        (("evaluate", "run=x", "knn_k=[0]"), "knn_k=[0] (each value) must be >= 1"),
+        (("evaluate", "run=x", "suite=[]"), "suite=[] must list at least one value"),
+        (("evaluate", "run=x", "suite=[fgsm,nope]"), "suite='nope' is not allowed"),
+        (("spiral", "steps=-5"), "steps=-5 must be >= 1"),
+        (("spiral", "alpha=0"), "alpha=0.0 must be > 0"),
+        (("spiral", "seed=-1"), "seed=-1 must be >= 0"),
+        (("flattening", "lr=-1"), "lr=-1.0 must be > 0"),
+        (("flattening", "alpha=nan"), "alpha=nan must be a finite number"),
+        (("flattening", "dropout=1.0"), "dropout=1.0 must be < 1"),
+        (("flattening", "weight_decay=-1e-4"), "weight_decay=-0.0001 must be >= 0"),
+        (("flattening", "study=nope"), "study='nope' is not allowed"),
+        (("synthetic", "lr=inf"), "lr=inf must be a finite number"),
+        (("synthetic", "seeds=[0,-1]"), "(each value) must be >= 0"),
+        (("synthetic", "seeds=[1,1]"), "distinct seeds"),
+        (("synthetic", "task=D"), "task='D' is not allowed"),
+        (("bench", "steps=0"), "steps=0 must be >= 1"),
+        (("bench", "repeats=0"), "repeats=0 must be >= 1"),
+        (("bench", "images=1"), "images=1 must be >= 2"),
+        (("bench", "workers=-1"), "workers=-1 must be >= 0"),
+        (("train", *SYNTHETIC, "train.lr=1e300"), "train.lr=1e+300 is out of float32's range"),
+        (("train", *SYNTHETIC, "train.weight_decay=1e39"), "train.weight_decay=1e+39 is out of float32's range"),
+        (("train", *SYNTHETIC, "train.gamma=1e39"), "train.gamma=1e+39 is out of float32's range"),
+        (("train", *SYNTHETIC, "dataset.num_classes=0"), "dataset.num_classes=0 must be >= 2"),
+    ],
+)
+def test_a_bad_value_is_one_line_and_exit_2_for_every_command(cli, args, message):
+    code, err = cli(*args)
+    assert code == 2
+    assert err.startswith("error: ") and message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("model.stem_stride=64",), "model=preactresnet18 (width 4, stem_stride 64) cannot take the synthetic images"),
+        (("model=wrn28_2", "model.stem_stride=40"), "cannot take the synthetic images of shape (3, 32, 32)"),
+    ],
+)
+def test_a_model_that_cannot_take_the_data_is_refused_before_a_run_directory_exists(cli, extra, message):
+    code, err = cli("train", *SYNTHETIC, "device=cpu", "hydra.run.dir=run", *extra)
+    assert code == 2 and message in err and err.count("\n") == 1, err
