@@ -42,7 +42,8 @@ def _job(run_dir: Path, *overrides: str) -> Job:
     """A tiny run on generated data (or on the dataset=... that `overrides` name)."""
     own_data = any(o.startswith("dataset=") for o in overrides)
     node = compose_train(*[a for a in SMALL if not (own_data and a in SYNTHETIC)], *overrides)
-    return Job(validate_train(node), run_dir, OmegaConf.to_container(node, resolve=True))
+    config = OmegaConf.to_container(node, resolve=True)
+    return Job(validate_train(node), run_dir, config, hydra_files={"config.yaml": OmegaConf.create(config)})
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -480,3 +481,76 @@ def test_an_experiment_sweep_without_multirun_is_one_line(tmp_path):
     proc = run_cli("train", "experiment=table6_alpha", "logger=none", cwd=tmp_path)
     assert proc.returncode == 2 and "run it with -m: python -m mm_repro train -m experiment=table6_alpha" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def _set_best_epoch(run_dir: Path, best: int) -> None:
+    """Rewrite last.pt's records so that epoch `best` holds the lowest test error (the records a resume reads)."""
+    state = records.load_checkpoint(run_dir / records.CHECKPOINT)
+    for row in state["metrics"]:
+        row["test_error"] = 10.0 if row["epoch"] == best else 50.0 + row["epoch"]
+    records.save_checkpoint(run_dir / records.CHECKPOINT, state)
+
+
+@pytest.mark.parametrize("best", [3, 1])
+def test_a_best_checkpoint_left_stale_by_a_kill_is_never_reported_as_the_best(tmp_path, best):
+    # The background writer writes last.pt, then best.pt: a kill between the two leaves best.pt at an older epoch.
+    # Here the disk is put in that state by hand: last.pt after epoch 3, best.pt from epoch 2, no result.json.
+    from mm_repro.analysis.evaluate import EvalConfig, evaluate_run
+
+    run_dir = tmp_path / "run"
+    job = lambda: _job(run_dir, "train.checkpoint_seconds=0")  # noqa: E731
+    train_module.train_jobs([job()])
+    _set_best_epoch(run_dir, best)
+    stale = records.load_checkpoint(run_dir / records.BEST_CHECKPOINT, resumable=False)
+    stale["epoch"] = 2
+    records.save_checkpoint(run_dir / records.BEST_CHECKPOINT, stale)
+    (run_dir / records.RESULT).unlink()
+    (result,) = train_module.train_jobs([job()])  # nothing left to train: the records are settled and written
+    assert result["best"]["epoch"] == best
+    evaluate = EvalConfig(run=str(run_dir), suite=["fgsm"], checkpoint="best", device="cpu", fgsm_eps_pixel=[0.01])
+    if best == 3:  # the best epoch is last.pt's own: best.pt is rewritten from it
+        held = records.load_checkpoint(run_dir / records.BEST_CHECKPOINT, resumable=False)
+        last = records.load_checkpoint(run_dir / records.CHECKPOINT)
+        assert held["epoch"] == 3 and all(torch.equal(held["model"][k], last["model"][k]) for k in last["model"])
+        assert result["best_checkpoint"] == {
+            "epoch": 3,
+            "sha256": records.checkpoint_digest(run_dir / records.BEST_CHECKPOINT),
+        }
+        assert evaluate_run(evaluate)["checkpoint_epoch"] == 3
+    else:  # the best epoch's model is gone: said in result.json, and evaluate refuses best.pt
+        assert result["best_checkpoint"] is None
+        assert not (run_dir / records.BEST_CHECKPOINT).exists()
+        with pytest.raises(UserError, match="does not hold the best epoch's model"):
+            evaluate_run(evaluate)
+
+
+def test_best_pt_holds_the_best_epochs_model_and_a_replaced_one_is_refused(tmp_path):
+    from mm_repro.analysis.evaluate import EvalConfig, evaluate_run
+
+    run_dir = tmp_path / "run"
+    (result,) = train_module.train_jobs([_job(run_dir, "train.epochs=4", "train.milestones=[]")])
+    best = records.load_checkpoint(run_dir / records.BEST_CHECKPOINT, resumable=False)
+    assert (best["epoch"], best["test_error"]) == (result["best"]["epoch"], result["best"]["test_error"])
+    assert result["best_checkpoint"]["sha256"] == records.checkpoint_digest(run_dir / records.BEST_CHECKPOINT)
+    best["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in best["model"].items()}
+    records.save_checkpoint(run_dir / records.BEST_CHECKPOINT, best)  # a valid file, but not the recorded one
+    with pytest.raises(UserError, match="replaced since"):
+        evaluate_run(EvalConfig(run=str(run_dir), suite=["fgsm"], checkpoint="best", device="cpu"))
+
+
+def test_an_evaluation_on_other_data_is_refused_and_eval_json_names_its_data(tmp_path):
+    from mm_repro.analysis.evaluate import EvalConfig, evaluate_run
+
+    own, other = write_cifar(tmp_path / "own", "cifar10"), write_cifar(tmp_path / "other", "cifar10", seed=1)
+    run_dir = tmp_path / "run"
+    data = ("dataset=cifar10", f"dataset.root={own}", "dataset.download=false", "train.epochs=1", "train.milestones=[]")
+    (result,) = train_module.train_jobs([_job(run_dir, *data)])
+    ask = lambda **k: EvalConfig(run=str(run_dir), suite=["fgsm", "knn"], device="cpu", knn_k=[1], **k)  # noqa: E731
+    with pytest.raises(UserError, match=r"trained and tested on other data .*test split: 40 images, sha256"):
+        evaluate_run(ask(dataset_root=str(other)))
+    assert not (run_dir / records.EVAL).exists()
+    out = evaluate_run(ask())
+    assert out["data"] == {"test": result["data"]["test"], "train": result["data"]["train"]}
+    shutil.copy(other / "cifar-10-batches-py" / "data_batch_1", own / "cifar-10-batches-py" / "data_batch_1")
+    with pytest.raises(UserError, match=r"train split: 200 images"):  # the run's own files replaced since
+        evaluate_run(ask())

@@ -43,7 +43,7 @@ from mm_repro.analysis.measures import (
     pgd,
 )
 from mm_repro.config import DEVICES, SEED_LIMIT, rule, validate_train
-from mm_repro.data import Splits, load_splits
+from mm_repro.data import Splits, fingerprint, load_splits
 from mm_repro.errors import UserError
 from mm_repro.models import build_from
 from mm_repro.progress import progress
@@ -88,6 +88,8 @@ def load_run(run_dir: Path, device: torch.device, dataset_root: str | None = Non
     if dataset_root:
         cfg.dataset.root = dataset_root
     path = run_dir / (records.BEST_CHECKPOINT if which == "best" else records.CHECKPOINT)
+    if which == "best":
+        _check_best(run_dir, result)
     if not path.exists():
         raise UserError(
             f"run={run_dir} has no {path.relative_to(run_dir)} (written from this version on); use checkpoint=last"
@@ -95,6 +97,11 @@ def load_run(run_dir: Path, device: torch.device, dataset_root: str | None = Non
     checkpoint = records.load_checkpoint(path, resumable=which == "last")
     if which == "best" and checkpoint.get("run_id") != result.get("run_id"):
         raise UserError(f"run={run_dir}: checkpoints/best.pt belongs to another run than result.json (run ids differ)")
+    if which == "best" and checkpoint.get("epoch") != result["best"]["epoch"]:
+        raise UserError(
+            f"run={run_dir}: checkpoints/best.pt holds epoch {checkpoint.get('epoch')}, but the run's best test error "
+            f"was at epoch {result['best']['epoch']} (result.json); it is not the best model: use checkpoint=last"
+        )
     model = build_from(cfg.model, cfg.dataset.num_classes).to(device)
     try:
         model.load_state_dict(checkpoint["model"])
@@ -111,7 +118,42 @@ def load_run(run_dir: Path, device: torch.device, dataset_root: str | None = Non
             f"run={run_dir}: its data cannot be read ({exc}); evaluate needs the run's test split, and suite=[knn] "
             "its training split too: point dataset_root=DIR at the directory that holds them"
         ) from None
-    return cfg, model, splits, checkpoint["epoch"]
+    return cfg, model, splits, checkpoint["epoch"], result
+
+
+def check_same_data(run_dir: Path, result: dict, splits: Splits, names: tuple[str, ...], root: str) -> dict[str, str]:
+    """The fingerprints of the splits `names` as loaded now, which must be those result.json recorded for the run
+    (the data it was trained and tested on): an evaluation on other files would put another dataset's number in the
+    run's cell. A result.json written before fingerprints were recorded is taken as it is."""
+    found = {name: fingerprint(getattr(splits, name)) for name in names}
+    recorded = result.get("data") if isinstance(result.get("data"), dict) else {}
+    moved = [f"{n} split: {recorded[n]} -> {fp}" for n, fp in found.items() if recorded.get(n) not in (None, fp)]
+    if moved:
+        raise UserError(
+            f"run={run_dir} was trained and tested on other data than {root} holds now "
+            f"({'; '.join(moved)}); point dataset_root=DIR at the files it was trained on"
+        )
+    return found
+
+
+def _check_best(run_dir: Path, result: dict) -> None:
+    """best.pt must be the checkpoint result.json names as the best epoch's model (`best_checkpoint`, recorded from
+    this version on); a result without that key is checked by best.pt's epoch alone (load_run)."""
+    if "best_checkpoint" not in result:
+        return
+    named = result["best_checkpoint"]
+    if not named:
+        raise UserError(
+            f"run={run_dir}: result.json records that checkpoints/best.pt does not hold the best epoch's model (epoch "
+            f"{result['best']['epoch']}: lost to a stop between two checkpoint writes); use checkpoint=last"
+        )
+    path = run_dir / records.BEST_CHECKPOINT
+    held = records.checkpoint_digest(path) if path.exists() else "nothing"
+    if held != named.get("sha256"):
+        raise UserError(
+            f"run={run_dir}: checkpoints/best.pt is {held[:12]}, but result.json names {str(named.get('sha256'))[:12]} "
+            "as the best epoch's model (replaced since); use checkpoint=last"
+        )
 
 
 @dataclass
@@ -269,7 +311,9 @@ def evaluate_run(ecfg: EvalConfig) -> dict:
     Results of another checkpoint (the run was retrained since) are dropped rather than merged."""
     run_dir = Path(ecfg.run)
     with training_device(ecfg.device, in_sweep=False) as device:
-        cfg, model, splits, epoch = load_run(run_dir, device, ecfg.dataset_root, ecfg.checkpoint)
+        cfg, model, splits, epoch, result = load_run(run_dir, device, ecfg.dataset_root, ecfg.checkpoint)
+        names = ("test", "train") if "knn" in ecfg.suite else ("test",)
+        data = check_same_data(run_dir, result, splits, names, cfg.dataset.root)
         if "knn" in ecfg.suite and max(ecfg.knn_k) > len(splits.train.labels):
             raise UserError(
                 f"knn_k={ecfg.knn_k}: {max(ecfg.knn_k)} neighbours, but the run's training split holds "
@@ -293,6 +337,7 @@ def evaluate_run(ecfg: EvalConfig) -> dict:
         out.update({"run": str(run_dir), "checkpoint": ecfg.checkpoint, "checkpoint_epoch": epoch})
         out["checkpoint_sha256"] = digest
         out["test_images"] = len(test.labels)
+        out["data"] = data
         with torch.no_grad():
             out["clean"] = {"accuracy": _accuracy(model, clean)}
         for name in (bar := progress(ecfg.suite, desc="evaluate", unit="evaluation")):

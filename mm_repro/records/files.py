@@ -116,6 +116,7 @@ def archive(run_dir: Path, names: tuple[Path, ...] = ARCHIVED) -> Path | None:
         dest = dest.with_name(dest.name + "+")
     dest.mkdir(parents=True)
     for name in present:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(run_dir / name, dest / name)
     return dest
 

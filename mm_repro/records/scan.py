@@ -153,7 +153,17 @@ def _run_dirs(paths: list[Path], found: Scan) -> list[Path]:
                 for _ in range(depth):
                     run_dir = run_dir.parent
                 run_dirs.add(run_dir.resolve())
-    return sorted(d for d in run_dirs if "previous" not in d.parts)  # previous/: records an earlier start archived
+    return sorted(d for d in run_dirs if not _archived(d))
+
+
+def _archived(run_dir: Path) -> bool:
+    """Is `run_dir` an earlier attempt's records that a new start moved to <run>/previous/<time>/? (A directory of
+    the user's that happens to be named `previous` is not.)"""
+    parts = run_dir.parts
+    for i in range(1, len(parts) - 1):
+        if parts[i] == "previous" and any((Path(*parts[:i]) / m).exists() for m in (*MARKERS, records.LOCK)):
+            return True
+    return False
 
 
 def _epochs_recorded(run_dir: Path) -> int:

@@ -49,6 +49,8 @@ class Run:
     data: dict = field(default_factory=dict)  # fingerprints of the train and test splits (data.fingerprint)
     checkpoint_epoch: int | None = None  # the epoch of the last checkpoint on disk (None: none yet)
     packed_with: list[str] = field(default_factory=list)  # the runs it trained packed with, over every session
+    best_epoch: int | None = None  # the epoch of the model checkpoints/best.pt holds (or is being written with)
+    best_action: str = "keep"  # what take_over does with best.pt after a resume (best_checkpoint_action)
     outcome: dict | RunFailed | None = None
 
     @property
@@ -111,11 +113,22 @@ class Run:
             "start over with train.resume=false"
         )
 
-    def finish(self, wall_seconds: float, checkpoint_digest: str, device: torch.device) -> dict:
-        """result.json, written; the last line."""
+    def finish(
+        self, wall_seconds: float, checkpoint_digest: str, best_digest: str | None, device: torch.device
+    ) -> dict:
+        """result.json, written; the last line. `best_checkpoint` names best.pt (its epoch and checksum) only when it
+        holds the model of the result's best epoch; otherwise it is null and `evaluate checkpoint=best` refuses."""
         identity = {"run_id": self.run_id, "checkpoint_sha256": checkpoint_digest, "data": self.data}
         c = self.job
         result = records.make_result(c.cfg, c.config, self.metrics, identity, self.params, wall_seconds, device)
+        best = result["best"]
+        held = best_digest is not None and self.best_epoch == best["epoch"]
+        result["best_checkpoint"] = {"epoch": best["epoch"], "sha256": best_digest} if held else None
+        if not held:
+            self.note(
+                f"checkpoints/best.pt does not hold the best epoch's model (epoch {best['epoch']}; it was lost to a "
+                "stop between two checkpoint writes): result.json says so, and evaluate checkpoint=best refuses it"
+            )
         result["packed"], result["packed_with"] = bool(self.packed_with), self.packed_with
         if self.world.is_main:
             records.write_json(self.run_dir / records.RESULT, result)
@@ -161,6 +174,35 @@ def completed(job: Job) -> dict | None:
     return result
 
 
+def best_checkpoint_action(
+    metrics: list[dict], epoch: int, on_disk: dict | None, run_id: str
+) -> tuple[str, int | None]:
+    """What a resume does with checkpoints/best.pt, and the epoch best.pt then holds. best.pt must hold the best
+    epoch of the records the run resumes with (last.pt's): `keep` it when it does; `rewrite` it from last.pt's model
+    when that best epoch is last.pt's own (a stop fell between the writes of last.pt and best.pt); else `archive` it
+    (it holds a later epoch, discarded with the records after last.pt, or an older one) and the best model is lost.
+    `on_disk`: best.pt's epoch and run id, or None when there is none (or it cannot be read)."""
+    if not metrics:
+        return ("archive" if on_disk else "keep"), None
+    best = min(metrics, key=lambda r: (r["test_error"], r["epoch"]))["epoch"]
+    if on_disk and on_disk.get("epoch") == best and on_disk.get("run_id") == run_id:
+        return "keep", best
+    if best == epoch:
+        return "rewrite", best
+    return ("archive" if on_disk else "keep"), None
+
+
+def _best_on_disk(run_dir: Path) -> dict | None:
+    path = run_dir / records.BEST_CHECKPOINT
+    if not path.exists():
+        return None
+    try:
+        state = records.load_checkpoint(path, resumable=False)
+    except UserError:  # damaged: it cannot be trusted as the best model
+        return {"epoch": None, "run_id": None}
+    return {"epoch": state.get("epoch"), "run_id": state.get("run_id")}
+
+
 def claim(run: Run, trainer: Any, index: int) -> None:
     """Lock the run directory and check everything a start or resume reads (the checkpoint, its config, data and
     tensors, loaded into the trainer's place `index`) before anything in the directory changes: a refused start
@@ -203,6 +245,9 @@ def claim(run: Run, trainer: Any, index: int) -> None:
     run.rng.load_state(saved["rng_ranks"][run.world.rank], str(checkpoint))
     run.run_id = saved.get("run_id") or uuid.uuid4().hex
     run.checkpoint_epoch = saved["epoch"]
+    run.best_action, run.best_epoch = best_checkpoint_action(
+        saved["metrics"], saved["epoch"], _best_on_disk(run_dir), run.run_id
+    )
 
 
 def take_over(run: Run) -> None:
@@ -218,6 +263,7 @@ def take_over(run: Run) -> None:
             run.say(f"earlier records moved to {archived}")
         if run.saved:  # epochs recorded after the checkpoint belong to the stopped session: drop them
             records.write_metrics(run_dir / records.METRICS, run.saved["metrics"])
+            _settle_best(run)
         for name, node in job.hydra_files.items():
             (run_dir / ".hydra").mkdir(exist_ok=True)
             OmegaConf.save(node, run_dir / ".hydra" / name)
@@ -226,6 +272,23 @@ def take_over(run: Run) -> None:
             mid = f", at step {step} of epoch {run.saved['epoch'] + 1}" if step else ""
             run.say(f"resuming {run_dir} after epoch {run.saved['epoch']}{mid}")
     distributed.barrier(run.world)
+
+
+def _settle_best(run: Run) -> None:
+    """Carry out `run.best_action` (best_checkpoint_action) on checkpoints/best.pt."""
+    saved, run_dir = run.saved, run.run_dir
+    if run.best_action == "rewrite":
+        row = next(r for r in saved["metrics"] if r["epoch"] == run.best_epoch)
+        identity = {k: saved.get(k) for k in ("metrics", "config", "run_id", "data", "packed_with")}
+        state = {"model": saved["model"], "epoch": row["epoch"], "test_error": row["test_error"], **identity}
+        records.save_checkpoint(run_dir / records.BEST_CHECKPOINT, {**state, "run_id": run.run_id})
+        run.note(f"checkpoints/best.pt rewritten from last.pt: the best epoch ({run.best_epoch}) is last.pt's own")
+    elif run.best_action == "archive":
+        moved = records.archive(run_dir, (records.BEST_CHECKPOINT,))
+        run.note(
+            f"checkpoints/best.pt did not hold the best epoch of the records resumed from (after epoch "
+            f"{saved['epoch']}); moved to {moved}"
+        )
 
 
 def hms(s: float) -> str:

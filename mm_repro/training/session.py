@@ -166,6 +166,9 @@ class Session:
                     row = r.metrics[-1]
                     state = {"model": model, "epoch": row["epoch"], "test_error": row["test_error"]}
                     files.append((r.run_dir / records.BEST_CHECKPOINT, {**state, **r.identity_state()}))
+                    r.best_epoch = row["epoch"]
+                else:
+                    r.best_epoch = None  # the best epoch's model is not finite: best.pt keeps an older one
         return files
 
     def save_all(self, extra: list[tuple] | None = None) -> None:
@@ -214,7 +217,9 @@ class Session:
 
     def finish(self, r: Run) -> dict:
         digest = self.checkpoints.digest(r.run_dir / records.CHECKPOINT)
-        return r.finish(r.wall_base + self.elapsed(), digest, self.device)
+        best = r.run_dir / records.BEST_CHECKPOINT
+        best_digest = self.checkpoints.digest(best) if best.exists() else None
+        return r.finish(r.wall_base + self.elapsed(), digest, best_digest, self.device)
 
     def stop_message(self, signum: int | None, mid_epoch: bool) -> str:
         c = self.cursor
