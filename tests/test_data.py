@@ -11,7 +11,7 @@ import torch
 import torchvision.transforms.functional as TF
 
 from mm_repro.config import DatasetConfig
-from mm_repro.data import DeviceLoader, cap_per_class, crop_flip, load_arrays, make_synthetic
+from mm_repro.data import Arrays, DeviceLoader, cap_per_class, crop_flip, load_arrays, make_synthetic
 from mm_repro.errors import UserError
 from tests.conftest import write_cifar, write_svhn
 
@@ -172,3 +172,17 @@ def test_the_official_svhn_cap_keeps_7325_per_class_at_most(svhn_root):
     cfg = DatasetConfig(name="svhn", root=str(svhn_root), download=False, per_class_cap=5)
     train, _ = load_arrays(cfg, seed=0)
     assert np.bincount(train.labels.numpy(), minlength=10).max() == 5
+
+
+def test_the_loader_pads_each_side_with_crop_padding_zero_pixels():
+    # RandomCrop(32, padding=p) with fill 0: a window of a white image shows at most p black rows or columns on a side
+    white = Arrays(torch.full((400, 3, 32, 32), 255, dtype=torch.uint8), torch.zeros(400, dtype=torch.int64))
+    cfg = DatasetConfig(crop_padding=3, flip=False, mean=[0.0] * 3, std=[1.0] * 3)
+    loader = DeviceLoader(white, cfg, 400, torch.device("cpu"), train=True)
+    x, _ = loader.batch(loader.order(torch.Generator().manual_seed(0)), 0, torch.Generator().manual_seed(1))
+    black = x[:, 0] == 0
+    assert set(torch.unique(x).tolist()) == {0.0, 1.0}  # zero fill, the rest untouched
+    top = black.all(2).int().argmin(1)  # black rows above the first white one
+    left = black.all(1).int().argmin(1)
+    assert set(top.tolist()) == set(left.tolist()) == {0, 1, 2, 3}  # every offset 0..2p drawn; width p on top
+    assert int(black.all(2).sum(1).max()) == 3 and int(black.all(1).sum(1).max()) == 3  # and p at most in all

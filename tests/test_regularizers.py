@@ -131,3 +131,19 @@ def test_top5_error_counts_a_label_outside_the_five_largest_logits():
     assert figures["top5_error"] == 25.0
     five = step.test_figures(lambda x: logits[None, :, :5], Loader(), "fp32", 1)[0]
     assert "top5_error" not in five  # with 5 classes or fewer, top-5 is not recorded
+
+
+def test_top5_counts_rank_5_as_a_hit_and_rank_6_as_a_miss():
+    class Loader:
+        labels = torch.tensor([4, 5])
+        num_images = 2
+
+        def order(self):
+            return torch.arange(2)
+
+        def batches(self, order):
+            yield torch.zeros(2), self.labels
+
+    logits = torch.tensor([[9.0, 8, 7, 6, 5, 4, 3]] * 2)  # class i has rank i + 1: label 4 is 5th, label 5 is 6th
+    figures = step.test_figures(lambda x: logits[None], Loader(), "fp32", 1)[0]
+    assert figures["top5_error"] == 50.0  # the 5th is a hit, the 6th a miss

@@ -57,14 +57,16 @@ def _weights(run_dir: Path) -> dict:
 PACK = [("erm", "seed=0", "method=erm"), ("mm", "seed=1", "method=manifold")]
 
 
-def test_a_packed_run_resumed_after_a_milestone_keeps_its_schedule(tmp_path, monkeypatch, stop_after):
+@pytest.mark.parametrize("stop", [7, 12])  # 5 steps an epoch: in the milestone's epoch (2), and in the one after (3)
+def test_a_packed_run_resumed_after_a_milestone_keeps_its_schedule(tmp_path, monkeypatch, stop_after, stop):
     unbroken = train_module.train_jobs([_job(tmp_path / "a" / n, *o) for n, *o in PACK])
     assert all(isinstance(o, dict) for o in unbroken)
-    stop_after(7)  # 5 steps an epoch: epoch 2 (after the milestone), step 2
+    stop_after(stop)
     with pytest.raises(Preempted):
         train_module.train_jobs([_job(tmp_path / "b" / n, *o) for n, *o in PACK])
     monkeypatch.undo()
-    assert records.load_checkpoint(tmp_path / "b" / "mm" / records.CHECKPOINT)["position"]["step"] == 2
+    saved = records.load_checkpoint(tmp_path / "b" / "mm" / records.CHECKPOINT)
+    assert (saved["epoch"], saved["position"]["step"]) == (stop // 5, 2)
     train_module.train_jobs([_job(tmp_path / "b" / n, *o) for n, *o in PACK])
     for name, *_ in PACK:
         assert [r["lr"] for r in _rows(tmp_path / "b" / name)] == pytest.approx([0.1, 0.01, 0.01])
@@ -114,6 +116,7 @@ def test_a_stop_after_a_blow_up_never_replaces_the_last_good_checkpoint(tmp_path
             failure = json.loads((job.run_dir / records.FAILURE).read_text())
             assert failure["status"] == "diverged" and failure["checkpoint_epoch"] == 1
             assert "after epoch 1) was kept" in failure["message"]
+            assert "by epoch 2, step" in failure["message"] and failure["epoch"] == 2  # the epoch it names
             assert not (job.run_dir / records.RESULT).exists()
 
 
@@ -554,3 +557,47 @@ def test_an_evaluation_on_other_data_is_refused_and_eval_json_names_its_data(tmp
     shutil.copy(other / "cifar-10-batches-py" / "data_batch_1", own / "cifar-10-batches-py" / "data_batch_1")
     with pytest.raises(UserError, match=r"train split: 200 images"):  # the run's own files replaced since
         evaluate_run(ask())
+
+
+def test_an_infinite_loss_stops_the_run_as_diverged(tmp_path, monkeypatch):
+    from mm_repro.training import builders
+
+    def infinite(logits, targets):  # gradients stay finite (zero): only the loss itself is inf, not NaN
+        return (logits * 0).sum() + float("inf")
+
+    monkeypatch.setitem(builders.LOSSES, "bce_softmax", infinite)
+    (outcome,) = train_module.train_jobs([_job(tmp_path / "run", "method=erm")])
+    assert isinstance(outcome, Diverged) and "train_loss inf" in str(outcome)
+    assert json.loads((tmp_path / "run" / records.FAILURE).read_text())["status"] == "diverged"
+
+
+def test_weight_decay_reaches_the_optimizer_alone_and_packed():
+    from mm_repro.training.builders import build_model, packed_trainer, single_trainer
+    from mm_repro.training.distributed import World
+
+    cpu = torch.device("cpu")
+    cfgs = [validate_train(compose_train(*SMALL, f"seed={s}", "train.weight_decay=0.0123")) for s in (0, 1)]
+    models = [build_model(c, cpu, (3, 32, 32)) for c in cfgs]
+    alone = single_trainer(cfgs[0], models[0], RunRandom(0, cpu), World())
+    assert {g["weight_decay"] for g in alone.optimizer.param_groups} == {0.0123}
+    packed = packed_trainer(cfgs, models, [RunRandom(s, cpu) for s in (0, 1)])
+    assert {g["weight_decay"] for g in packed.optimizer.param_groups} == {0.0123}
+
+
+def test_a_resume_compares_every_key_that_changes_numbers_and_only_those():
+    from mm_repro.records.checkpoint import config_changes
+
+    old = OmegaConf.to_container(compose_train(*SMALL), resolve=True)
+    for key, value, changed in [
+        ("train.lr", 0.05, True),
+        ("method.alpha", 1.0, True),
+        ("dataset.crop_padding", 4, True),
+        ("seed", 3, True),
+        ("train.eval_batch_size", 7, False),  # RESUME_FREE_KEYS: where or how fast, never what
+        ("train.checkpoint_seconds", 1.0, False),
+        ("dataset.root", "/elsewhere", False),
+    ]:
+        new = OmegaConf.to_container(compose_train(*SMALL, f"{key}={value}"), resolve=True)
+        found = config_changes(old, new)
+        assert [k for k, *_ in found] == ([key] if changed else []), key
+    assert config_changes(old, old) == []

@@ -174,7 +174,7 @@ def _end_epoch(session: Session, stopping: bool) -> None:
             r.record_epoch(row)
         else:
             listed = ", ".join(f"{k} {v}" for k, v in values.items())
-            session.drop(r, Diverged(r.diverged_message(f"in epoch {cursor.epoch} ({listed})")), values)
+            session.drop(r, Diverged(r.diverged_message(f"in epoch {cursor.epoch} ({listed})")), values, cursor.epoch)
     best = session.best_files(improved)  # written with last.pt when one is due, else alone, in the background
     if cursor.epoch == session.epochs or stopping or session.checkpoints.due(cursor.epoch):
         session.save_all(best)

@@ -179,8 +179,10 @@ class Session:
         states = {id(r): self.trainer.state(i) for i, r in enumerate(self.active)}  # live tensors, read once
         for i, r in reversed(list(enumerate(self.active))):
             if not _finite_state(states[id(r)], c.loss_sums[i]):
-                where = f"epoch {c.epoch + 1}, step {c.step}" if c.step else f"epoch {c.epoch}"
-                self.drop(r, Diverged(r.diverged_message(f"by {where} (its weights or loss are not finite)")), {})
+                epoch = c.epoch + 1 if c.step else c.epoch  # mid-epoch: the epoch under way
+                where = f"epoch {epoch}, step {c.step}" if c.step else f"epoch {epoch}"
+                message = r.diverged_message(f"by {where} (its weights or loss are not finite)")
+                self.drop(r, Diverged(message), {}, epoch)
         files = []
         for i, r in enumerate(self.active):
             state = {
@@ -196,8 +198,9 @@ class Session:
         active = {r.run_dir for r in self.active}
         self.checkpoints.write(files + [(path, s) for path, s in extra or [] if path.parent.parent in active])
 
-    def drop(self, r: Run, failure: RunFailed, values: dict) -> None:
-        """A diverged run stops alone: its failure record, its line, and the rest of the session goes on."""
+    def drop(self, r: Run, failure: RunFailed, values: dict, epoch: int) -> None:
+        """A diverged run stops alone: its failure record (`epoch`: the one its message names), its line, and the rest
+        of the session goes on."""
         r.outcome = failure
         if self.shards.is_main:
             shown = {k: str(v) for k, v in values.items() if k in ("train_loss", "test_error", "test_nll")}
@@ -205,7 +208,7 @@ class Session:
                 r.run_dir,
                 "diverged",
                 str(failure),
-                self.cursor.epoch,
+                epoch,
                 values=shown,
                 checkpoint_epoch=r.checkpoint_epoch,
             )
