@@ -34,6 +34,11 @@ def _check_mixing(run: TrainRunConfig) -> None:
     check_number("method.alpha", method.alpha, 0.0, strict=True)
     if not method.layers:
         raise UserError(f"method.layers is empty; method={method.name} needs mixing points from {list(points)}")
+    twice = sorted({k for k in method.layers if method.layers.count(k) > 1})
+    if twice:  # k is drawn uniformly over the list: a repeated point would be drawn more often than the others
+        raise UserError(
+            f"method.layers={method.layers} lists {twice[0]} twice; name each eligible mixing point once (S is a set)"
+        )
     bad = [k for k in method.layers if k not in points]
     if bad:
         raise UserError(

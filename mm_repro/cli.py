@@ -201,17 +201,21 @@ def check_group_choices(args: list[str]) -> None:
                 raise UserError(f"{key}={choice!r} is not an option; choose one of: {', '.join(options)}")
 
 
-PATH_KEYS = ("run", "hydra.run.dir", "hydra.sweep.dir", "dataset.root", "dataset_root", "out")
+PATH_KEYS = ("run", "runs", "hydra.run.dir", "hydra.sweep.dir", "dataset.root", "dataset_root", "out", "bench")
+PLAIN_PATH = re.compile(r"[A-Za-z0-9_\-+./\\:~@%$*?|,]*")  # what Hydra's grammar takes unquoted (a comma: a sweep)
 
 
 def quote_paths(args: list[str]) -> list[str]:
-    """Quote a path for Hydra's override grammar where it holds `=`: the run directories `train` makes do
-    (runs/<...>/dataset=cifar10,method=manifold,...), and `evaluate run=DIR` or `train hydra.run.dir=DIR` must take
-    them as the README writes them."""
+    """Quote a path for Hydra's override grammar where Hydra would not read it as one path: one that holds `=` (the
+    run directories `train` makes do: runs/<...>/dataset=cifar10,method=manifold,...), brackets, spaces, quotes or
+    letters outside ASCII. So `evaluate run=DIR`, `tables runs=DIR` and `train hydra.run.dir=DIR` take any
+    directory as the README writes it. A list (`runs=[a,b]`) and a sweep over plain paths (`a,b`) are left alone."""
     out = []
     for arg in args:
         key, sep, value = arg.partition("=")
-        if key in PATH_KEYS and "=" in value and value[0] not in "'\"":
+        plain = PLAIN_PATH.fullmatch(value) and "=" not in value
+        is_list = key == "runs" and value.startswith("[")
+        if key in PATH_KEYS and sep and value and not plain and not is_list and value[0] not in "'\"":
             arg = f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
         out.append(arg)
     return out

@@ -62,6 +62,7 @@ def cli(tmp_path, monkeypatch, capsys):
         (("train", *SYNTHETIC, "train.weight_decay=1e39"), "train.weight_decay=1e+39 is out of float32's range"),
         (("train", *SYNTHETIC, "train.gamma=1e39"), "train.gamma=1e+39 is out of float32's range"),
         (("train", *SYNTHETIC, "dataset.num_classes=0"), "dataset.num_classes=0 must be >= 2"),
+        (("train", *SYNTHETIC, "method.layers=[0,0,1]"), "method.layers=[0, 0, 1] lists 0 twice"),
     ],
 )
 def test_a_bad_value_is_one_line_and_exit_2_for_every_command(cli, args, message):
@@ -81,3 +82,15 @@ def test_a_bad_value_is_one_line_and_exit_2_for_every_command(cli, args, message
 def test_a_model_that_cannot_take_the_data_is_refused_before_a_run_directory_exists(cli, extra, message):
     code, err = cli("train", *SYNTHETIC, "device=cpu", "hydra.run.dir=run", *extra)
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("name", ["ü [1]", "dataset=cifar10,method=erm", "it's (x)"])
+def test_any_directory_name_reaches_the_command_as_one_path(tmp_path, monkeypatch, capsys, name):
+    # Hydra's grammar would read `=`, brackets, spaces, quotes and non-ASCII letters as syntax; the CLI quotes them
+    target = tmp_path / name
+    target.mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", f"run={target}"]) == 2
+    assert f"run={target}: no .hydra/config.yaml there" in capsys.readouterr().err
+    assert main(["tables", f"runs={target}", f"out={tmp_path / 'out'}"]) == 2
+    assert f"runs={target} holds no run directories" in capsys.readouterr().err

@@ -291,3 +291,116 @@ def test_tables_are_logged_to_wandb_offline_when_asked(tmp_path):
     assert proc.returncode == 0, proc.stderr
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+
+
+def _with_metrics(run_dir: Path, epochs: int, final: float, best_epoch: int, best: float) -> None:
+    """metrics.jsonl and result.json of a run of `epochs` epochs whose rows agree with its result."""
+    rows = [
+        {
+            "epoch": e,
+            "lr": 0.1,
+            "train_loss": 1.0 / e,
+            "test_error": best if e == best_epoch else final + e,
+            "test_nll": 0.5,
+        }
+        for e in range(1, epochs + 1)
+    ]
+    rows[-1]["test_error"] = final if epochs != best_epoch else best
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = json.loads((run_dir / "result.json").read_text())
+    result["epochs"] = epochs
+    result["final"].update(epoch=epochs, test_error=rows[-1]["test_error"])
+    result["best"].update(epoch=best_epoch, test_error=best)
+    (run_dir / "result.json").write_text(json.dumps(result))
+
+
+def _damage(run_dir: Path, what: str) -> None:
+    result = json.loads((run_dir / "result.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    if what == "seed is a string":
+        result["run"]["seed"] = "1"
+    elif what == "a row without epoch":
+        del rows[1]["epoch"]
+    elif what == "test_error null":
+        rows[0]["test_error"] = None
+    elif what == "test_error a string":
+        rows[0]["test_error"] = "3.0"
+    elif what == "negative NLL":
+        result["final"]["test_nll"] = -0.1
+    elif what == "best epoch past the epochs":
+        result["best"]["epoch"] = 9
+    elif what == "epochs unlike metrics.jsonl":
+        rows = rows[:-1]
+    elif what == "error above 100":
+        rows[1]["test_error"] = 120.0
+    (run_dir / "result.json").write_text(json.dumps(result))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+DAMAGE = {
+    "seed is a string": "run.seed is '1', not an integer",
+    "a row without epoch": "line 2 is epoch None, not 2",
+    "test_error null": "epoch 1 test_error is None, not a finite number",
+    "test_error a string": "epoch 1 test_error is '3.0', not a finite number",
+    "negative NLL": "final.test_nll is -0.1, outside 0..inf",
+    "best epoch past the epochs": "best.epoch is 9, not an integer in 1..3",
+    "epochs unlike metrics.jsonl": "it holds 2 epoch rows, result.json 3 epochs",
+    "error above 100": "epoch 2 test_error is 120.0, outside 0..100",
+}
+
+
+@pytest.mark.parametrize("what", list(DAMAGE))
+def test_records_of_the_wrong_type_or_out_of_range_are_set_apart_and_tables_still_write_everything(tmp_path, what):
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        _with_metrics(_record(runs, f"mm{seed}", "manifold", seed, 3.0, 2.5, 0.1), 3, 3.0, 2, 2.5)
+    _damage(runs / "mm1", what)
+    made = make_tables([runs], tmp_path / "out", ["table1_cifar10"], figures=True)
+    assert [r.path.name for r in made["scan"].records] == ["mm0"]
+    (line,) = made["scan"].malformed
+    assert "mm1" in line and DAMAGE[what] in line, line
+    out = tmp_path / "out"
+    assert (out / "summary.md").exists() and (out / "curves" / "index.md").exists()
+    assert len(list((out / "curves").glob("*.png"))) == 1
+
+
+def test_curves_and_temporaries_of_an_earlier_tables_run_do_not_stay(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    _with_metrics(_record(runs, "mm", "manifold", 0, 3.0, 2.5, 0.1), 3, 3.0, 2, 2.5)
+    _with_metrics(_record(runs, "erm", "erm", 0, 5.0, 4.5, 0.2), 3, 5.0, 2, 4.5)
+    make_tables([runs], out, ["table1_cifar10"])
+    assert len(list((out / "curves").glob("*.png"))) == 2
+    (out / ".table1_cifar10.md.x1y2.tmp").write_text("half")  # a kill mid-write leaves these
+    (out / "curves" / ".index.md.x3y4.tmp").write_text("half")
+    import shutil
+
+    shutil.rmtree(runs / "erm")
+    make_tables([runs], out, ["table1_cifar10"])
+    (curve,) = (out / "curves").glob("*.png")
+    index = (out / "curves" / "index.md").read_text()
+    assert curve.name in index and "erm" not in index and len(index.strip().splitlines()) == 3
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_a_cell_counts_only_its_evaluated_runs_and_names_the_others(tmp_path):
+    for seed in (0, 1):
+        _record(tmp_path, f"erm{seed}", "erm", seed, 5.0, 5.0, 0.2)
+    (tmp_path / "erm0" / "eval.json").write_text(json.dumps({"fgsm": {"normalized_eps0.03": {"accuracy": 40.0}}}))
+    _, rows = make_tables([tmp_path], tmp_path / "out", ["table7_fgsm"], figures=False)["tables"]["table7_fgsm"]
+    row = next(r for r in rows if r["method"] == "No Mixup" and r["dataset"] == "cifar10" and r["n"] != 0)
+    assert (
+        row["n"] == 1
+        and row["ours fgsm_accuracy (final)"] == "40.00"
+        and row["not evaluated"] == f"{tmp_path.name}/erm1"
+    )
+
+
+def test_the_sweep_summary_sets_runs_at_chance_apart_as_tables_does(tmp_path):
+    from mm_repro.analysis.summary import sweep_summary
+
+    for seed in (0, 1):
+        _record(tmp_path, f"chance{seed}", "erm", seed, 90.0, 90.0, 2.3)
+    _record(tmp_path, "good", "manifold", 0, 3.0, 3.0, 0.1)
+    text = sweep_summary(sorted(tmp_path.iterdir()))
+    assert "2 at chance" in text and "are not averaged here, as in `tables`" in text
+    assert "erm" not in text.split("are not averaged")[1] and "n=1: test error final 3.00" in text

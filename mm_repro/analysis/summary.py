@@ -78,11 +78,16 @@ def sweep_summary(run_dirs: list[Path]) -> str:
     """A few lines for the end of a multirun: each setup's n and mean final and best test error."""
     from mm_repro.analysis.tables import load_specs
 
-    scanned = scan([d for d in run_dirs if d.is_dir()], include_chance=True)
+    scanned = scan([d for d in run_dirs if d.is_dir()])  # the rule `tables` uses: runs at chance are set apart
     rows = summary_rows(scanned.records)
-    if not rows:
-        return f"sweep summary: {scanned.summary()}"
     lines = [f"sweep summary: {scanned.summary()}"]
+    if scanned.at_chance:
+        lines.append(
+            f"  {len(scanned.at_chance)} run(s) at chance level (final error within half a class of chance) are "
+            "not averaged here, as in `tables` (include_chance=true counts them there)"
+        )
+    if not rows:
+        return "\n".join(lines)
     for r in rows:
         lines.append(
             f"  {r['dataset']} {r['model']} {r['method']} [{r['setup']}] n={r['n']}: test error final "

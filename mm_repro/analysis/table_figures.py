@@ -4,12 +4,10 @@ metrics.jsonl, mean and one-std band over seeds."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from mm_repro.analysis.tables import LABEL_KEYS, matches, mean_std, method_label, setup_labels, short_key
-from mm_repro.records.files import METRICS
 from mm_repro.records.scan import Record
 
 
@@ -91,13 +89,7 @@ def _plot_layers(ax: Any, spec: dict, records: list[Record], dataset: str) -> No
 def loss_curve(records: list[Record], key: str = "train_loss") -> tuple[list[int], list[float], list[float]]:
     """Epochs, mean and sample std (0 for one run) of `key` (a metrics.jsonl column) over the runs, at the epochs
     every run has."""
-    curves = []
-    for record in records:
-        try:
-            rows = [json.loads(line) for line in (record.path / METRICS).read_text().splitlines() if line.strip()]
-        except (OSError, ValueError):
-            continue
-        curves.append({r["epoch"]: r[key] for r in rows if key in r})
+    curves = [{r["epoch"]: r[key] for r in record.metrics if key in r} for record in records if record.metrics]
     if not curves:
         return [], [], []
     epochs = sorted(set.intersection(*(set(c) for c in curves)))
@@ -190,6 +182,8 @@ def plot_learning_curves(records: list[Record], out: Path) -> list[Path]:
     labels = setup_labels([g[0].setup for g in groups.values()])
     folder = out / "curves"
     folder.mkdir(parents=True, exist_ok=True)
+    for old in [*folder.glob("[0-9][0-9][0-9]-*.png"), folder / "index.md"]:  # ours, of an earlier scan
+        old.unlink(missing_ok=True)
     written, index = [], ["| file | runs | setup | n |", "|---|---|---|---|"]
     for i, (label, group) in enumerate(sorted(zip(labels, groups.values(), strict=True), key=lambda lg: lg[0])):
         run = group[0].run

@@ -161,8 +161,13 @@ def build_rows(spec: dict, records: list[Record], report: list[str] | None = Non
         }
         if "label" in row:
             base["cell"] = row["label"]
+        evaluated = [m for m in spec["metrics"] if "eval" in m]
         for setup, group in sorted(groups.items()) or [("", [])]:
             line = {**base, "setup": setup or ("cited" if "cited" in row else "missing"), "n": len(group)}
+            if evaluated:  # a cell's n counts the runs evaluated; the others are named, never averaged silently
+                lacking = [r for r in group if any(metric_values(r, m, row, ("final",))[0] is None for m in evaluated)]
+                line["n"] = len(group) - len(lacking)
+                line["not evaluated"] = "; ".join(f"{r.path.parent.name}/{r.path.name}" for r in lacking) or MISSING
             for metric in spec["metrics"]:
                 digits = 3 if "nll" in metric["name"] else 2
                 paper = row.get(metric["name"]) or [None, None]
@@ -269,7 +274,7 @@ def make_tables(
     """Scan `paths`, write <table>.md/.csv/.tex (and figures) into `out`; returns {table: markdown}. Refused, with
     nothing written, when a path does not exist, when no run is found, or when `out` is not a directory."""
     from mm_repro.errors import UserError
-    from mm_repro.records import atomic_write
+    from mm_repro.records import atomic_write, remove_stale_temporaries
 
     if not paths:
         raise UserError("tables needs runs=DIR (or runs=[DIR,DIR]): the directories that hold run directories")
@@ -286,6 +291,7 @@ def make_tables(
     if not any(vars(scanned).values()):
         raise UserError(f"runs={','.join(map(str, paths))} holds no run directories; nothing was written")
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out, ("curves",))  # a tables run killed mid-write left them
     rendered = {}
     for spec in specs:
         rows = build_rows(spec, scanned.records, report)

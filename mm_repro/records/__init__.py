@@ -23,7 +23,16 @@ from mm_repro.records.files import (
     write_metrics,
 )
 from mm_repro.records.lock import RunLock
-from mm_repro.records.result import check_result, flatten, git_commit, is_free, make_result, run_info, setup_of
+from mm_repro.records.result import (
+    check_metrics,
+    check_result,
+    flatten,
+    git_commit,
+    is_free,
+    make_result,
+    run_info,
+    setup_of,
+)
 
 __all__ = [
     "ARCHIVED",
@@ -38,6 +47,7 @@ __all__ = [
     "RunLock",
     "archive",
     "atomic_write",
+    "check_metrics",
     "check_result",
     "checkpoint_digest",
     "flatten",

@@ -136,9 +136,10 @@ def write_failure(run_dir: Path, status: str, message: str, epoch: int | None = 
     return True
 
 
-def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Temporary files of an atomic write that a kill interrupted (`.<name>.*.tmp`): never a record, removed."""
-    stale = [p for d in (run_dir, run_dir / CHECKPOINT.parent) if d.is_dir() for p in d.glob(".*.tmp")]
+def remove_stale_temporaries(run_dir: Path, subdirs: tuple[Path | str, ...] = (CHECKPOINT.parent,)) -> list[Path]:
+    """Temporary files of an atomic write that a kill interrupted (`.<name>.*.tmp`) in `run_dir` and its `subdirs`:
+    never a record, removed. (`tables` calls it on its out= directory too.)"""
+    stale = [p for d in (run_dir, *(run_dir / s for s in subdirs)) if d.is_dir() for p in d.glob(".*.tmp")]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

@@ -136,10 +136,28 @@ def make_result(
     }
 
 
-def _number(value: Any, what: str) -> float:
+def _number(value: Any, what: str, low: float = -math.inf, high: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{what} is {value!r}, not a finite number")
+    if not low <= value <= high:
+        raise ValueError(f"{what} is {value!r}, outside {low:g}..{high:g}")
     return float(value)
+
+
+def _integer(value: Any, what: str, low: int, high: float = math.inf) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{what} is {value!r}, not an integer in {low}..{high:g}")
+    return value
+
+
+# The ranges a recorded figure can take: errors are percentages, NLL and the training losses are >= 0.
+RANGES = {"error": (0.0, 100.0), "top5_error": (0.0, 100.0), "nll": (0.0, math.inf), "loss": (0.0, math.inf)}
+
+
+def _check_figure(key: str, value: Any, where: str) -> None:
+    kind = next((k for k in ("top5_error", "error", "nll", "loss") if key.endswith(k)), None)
+    if kind:
+        _number(value, f"{where}{key}", *RANGES[kind])
 
 
 def check_result(result: dict) -> None:
@@ -155,6 +173,10 @@ def check_result(result: dict) -> None:
     layers = run.get("layers", [])
     if not isinstance(layers, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in layers):
         raise ValueError(f"run.layers is {layers!r}, not a list of integers")
+    if "seed" in run:
+        _integer(run["seed"], "run.seed", 0)
+    # `epochs` (the epochs the run trained) is recorded from issue 12 on; an earlier result is bounded by its final
+    epochs = _integer(result["epochs"], "epochs", 1) if "epochs" in result else None
     for part in ("final", "best", "best_valid"):
         if part == "best_valid" and part not in result:
             continue
@@ -162,8 +184,16 @@ def check_result(result: dict) -> None:
             raise ValueError(f"'{part}' is missing or not an object")
         for key in ("test_error", "test_nll"):
             _number(result[part].get(key), f"{part}.{key}")
-        if "test_top5_error" in result[part]:
-            _number(result[part]["test_top5_error"], f"{part}.test_top5_error")
+        for key, value in result[part].items():
+            _check_figure(key, value, f"{part}.")
+        _integer(result[part].get("epoch"), f"{part}.epoch", 1, epochs or math.inf)
+    final, best = result["final"], result["best"]
+    if epochs is not None and final["epoch"] != epochs:
+        raise ValueError(f"final.epoch is {final['epoch']}, not the run's last epoch {epochs}")
+    if best["epoch"] > final["epoch"]:
+        raise ValueError(f"best.epoch {best['epoch']} is after the final epoch {final['epoch']}")
+    if best["test_error"] > final["test_error"]:
+        raise ValueError(f"best.test_error {best['test_error']} is above final.test_error {final['test_error']}")
     if "setup" in result and not isinstance(result["setup"], dict):
         raise ValueError("'setup' is not an object")
     planned = result.get("setup", {}).get("train.epochs")
@@ -171,6 +201,33 @@ def check_result(result: dict) -> None:
         raise ValueError(
             f"it records {result.get('epochs')!r} epochs of the {planned} its setup trains: not a whole run"
         )
+
+
+def check_metrics(rows: list[Any], result: dict) -> list[dict]:
+    """metrics.jsonl's rows, checked against result.json: one object per epoch 1..epochs in order, each figure a
+    finite number in its range, the rows of the final and best epochs those result.json copied. Raises ValueError
+    naming the first problem."""
+    epochs = result.get("epochs", result["final"]["epoch"])
+    if len(rows) != epochs:
+        raise ValueError(f"it holds {len(rows)} epoch rows, result.json {epochs} epochs: not the same run")
+    for i, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise ValueError(f"line {i} is not a JSON object")
+        if row.get("epoch") != i or isinstance(row.get("epoch"), bool):
+            raise ValueError(f"line {i} is epoch {row.get('epoch')!r}, not {i}")
+        for key in ("test_error", "test_nll", "train_loss"):
+            _number(row.get(key), f"epoch {i} {key}")
+        for key, value in row.items():
+            _check_figure(key, value, f"epoch {i} ")
+    for part in ("final", "best"):
+        figures = result[part]
+        row = rows[figures["epoch"] - 1]
+        if row["test_error"] != figures["test_error"]:
+            raise ValueError(
+                f"epoch {figures['epoch']}'s test_error {row['test_error']} is not result.json's {part} "
+                f"{figures['test_error']}"
+            )
+    return rows
 
 
 def git_commit() -> str | None:

@@ -44,6 +44,7 @@ class Record:
     path: Path
     result: dict
     eval: dict | None = None
+    metrics: list[dict] | None = None  # metrics.jsonl's rows, checked against result.json (None: no such file)
 
     @property
     def run(self) -> dict:
@@ -166,6 +167,24 @@ def _archived(run_dir: Path) -> bool:
     return False
 
 
+def _read_metrics(run_dir: Path, result: dict) -> list[dict] | None:
+    """metrics.jsonl's rows, checked against result.json (records.check_metrics); None when the file is absent."""
+    path = run_dir / records.METRICS
+    if not path.exists():
+        return None
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot be read ({exc})") from None
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"line {i} is not JSON ({exc.msg})") from None
+    return records.check_metrics(rows, result)
+
+
 def _epochs_recorded(run_dir: Path) -> int:
     try:
         return sum(1 for line in (run_dir / records.METRICS).read_text().splitlines() if line.strip())
@@ -195,6 +214,11 @@ def _read_record(run_dir: Path, found: Scan) -> Record | None:
                 "(retrained or replaced since)"
             )
             return None
+    try:
+        metrics = _read_metrics(run_dir, result)
+    except ValueError as exc:
+        found.malformed.append(f"{run_dir / records.METRICS}: {exc}")
+        return None
     evaluation = None
     if (run_dir / records.EVAL).exists():
         try:
@@ -204,7 +228,7 @@ def _read_record(run_dir: Path, found: Scan) -> Record | None:
         if evaluation and claimed and evaluation.get("checkpoint_sha256") not in (None, claimed):
             found.stale.append(f"{run_dir / records.EVAL}: evaluates another checkpoint than result.json's; ignored")
             evaluation = None
-    return Record(run_dir, result, evaluation)
+    return Record(run_dir, result, evaluation, metrics)
 
 
 def _count_once(candidates: list[Record], found: Scan) -> list[Record]:
