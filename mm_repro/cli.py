@@ -96,7 +96,7 @@ def _evaluate_task(cfg) -> None:  # noqa: ANN001
         raise UserError("evaluate needs run=DIR, a training run directory (with .hydra/ and checkpoints/)")
     out = evaluate_run(to_schema(cfg, EvalConfig))
     print(summary(out))
-    print(f"written: {Path(out['run']) / 'eval.json'}")
+    print(f"written: {out['written']}")
 
 
 def _spiral_task(cfg) -> None:  # noqa: ANN001

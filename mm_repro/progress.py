@@ -25,6 +25,16 @@ class _Lines:
         sys.stderr.flush()
 
 
+class _Bar(tqdm):
+    """tqdm whose postfix never forces a line into a log (tqdm's `set_postfix_str` redraws at once, which in a log
+    would print a line before the interval and break a short command's one-line error)."""
+
+    in_log = False
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        super().set_postfix_str(s, refresh=refresh and not self.in_log)
+
+
 def progress(
     iterable: Iterable | None = None,
     total: int | None = None,
@@ -37,7 +47,7 @@ def progress(
     MM_REPRO_PROGRESS_SECONDS in a log, nothing when not `enabled` (a DDP rank other than the first)."""
     terminal = sys.stderr.isatty()
     interval = float(os.environ.get("MM_REPRO_PROGRESS_SECONDS", "60"))
-    return tqdm(
+    bar = _Bar(
         iterable,
         total=total,
         desc=desc,
@@ -52,3 +62,5 @@ def progress(
         ncols=None if terminal else 100,
         dynamic_ncols=terminal,
     )
+    bar.in_log = not terminal
+    return bar

@@ -247,3 +247,21 @@ def stop_after(monkeypatch):
         monkeypatch.setattr(train_module, "StopSignals", lambda: StopAt(n))
 
     return arm
+
+
+SYNTHETIC_DATA = ["dataset=synthetic", "dataset.train_size=100", "dataset.test_size=50"]
+
+
+def tiny_job(run_dir: Path, *overrides: str):
+    """A tiny in-process run (mm_repro.training.runs.Job) on generated data, or on the dataset=... that `overrides`
+    name, with its .hydra/config.yaml as `train` writes it (so `evaluate` can read it)."""
+    from omegaconf import OmegaConf
+
+    from mm_repro.config import validate_train
+    from mm_repro.training.runs import Job
+
+    own_data = any(o.startswith("dataset=") for o in overrides)
+    base = [*([] if own_data else SYNTHETIC_DATA), "train.epochs=2", *TINY]
+    node = compose_train(*base, *overrides)
+    config = OmegaConf.to_container(node, resolve=True)
+    return Job(validate_train(node), run_dir, config, hydra_files={"config.yaml": OmegaConf.create(config)})

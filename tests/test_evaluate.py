@@ -23,7 +23,7 @@ from mm_repro.analysis.measures import (
     singular_values,
 )
 from mm_repro.models import build
-from tests.conftest import TINY, data_args, run_cli, train_args
+from tests.conftest import TINY, data_args, run_cli, tiny_job, train_args
 
 MEAN = torch.tensor([0.49, 0.48, 0.45]).view(1, 3, 1, 1)
 STD = torch.tensor([0.25, 0.24, 0.26]).view(1, 3, 1, 1)
@@ -289,3 +289,68 @@ def test_the_reliability_table_and_plot_hold_only_bins_with_images(tmp_path):
     assert [b["count"] for b in calibration["table"]] == [1, 2]  # no entry, so no bar at accuracy 0, for empty bins
     name = plot_reliability(calibration, tmp_path / "r.png", "sweep/run (last checkpoint)")
     assert (tmp_path / name).stat().st_size > 5_000
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from mm_repro.training.loop import train_jobs
+
+    run_dir = tmp_path_factory.mktemp("evaluated") / "run"
+    train_jobs([tiny_job(run_dir)])
+    return run_dir
+
+
+def _evaluate(run_dir, **options):
+    from mm_repro.analysis.evaluate import EvalConfig, evaluate_run
+
+    return evaluate_run(EvalConfig(run=str(run_dir), device="cpu", **options))
+
+
+def test_a_second_fgsm_call_adds_its_eps_and_keeps_the_earlier_ones(finished_run):
+    _evaluate(finished_run, suite=["fgsm"], fgsm_eps_normalized=[0.03], fgsm_eps_pixel=[0.01])
+    out = _evaluate(finished_run, suite=["fgsm"], fgsm_eps_normalized=[0.05], fgsm_eps_pixel=[0.02])
+    saved = json.loads((finished_run / "eval.json").read_text())
+    assert set(saved["fgsm"]) == {"normalized_eps0.03", "normalized_eps0.05", "pixel_eps0.01", "pixel_eps0.02"}
+    assert out["written"] == str(finished_run / "eval.json")
+
+
+def test_a_failing_evaluation_leaves_no_new_figure_beside_old_numbers(finished_run, monkeypatch):
+    from mm_repro.analysis import evaluate
+
+    (finished_run / "reliability.png").unlink(missing_ok=True)
+    before = (finished_run / "eval.json").read_text() if (finished_run / "eval.json").exists() else None
+    monkeypatch.setitem(evaluate.EVALUATIONS, "fgsm", lambda e: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        _evaluate(finished_run, suite=["calibration", "fgsm"])
+    assert not (finished_run / "reliability.png").exists()
+    assert ((finished_run / "eval.json").read_text() if before is not None else None) == before
+
+
+def test_the_best_checkpoints_evaluation_says_where_it_went(finished_run, capsys, monkeypatch):
+    from mm_repro.cli import main
+
+    monkeypatch.chdir(finished_run.parent)
+    assert main(["evaluate", f"run={finished_run}", "checkpoint=best", "suite=[fgsm]", "device=cpu"]) == 0
+    assert f"written: {finished_run / 'eval_best.json'}" in capsys.readouterr().out
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_line_and_exit_2(finished_run, capsys, monkeypatch):
+    import os
+
+    from mm_repro.cli import main
+
+    if os.geteuid() == 0:  # root writes through any mode bits: make the write itself fail as a read-only disk does
+        from mm_repro import records
+
+        def read_only(path, obj):
+            raise OSError(30, "Read-only file system", str(path))
+
+        monkeypatch.setattr(records, "write_json", read_only)
+    else:
+        finished_run.chmod(0o555)
+    try:
+        code = main(["evaluate", f"run={finished_run}", "suite=[fgsm]", "device=cpu"])
+    finally:
+        finished_run.chmod(0o755)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: cannot write") and err.count("\n") == 1, err

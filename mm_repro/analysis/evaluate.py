@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,7 @@ class EvalInputs:
     mean: torch.Tensor
     std: torch.Tensor
     run_dir: Path
+    figures: list[Callable[[], str]] = field(default_factory=list)  # drawn once eval.json is written
 
     @property
     def label(self) -> str:
@@ -207,7 +208,9 @@ def eval_calibration(e: EvalInputs) -> dict:
     probs = torch.cat([F.softmax(e.model(x).float(), 1) for x, _ in e.clean]).cpu()
     labels = torch.cat([y for _, y in e.clean]).cpu()
     out = expected_calibration_error(probs, labels, e.cfg.ece_bins)
-    out["figure"] = plot_reliability(out, e.run_dir / f"{e.figure_prefix}reliability.png", e.label)
+    path = e.run_dir / f"{e.figure_prefix}reliability.png"
+    out["figure"] = path.name
+    e.figures.append(lambda: plot_reliability(out, path, e.label))
     return out
 
 
@@ -223,7 +226,9 @@ def eval_flattening(e: EvalInputs) -> dict:
         step = e.cfg.batch_size
         batches = [e.model.forward_until(x[i : i + step], k).cpu() for i in range(0, len(x), step)]
         out[f"k{k}"] = flattening(torch.cat(batches), labels[keep])
-    out["figure"] = plot_spectra(out, e.run_dir / f"{e.figure_prefix}flattening.png", e.label)
+    path = e.run_dir / f"{e.figure_prefix}flattening.png"
+    out["figure"] = path.name
+    e.figures.append(lambda: plot_spectra(out, path, e.label))
     return out
 
 
@@ -342,8 +347,12 @@ def evaluate_run(ecfg: EvalConfig) -> dict:
             out["clean"] = {"accuracy": _accuracy(model, clean)}
         for name in (bar := progress(ecfg.suite, desc="evaluate", unit="evaluation")):
             bar.set_postfix_str(name)
-            out[name] = EVALUATIONS[name](inputs)
-    records.write_json(target, out)
+            # merged per entry: a second FGSM call with other eps keeps the eps an earlier call measured
+            out[name] = {**out.get(name, {}), **EVALUATIONS[name](inputs)}
+    records.write_json(target, out)  # first the numbers, then their figures: a failure never leaves new figures
+    for draw in inputs.figures:  # beside old numbers
+        draw()
+    out["written"] = str(target)
     return out
 
 

@@ -14,6 +14,7 @@ environment) and reads at its end; the parent then prints every failed job and e
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -34,12 +35,23 @@ FAILED_JOBS: list[tuple[str, int]] = []  # (line, exit code) of the jobs that fa
 STARTED: list[Path] = []  # the failure notes' directory of the sweep now running, and the topmost one it made
 
 
+# OSErrors that mean the user's location cannot be written (permissions, a read-only or full disk, a missing
+# parent): bad input, exit code 2 and one line, as `train` reports them.
+UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOENT, errno.ENOTDIR)
+
+
+def unwritable(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in UNWRITABLE
+
+
 def exit_code_of(exc: BaseException) -> int:
-    bad_input = type(exc).__module__.startswith("omegaconf")
+    bad_input = type(exc).__module__.startswith("omegaconf") or unwritable(exc)
     return getattr(exc, "exit_code", UserError.exit_code if bad_input else RunFailed.exit_code)
 
 
 def one_line(exc: BaseException) -> str:
+    if unwritable(exc):
+        return f"cannot write {exc.filename}: {exc.strerror}"  # type: ignore[attr-defined]
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = " ".join(lines) if lines else ""
     if not isinstance(exc, UserError | RunFailed) and not type(exc).__module__.startswith("omegaconf"):
