@@ -65,3 +65,36 @@ def test_plan_reads_a_finished_run_as_complete(tmp_path):
     proc = run_cli("plan", *args, "seed=0,1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "[complete]" in proc.stdout and "[new]" in proc.stdout
+    # the same directory asked for with another config: `train -m` refuses it, so plan does, naming the key
+    moved = run_cli("plan", *args, "train.lr=0.05", "hydra.sweep.subdir=" + _subdir(tmp_path), cwd=tmp_path)
+    assert moved.returncode == 2 and "refused, would fail at once" in moved.stdout
+    assert "train.lr: 0.1 -> 0.05" in moved.stdout
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[1, 2]", "is not a JSON object"),
+        ('{"device": "cpu"}', "model is None, not a string"),
+        (json.dumps({"device": "cpu", "model": "preactresnet18", "width": 4, "batch_size": 100, "precision": "fp32",
+                     "ours_images_per_second": 0}), "ours_images_per_second is 0, not a finite number > 0"),  # fmt: skip
+        (json.dumps({"device": "cpu", "model": "preactresnet18", "width": 4, "batch_size": 100, "precision": "fp32"})
+         .replace("}", ', "ours_images_per_second": NaN}'), "NaN is not a number JSON allows"),  # fmt: skip
+        ("{not json", "is not JSON"),
+    ],
+)
+def test_a_bench_figure_plan_cannot_use_is_one_line(tmp_path, monkeypatch, capsys, content, message):
+    from mm_repro.cli import main
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "bench-cpu.json").write_text(content)
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", *SWEEP, f"bench={tmp_path / 'mine'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"bench figure {tmp_path / 'mine' / 'bench-cpu.json'}: {message}" in err, err
+
+
+def _subdir(root) -> str:
+    """The sweep subdirectory of the one finished run under root/runs (quoted for Hydra: it holds `=` and `,`)."""
+    (result,) = (root / "runs").rglob("result.json")
+    return "'" + str(result.parent.relative_to(root / "runs")) + "'"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,10 @@ from typing import Any
 from hydra.core.utils import filter_overrides
 from omegaconf import open_dict
 
-from mm_repro import records
 from mm_repro.errors import UserError
 from mm_repro.sweeps.jobs import job_from_hydra, one_line
 from mm_repro.sweeps.packed import PackedLaunch, memory_cap, saved_point
-from mm_repro.training.runs import Job
+from mm_repro.training.runs import Job, completed
 
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "svhn": 73_257, "tiny_imagenet": 100_000, "mnist": 60_000}
 BENCH_SHAPED = ("cifar10", "cifar100", "svhn", "synthetic")  # 32 x 32 RGB images, the shape `bench` times
@@ -53,13 +53,47 @@ def train_images(job: Job) -> int:
     return total - d.valid_per_class * d.num_classes
 
 
+# What plan reads of a bench figure, and the values each may take (bench writes them all).
+FIGURE_KEYS = {"device": str, "model": str, "width": int, "batch_size": int, "precision": str}
+RATES = ("ours_images_per_second", "packed_images_per_second", "epoch_overhead")
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def check_figure(path: Path) -> dict:
+    """A bench figure as plan uses it, or ValueError naming what is wrong: an object with bench's keys, its rates
+    finite and positive (the epoch overhead >= 0)."""
+    try:
+        figure = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot be read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"is not JSON ({exc.msg})") from None
+    if not isinstance(figure, dict):
+        raise ValueError("is not a JSON object")
+    for key, kind in FIGURE_KEYS.items():
+        if not isinstance(figure.get(key), kind) or isinstance(figure.get(key), bool):
+            raise ValueError(f"{key} is {figure.get(key)!r}, not {'a string' if kind is str else 'an integer'}")
+    for key in RATES:
+        value = figure.get(key)
+        if value is None and key != "ours_images_per_second":
+            continue
+        low_ok = value >= 0 if key == "epoch_overhead" else value > 0 if isinstance(value, int | float) else False
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not low_ok:
+            raise ValueError(f"{key} is {value!r}, not a finite number {'>= 0' if key == 'epoch_overhead' else '> 0'}")
+    return figure
+
+
 def load_figures(where: Path) -> list[tuple[Path, dict]]:
+    """Every bench-*.json under `where`; one that plan cannot use is one line naming it (exit 2)."""
     figures = []
     for path in sorted(where.rglob("bench-*.json")) if where.is_dir() else []:
         try:
-            figures.append((path, json.loads(path.read_text())))
-        except (OSError, ValueError):
-            sys.stderr.write(f"warning: skipped {path}: not a bench figure (unreadable JSON)\n")
+            figures.append((path, check_figure(path)))
+        except ValueError as exc:
+            raise UserError(f"bench figure {path}: {exc}; rerun `python -m mm_repro bench` to write it again") from None
     return figures
 
 
@@ -103,8 +137,9 @@ def pack_hours(jobs: list[Job], epochs_left: int, figure: dict) -> tuple[float, 
 
 
 def _state(job: Job) -> tuple[str, int]:
-    """('new' | 'resumes at epoch E' | 'complete', epochs left)."""
-    if (job.run_dir / records.RESULT).exists():
+    """('new' | 'resumes at epoch E' | 'complete', epochs left); a finished run of another config raises the
+    UserError `train` would (refused)."""
+    if completed(job) is not None:
         return "complete", 0
     epoch, _ = saved_point(job)
     if epoch < 0:
@@ -129,8 +164,9 @@ def plan(config: Any, hydra_context: Any, job_overrides: list[list[str]]) -> lis
             del task_cfg["hydra"], task_cfg["bench"]
         try:
             item.job = job_from_hydra(task_cfg, sweep_config, Path(str(sweep_config.hydra.runtime.output_dir)), None)
+            completed(item.job)  # a finished run of another config: `train -m` refuses it, so plan does
         except Exception as exc:
-            item.refused = one_line(exc)
+            item.job, item.refused = None, one_line(exc)
         planned.append(item)
     jobs = {p.num: p.job for p in planned if p.job}
     fits = memory_cap if launcher == "packed" else (lambda job: sys.maxsize)
