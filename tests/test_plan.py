@@ -71,15 +71,16 @@ def test_plan_reads_a_finished_run_as_complete(tmp_path):
     assert "train.lr: 0.1 -> 0.05" in moved.stdout
 
 
+FIGURE = {"device": "cpu", "model": "preactresnet18", "width": 4, "batch_size": 100, "precision": "fp32"}
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
         ("[1, 2]", "is not a JSON object"),
         ('{"device": "cpu"}', "model is None, not a string"),
-        (json.dumps({"device": "cpu", "model": "preactresnet18", "width": 4, "batch_size": 100, "precision": "fp32",
-                     "ours_images_per_second": 0}), "ours_images_per_second is 0, not a finite number > 0"),  # fmt: skip
-        (json.dumps({"device": "cpu", "model": "preactresnet18", "width": 4, "batch_size": 100, "precision": "fp32"})
-         .replace("}", ', "ours_images_per_second": NaN}'), "NaN is not a number JSON allows"),  # fmt: skip
+        (json.dumps({**FIGURE, "ours_images_per_second": 0}), "ours_images_per_second is 0, not a finite number > 0"),
+        (json.dumps(FIGURE).replace("}", ', "ours_images_per_second": NaN}'), "NaN is not a number JSON allows"),
         ("{not json", "is not JSON"),
     ],
 )
