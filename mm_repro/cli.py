@@ -221,6 +221,33 @@ def quote_paths(args: list[str]) -> list[str]:
     return out
 
 
+# Hydra launchers that are extras of mm_repro (pyproject.toml): the config Hydra cannot find when one is missing.
+LAUNCHER_EXTRAS = {
+    "hydra/launcher/joblib": ("local", "hydra-joblib-launcher"),
+    "hydra/launcher/submitit_slurm": ("slurm", "hydra-submitit-launcher"),
+    "hydra/launcher/submitit_local": ("slurm", "hydra-submitit-launcher"),
+}
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line a refused command prints: a missing launcher plugin names the extra that installs it (Hydra
+    reports it as a config it cannot find, an IOError without a file name); an OSError names the file."""
+    from hydra.errors import MissingConfigException
+
+    from mm_repro.sweeps.jobs import one_line
+
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file in LAUNCHER_EXTRAS:
+        extra, package = LAUNCHER_EXTRAS[exc.missing_cfg_file]
+        launcher = "local" if extra == "local" else "slurm (or packed_slurm)"
+        return (
+            f"hydra/launcher={launcher} needs Hydra's {package} plugin, which is not installed: "
+            f'pip install "mm_repro[{extra}]" (or pip install {package})'
+        )
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"cannot write {exc.filename}: {exc.strerror}"
+    return one_line(exc)
+
+
 def _sweep_exit_code(codes: list[int]) -> int:
     return codes[0] if len(set(codes)) == 1 else 1
 
@@ -253,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mm_repro.config import CONF_DIR
     from mm_repro.errors import Preempted, UserError
-    from mm_repro.sweeps.jobs import FAILED_JOBS, one_line, undo_sweep_start
+    from mm_repro.sweeps.jobs import FAILED_JOBS, undo_sweep_start
 
     debug = os.environ.get("MM_REPRO_DEBUG") == "1"
     FAILED_JOBS.clear()  # main() may be called more than once in one process (tests, a notebook)
@@ -276,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         while cause is not None and not isinstance(cause, UserError):
             cause = cause.__cause__
         exc = cause or exc  # ours, as Hydra raised it wrapped (a launcher's refused option)
-        message = f"cannot write {exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else one_line(exc)
+        message = error_line(exc)
         unknown = re.search(r"Could not override '([\w.]+)'", message)
         if unknown:  # Hydra's advice (+key=...) would add the misspelt key; name the keys it may have meant
             from mm_repro.keys import unknown_key_message

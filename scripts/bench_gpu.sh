@@ -13,4 +13,4 @@ bench pr18-bs100-bf16-graphs batch_size=100 precision=bf16 compile=true compile_
 bench pr18-bs512-bf16 batch_size=512 precision=bf16 compile=true "$@"
 bench pr18-bs512-bf16-erm batch_size=512 precision=bf16 compile=true method=erm "$@"   # manifold mixup vs ERM
 bench wrn28_10-bs512-bf16 model=wrn28_10 batch_size=512 precision=bf16 compile=true "$@"
-bench pr18-bs100-packed8 batch_size=100 precision=bf16 pack=8 "$@"            # 8 packed runs against one (eager)
+bench pr18-bs100-packed8 batch_size=100 precision=fp32 pack=8 "$@"            # 8 packed runs against one (eager; packs are fp32)

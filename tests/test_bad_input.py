@@ -94,3 +94,19 @@ def test_any_directory_name_reaches_the_command_as_one_path(tmp_path, monkeypatc
     assert f"run={target}: no .hydra/config.yaml there" in capsys.readouterr().err
     assert main(["tables", f"runs={target}", f"out={tmp_path / 'out'}"]) == 2
     assert f"runs={target} holds no run directories" in capsys.readouterr().err
+
+
+def test_a_missing_launcher_plugin_names_the_extra_that_installs_it():
+    # what Hydra raises for hydra/launcher=local when hydra-joblib-launcher is not installed (a wheel without [local])
+    from hydra.errors import MissingConfigException
+
+    from mm_repro.cli import error_line
+
+    exc = MissingConfigException(
+        "In 'hydra/launcher/local': Could not load 'hydra/launcher/joblib'.", "hydra/launcher/joblib"
+    )
+    assert error_line(exc) == (
+        "hydra/launcher=local needs Hydra's hydra-joblib-launcher plugin, which is not installed: "
+        'pip install "mm_repro[local]" (or pip install hydra-joblib-launcher)'
+    )
+    assert error_line(OSError(13, "Permission denied", "/x/y")) == "cannot write /x/y: Permission denied"

@@ -235,3 +235,19 @@ def test_the_official_style_loader_keeps_an_epochs_last_smaller_batch():
     batches = list(loader)
     assert [len(y) for _, y in batches] == [100, 100, 50]
     assert sorted(torch.cat([y for _, y in batches]).tolist()) == sorted(random_split(250, 0).labels.tolist())
+
+
+@pytest.mark.slow
+def test_a_bf16_bench_writes_its_json_and_says_its_packed_row_was_skipped(tmp_path, monkeypatch):
+    # bf16 runs train alone (packs are fp32): the packed row is skipped, said in the JSON and the table, and no
+    # timing is wasted on it; the rest of the bench runs in bf16 on the CPU (autocast)
+    from mm_repro.bench.command import main
+
+    monkeypatch.setattr(bench, "measure_packed", lambda *a: pytest.fail("a bf16 pack must not be timed"))
+    options = {"device": "cpu", "model": {"width": 4}, "method": {"name": "erm"}, "precision": "bf16", "pack": 3,
+               "images": 64, "eval_images": 16, "batch_size": 16, "warmup": 1, "steps": 1, "repeats": 1, "workers": 0,
+               "out": str(tmp_path)}  # fmt: skip
+    main(options)
+    result = json.loads((tmp_path / "bench-cpu.json").read_text())
+    assert result["precision"] == "bf16" and result["ours_images_per_second"] > 0
+    assert result["pack_skipped"] == "bf16 runs are not packed (packs train in fp32 only)" and "pack" not in result

@@ -18,6 +18,8 @@ def report(r: dict) -> str:
         ("ours: data pipeline", f"{r['data_ours_images_per_second']:.0f}", f"{r['data_ratio']:.1f}x", ""),
         ("official-style: data pipeline", f"{r['data_official_images_per_second']:.0f}", "", ""),
     ]
+    if "pack_skipped" in r:
+        rows.append((f"packed: skipped ({r['pack_skipped']})", "", "", ""))
     if "pack" in r:
         rows.append(
             (
