@@ -110,3 +110,10 @@ def test_a_missing_launcher_plugin_names_the_extra_that_installs_it():
         'pip install "mm_repro[local]" (or pip install hydra-joblib-launcher)'
     )
     assert error_line(OSError(13, "Permission denied", "/x/y")) == "cannot write /x/y: Permission denied"
+
+
+def test_wandb_online_without_credentials_is_refused_before_a_run_directory_exists(cli, monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path.parent / "no-netrc"))
+    code, err = cli("train", *SYNTHETIC[:-1], "logger=wandb", "logger.mode=online", "hydra.run.dir=run", "device=cpu")
+    assert code == 2 and "logger.mode=online needs W&B credentials for api.wandb.ai" in err and err.count("\n") == 1

@@ -88,6 +88,28 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def check_tracking(cfg: LoggerConfig) -> None:
+    """`logger.mode=online` needs W&B credentials (WANDB_API_KEY, or the ~/.netrc entry `wandb login` writes): without
+    them wandb.init would fail only after the run directory was taken over. Checked before a run starts."""
+    if cfg.name != "wandb" or cfg.mode != "online" or os.environ.get("WANDB_API_KEY"):
+        return
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        found = netrc.netrc(os.environ.get("NETRC")).authenticators(host or "")
+    except (OSError, netrc.NetrcParseError):
+        found = None
+    if not found:
+        from mm_repro.errors import UserError
+
+        raise UserError(
+            f"logger.mode=online needs W&B credentials for {host}, and none were found (WANDB_API_KEY, or ~/.netrc "
+            "from `wandb login`): log in, or keep logger.mode=offline (the default) and `wandb sync` the run later"
+        )
+
+
 def open_tracker(cfg: LoggerConfig, run_dir: Path, config: dict, name: str, group: str | None = None) -> NullTracker:
     """The tracker `logger.name` asks for."""
     if cfg.name == "wandb" and cfg.mode != "disabled":

@@ -19,7 +19,7 @@ from mm_repro import records
 from mm_repro.data import DeviceLoader
 from mm_repro.errors import Diverged, RunFailed, UserError
 from mm_repro.records.checkpoint import CheckpointPolicy
-from mm_repro.records.tracking import open_tracker
+from mm_repro.records.tracking import check_tracking, open_tracker
 from mm_repro.training.builders import build_trainer
 from mm_repro.training.distributed import Shards, World
 from mm_repro.training.runs import Job, Run, claim, resume_point, take_over
@@ -249,6 +249,8 @@ def _finite_state(state: dict, loss_sum: torch.Tensor) -> bool:
 def open_session(jobs: list[Job], world: World, device: torch.device, started: float) -> Iterator[Session]:
     """The session of `jobs`, built, claimed, taken over and restored; on the way out, checkpoint writes finished,
     trackers finished, locks released, and a failure record for every run an unexpected error stopped."""
+    for job in jobs:
+        check_tracking(job.cfg.logger)
     runs = [Run(job, RunRandom(job.cfg.seed + world.rank, device), world) for job in jobs]
     trainer, loaders, eval_loaders, data = build_trainer(jobs, [r.rng for r in runs], world, device)
     session = Session(runs, trainer, loaders, eval_loaders, started)
