@@ -352,3 +352,14 @@ def test_sigusr2_stops_like_sigterm_and_then_runs_the_handler_it_displaced_submi
         assert calls == [signal.SIGUSR2]
     finally:
         signal.signal(signal.SIGUSR2, before)
+
+
+@pytest.mark.slow
+def test_ddp_trains_a_gradient_blocked_run(cifar10_root, tmp_path):
+    # the layers before k get no gradient, and each rank draws its own k: DDP must look for unused parameters
+    run_dir = tmp_path / "blocked"
+    args = ["train", *data_args(cifar10_root), *TINY, "train.epochs=2", "device=cpu", f"hydra.run.dir={run_dir}"]
+    proc = _torchrun(*args, "method=manifold", "method.block_gradient=true", "method.layers=[1,2]", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["epochs"] == 2 and result["setup"]["method.block_gradient"] is True

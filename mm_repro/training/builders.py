@@ -105,7 +105,13 @@ def single_trainer(cfg: TrainRunConfig, model: nn.Module, rng: RunRandom, world:
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        # A gradient-blocked step leaves the layers before k without a gradient, and each rank draws its own k: DDP
+        # must then find the unused parameters at every step (its default would stop at the second step).
+        net = DistributedDataParallel(
+            net,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.method.block_gradient,
+        )
     spec = mix_spec(cfg)
     compile_fn = compiler(cfg, len(spec.layers) if spec else 1)
     step = TrainStep(
