@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +181,28 @@ def test_train_runs_end_to_end_on_tiny_imagenet_files(tmp_path):
     result = json.loads((run_dir / "result.json").read_text())
     assert result["setup"]["model.stem_stride"] == 2 and result["data"]["test"].startswith("9 images")
     assert "test_top5_error" not in result["final"]  # 3 classes: top-5 is meaningless
+
+
+def test_data_on_read_only_storage_caches_under_mm_cache_dir(tmp_path, monkeypatch):
+    write_tiny_imagenet(tmp_path / "shared")
+    first = load_arrays(_cfg(tmp_path / "shared"))[0]
+    shutil.rmtree(tmp_path / "shared" / "tiny-imagenet-200" / tin.CACHE)
+    from mm_repro.records import files
+
+    real = files.atomic_write
+
+    def read_only_beside_the_data(path, data):  # as a read-only mount answers (root ignores mode bits)
+        if tin.CACHE in str(path):
+            raise OSError(30, "Read-only file system", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(files, "atomic_write", read_only_beside_the_data)
+    monkeypatch.setenv("MM_CACHE_DIR", str(tmp_path / "cache"))
+    train, _ = load_arrays(_cfg(tmp_path / "shared"))
+    assert torch.equal(train.images, first.images)
+    (held,) = (tmp_path / "cache").glob("tiny-imagenet-200-*")
+    assert sorted(p.name.split("-")[0] for p in held.glob("*.npz")) == ["train", "val"]
+    decoded = []
+    monkeypatch.setattr(tin, "_decode", lambda p: decoded.append(p))
+    load_arrays(_cfg(tmp_path / "shared"))
+    assert decoded == []  # read back from $MM_CACHE_DIR

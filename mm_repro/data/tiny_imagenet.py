@@ -12,13 +12,17 @@ corrupt or truncated JPEG) is an error naming it.
 Cache (docs/performance.md §2: no epoch decodes an image): `tiny-imagenet-200/.mm_repro-cache/<split>-<key>.npz`, the
 split's images (N, 3, 64, 64) and labels, keyed by a hash of every file's name, size and class: a changed, added or
 removed file gives another key, and the split is decoded again (older cache files of the split are removed). Written
-atomically, so an interrupted decode leaves no cache behind.
+atomically, so an interrupted decode leaves no cache behind. Where the data directory cannot be written (read-only
+shared storage), the cache goes to `$MM_CACHE_DIR` (default `~/.cache/mm_repro`) under
+`tiny-imagenet-200-<hash of the data directory's path>/`, and is looked for there first.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 import shutil
 import urllib.error
 import zipfile
@@ -133,29 +137,43 @@ def _decode(path: Path) -> np.ndarray:
     return rgb
 
 
+def cache_dirs(folder: Path) -> list[Path]:
+    """Where a split's cache may be: beside the data, then under $MM_CACHE_DIR (for data on read-only storage)."""
+    home = Path(os.environ.get("MM_CACHE_DIR") or Path.home() / ".cache" / "mm_repro")
+    tag = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+    return [folder / CACHE, home / f"{FOLDER}-{tag}"]
+
+
 def _read_split(folder: Path, split: str, files: list[tuple[Path, int]]) -> Arrays:
     from mm_repro.records.files import atomic_write
 
     key = _key(folder, files)
-    cache = folder / CACHE / f"{split}-{key}.npz"
-    if cache.exists():
-        try:
-            with np.load(cache) as held:
-                return Arrays(torch.from_numpy(held["images"]), torch.from_numpy(held["labels"]))
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            pass  # an unreadable cache is rebuilt
+    for where in cache_dirs(folder):
+        cache = where / f"{split}-{key}.npz"
+        if cache.exists():
+            try:
+                with np.load(cache) as held:
+                    return Arrays(torch.from_numpy(held["images"]), torch.from_numpy(held["labels"]))
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                pass  # an unreadable cache is rebuilt
     images = np.empty((len(files), 3, SIZE, SIZE), dtype=np.uint8)
     with ThreadPoolExecutor() as pool:  # PIL releases the GIL while it decodes
         for i, rgb in enumerate(pool.map(_decode, [p for p, _ in files])):
             images[i] = rgb.transpose(2, 0, 1)
     labels = np.array([label for _, label in files], dtype=np.int64)
-    for old in (folder / CACHE).glob(f"{split}-*.npz"):
-        old.unlink(missing_ok=True)
 
     def write(f: io.BufferedWriter) -> None:
         np.savez(f, images=images, labels=labels)
 
-    atomic_write(cache, write)
+    for where in cache_dirs(folder):
+        try:
+            for old in where.glob(f"{split}-*.npz"):
+                old.unlink(missing_ok=True)
+            atomic_write(where / f"{split}-{key}.npz", write)
+            break
+        except OSError as exc:  # read-only or not ours: the next place (the last one's error is the user's to see)
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or where == cache_dirs(folder)[-1]:
+                raise
     return Arrays(torch.from_numpy(images), torch.from_numpy(labels))
 
 
