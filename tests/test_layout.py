@@ -80,12 +80,16 @@ def test_a_wheel_carries_the_configs_and_the_papers_numbers_and_runs_outside_the
         shutil.copytree(REPO / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "."],
-        cwd=source, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    stale = source / "build" / "lib" / "mm_repro" / "deleted_since.py"  # what an earlier build left behind
+    stale.parent.mkdir(parents=True)
+    stale.write_text("x = 1\n")
+    readme = (REPO / "README.md").read_text()
+    (command,) = [line.split("#")[0] for line in readme.splitlines() if "pip wheel" in line]  # as the README says
+    command = command.replace("pip wheel", f"{sys.executable} -m pip wheel -q --no-build-isolation")
+    built = subprocess.run(["bash", "-c", command], cwd=source, capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
-    (wheel,) = tmp_path.glob("mm_repro-*.whl")
+    (wheel,) = (source / "dist").glob("mm_repro-*.whl")
+    assert "mm_repro/deleted_since.py" not in zipfile.ZipFile(wheel).namelist()
     unpacked = tmp_path / "site"
     with zipfile.ZipFile(wheel) as z:
         z.extractall(unpacked)
