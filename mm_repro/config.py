@@ -52,6 +52,12 @@ RESUME_FREE_KEYS = (
     "train.checkpoint_every",
 )
 
+# The protocol's tables (conf/protocol): their values reach a run only through the keys that interpolate them
+# (train.epochs, train.milestones, method.layers, method.alpha, dataset.per_class_cap), which are compared and grouped
+# on; the tables themselves are not part of a run's setup, so that a table gaining an entry (a dataset's own schedule)
+# leaves every recorded run resumable and grouped as before. protocol.name stays part of it.
+DERIVED_KEYS = ("protocol.schedules", "protocol.manifold_layers", "protocol.svhn_per_class_cap", "protocol.datasets")
+
 # Keys added to the config after runs were recorded without them, each with the value that means "as before": a run
 # whose config lacks one resumes, and groups in `tables`, as if it held that value (records.result.setup_of,
 # records.checkpoint.config_changes).
@@ -209,6 +215,7 @@ class ProtocolConfig:
     schedules: dict[str, ScheduleConfig] = field(default_factory=dict)
     manifold_layers: dict[str, list[int]] = field(default_factory=dict)
     svhn_per_class_cap: int | None = None
+    datasets: dict[str, Any] = field(default_factory=dict)  # a dataset's own schedule and alpha (Tiny-ImageNet)
 
 
 @dataclass

@@ -226,3 +226,27 @@ def test_plans_help_names_its_own_key_and_sends_to_trains_for_the_rest():
 def test_help_of_a_command_is_printed_without_running_it(tmp_path):
     proc = run_cli("tables", "--help", cwd=tmp_path)
     assert proc.returncode == 0 and "include_chance" in proc.stdout and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("protocol", ["official", "paper"])
+def test_a_datasets_own_protocol_comes_with_the_dataset(protocol):
+    # the official README runs Tiny-ImageNet 2000 epochs, x0.1 at 1000 and 1500, alpha 0.2 for both mixups; the
+    # paper's Table 3 protocol is the same. Other datasets keep their model family's schedule and the methods' alpha.
+    for method in ("mixup", "manifold"):
+        tiny = validate_train(compose_train("dataset=tiny_imagenet", f"method={method}", f"protocol={protocol}"))
+        assert (tiny.train.epochs, tiny.train.milestones, tiny.method.alpha) == (2000, [1000, 1500], 0.2)
+    cifar = validate_train(compose_train("dataset=cifar10", f"protocol={protocol}"))
+    assert cifar.method.alpha == 2.0 and cifar.train.epochs == (2000 if protocol == "official" else 1200)
+    assert validate_train(compose_train("dataset=cifar10", "method=mixup")).method.alpha == 1.0
+
+
+def test_the_protocols_tables_are_not_part_of_a_runs_setup():
+    from omegaconf import OmegaConf
+
+    from mm_repro.records import setup_of
+    from mm_repro.records.checkpoint import config_changes
+
+    new = OmegaConf.to_container(compose_train(), resolve=True)
+    old = {**new, "protocol": {k: v for k, v in new["protocol"].items() if k != "datasets"}}  # before the entry
+    assert config_changes(old, new) == [] and setup_of(old) == setup_of(new)
+    assert "protocol.name" in setup_of(new) and "train.epochs" in setup_of(new)

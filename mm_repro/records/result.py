@@ -56,10 +56,11 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def is_free(key: str) -> bool:
-    """Is `key` one of config.RESUME_FREE_KEYS (or below one): a key that cannot change a run's numbers?"""
-    from mm_repro.config import RESUME_FREE_KEYS
+    """Is `key` one of config.RESUME_FREE_KEYS or config.DERIVED_KEYS (or below one): a key that cannot change a run's
+    numbers, or changes them only through keys that are compared?"""
+    from mm_repro.config import DERIVED_KEYS, RESUME_FREE_KEYS
 
-    return any(key == free or key.startswith(free + ".") for free in RESUME_FREE_KEYS)
+    return any(key == free or key.startswith(free + ".") for free in (*RESUME_FREE_KEYS, *DERIVED_KEYS))
 
 
 def setup_of(config: dict) -> dict[str, Any]:
@@ -80,7 +81,11 @@ def normal_setup(setup: dict[str, Any]) -> dict[str, Any]:
     from mm_repro.config import ADDED_KEYS, NOT_MIXING
 
     unread = UNREAD_WITHOUT_MIXING if setup.get("method.name") in NOT_MIXING else ()
-    return {k: v for k, v in setup.items() if k not in unread and not (k in ADDED_KEYS and v == ADDED_KEYS[k])}
+    return {
+        k: v
+        for k, v in setup.items()
+        if k not in unread and not (k in ADDED_KEYS and v == ADDED_KEYS[k]) and not is_free(k)
+    }
 
 
 RECORDED = (
