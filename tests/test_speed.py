@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 from torch._dynamo.testing import CompileCounter
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mm_repro.bench import measure as bench
 from mm_repro.config import MethodConfig, ModelConfig, validate_train
@@ -251,3 +252,68 @@ def test_a_bf16_bench_writes_its_json_and_says_its_packed_row_was_skipped(tmp_pa
     result = json.loads((tmp_path / "bench-cpu.json").read_text())
     assert result["precision"] == "bf16" and result["ours_images_per_second"] > 0
     assert result["pack_skipped"] == "bf16 runs are not packed (packs train in fp32 only)" and "pack" not in result
+
+
+class _HostSyncs(TorchDispatchMode):
+    """The ops that make a GPU step wait for the device: a tensor read on the host (`.item()`, `bool(t)`: aten's
+    _local_scalar_dense) or an op whose output size depends on the data (nonzero, masked_select, unique)."""
+
+    SYNCING = ("_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "item")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.SYNCING:
+            self.seen.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(("runs", "precision"), [(1, "fp32"), (1, "bf16"), (2, "fp32")])  # packs are fp32 only
+def test_a_training_step_makes_no_host_synchronisation(runs, precision):
+    # On a GPU each of these would stall the step; a CPU run shows the same ops to a dispatch mode.
+    from mm_repro.data import DeviceLoader, make_synthetic
+    from mm_repro.training.builders import packed_trainer
+
+    overrides = ["dataset=synthetic", "model.width=8", "method=manifold", "device=cpu", f"train.precision={precision}"]
+    cfgs = [validate_train(compose_train(*overrides, f"seed={s}")) for s in range(runs)]
+    models = [build_model(c, CPU, (3, 32, 32)) for c in cfgs]
+    rngs = [RunRandom(c.seed, CPU) for c in cfgs]
+    trainer = single_trainer(cfgs[0], models[0], rngs[0], World()) if runs == 1 else packed_trainer(cfgs, models, rngs)
+    loader = DeviceLoader(make_synthetic(10, 64, 16)[0], cfgs[0].dataset, 16, CPU, True)
+    order = loader.order(rngs[0].torch)
+    batches = [loader.batch(order, i, rngs[0].torch) for i in range(3)]
+    trainer.train_step([batches[0][0]] * runs, [batches[0][1]] * runs)  # the first step builds the optimizer state
+    with _HostSyncs() as syncs:
+        for x, y in batches[1:]:
+            batch = loader.batch(order, 1, rngs[0].torch)  # the loader's crop and flip too
+            losses = trainer.train_step([x] * runs, [y] * runs)
+    assert syncs.seen == [] and batch[0].shape == (16, 3, 32, 32) and losses.shape == (runs,)
+
+
+def test_a_checkpoints_copy_to_host_is_one_pinned_non_blocking_copy_per_tensor_and_one_sync(monkeypatch):
+    from mm_repro.records import checkpoint
+
+    pinned, syncs = [], []
+    monkeypatch.setattr(checkpoint, "host_buffer", lambda t, pin: pinned.append(pin) or torch.empty_like(t))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: syncs.append(device))
+
+    class Copies(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocking: list[bool] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ == "copy_":
+                self.blocking.append(not (kwargs or {}).get("non_blocking", args[2] if len(args) > 2 else False))
+            return func(*args, **(kwargs or {}))
+
+    model = build("preactresnet18", 10, width=4)
+    state = {"model": model.state_dict(), "epoch": 3, "rng": [torch.zeros(5, dtype=torch.uint8)]}
+    with Copies() as copies:
+        host = checkpoint.to_host(state, torch.device("cuda", 0))
+    tensors = len(state["model"]) + 1
+    assert pinned == [True] * tensors and copies.blocking == [False] * tensors and syncs == [torch.device("cuda", 0)]
+    assert all(torch.equal(host["model"][k], v) for k, v in state["model"].items()) and host["epoch"] == 3
+    assert all(host["model"][k].data_ptr() != v.data_ptr() for k, v in state["model"].items())

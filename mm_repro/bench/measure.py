@@ -213,12 +213,11 @@ def measure_epoch_rest(
     evaluate(test_loader)  # warm-up (and compilation)
     eval_per_image = timed(lambda: evaluate(test_loader), device, cfg.repeats) / len(test.labels)
     state = {"model": model.state_dict(), "optimizer": step.optimizer.state_dict(), "metrics": []}
-    stall = timed(lambda: to_host(state), device, cfg.repeats)
+    stall = timed(lambda: to_host(state, device), device, cfg.repeats)
     rows = [{"epoch": e, "lr": 0.1, "train_loss": 0.1, "test_error": 5.0, "test_nll": 0.2} for e in range(2000)]
     with tempfile.TemporaryDirectory() as tmp:
-        write = (
-            timed(lambda: records.save_checkpoint(Path(tmp) / records.CHECKPOINT, to_host(state)), device, 1) - stall
-        )
+        path = Path(tmp) / records.CHECKPOINT
+        write = timed(lambda: records.save_checkpoint(path, to_host(state, device)), device, 1) - stall
         record = timed(lambda: records.write_metrics(Path(tmp) / records.METRICS, rows), device, cfg.repeats)
     train_s = CIFAR10_TRAIN / step_rate
     eval_s = CIFAR10_TEST * eval_per_image
