@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 COMMANDS: dict[str, str] = {
     "train": "train a model (ERM, input mixup or manifold mixup); -m for sweeps",
@@ -248,6 +250,16 @@ def error_line(exc: BaseException) -> str:
     return one_line(exc)
 
 
+def _interrupt_on_sigterm() -> Any:
+    """SIGTERM outside training (training stops at a step and checkpoints: training.runtime.StopSignals) ends the
+    command as Ctrl-C does, so that a launching process that is killed leaves nothing behind; returns the handler it
+    replaced (None off the main thread)."""
+    try:
+        return signal.signal(signal.SIGTERM, signal.default_int_handler)
+    except ValueError:
+        return None
+
+
 def _sweep_exit_code(codes: list[int]) -> int:
     return codes[0] if len(set(codes)) == 1 else 1
 
@@ -289,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=command)(
         _guarded(command, TASKS[command])
     )
+    previous = _interrupt_on_sigterm()
     try:
         check_group_choices(args)
         app()
@@ -312,8 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: {message}\n")
         return UserError.exit_code
     except KeyboardInterrupt:
+        undo_sweep_start(interrupted=True)
         sys.stderr.write("interrupted\n")
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     for line, _ in FAILED_JOBS:
         sys.stderr.write(f"error: {line}\n")
     if len(FAILED_JOBS) > 1:

@@ -217,3 +217,47 @@ def test_a_pack_warned_of_its_time_limit_checkpoints_at_the_step_and_submitits_r
         log = (run_a / "train.log").read_text()
         assert "stopped by signal 12 at epoch" in log and "resuming" in log  # SIGUSR2, mid-epoch
         _assert_same_end(run_a, run_b, 8)
+
+
+@skip
+@pytest.mark.parametrize(
+    "option, reason",
+    [
+        ("hydra.launcher.partition=nope", "sbatch: error: invalid partition specified: nope"),
+        ("hydra.launcher.gpus_per_node=1", "sbatch: error: Invalid generic resource (gres) specification"),
+    ],
+)
+def test_a_submission_slurm_refuses_is_one_line_and_leaves_nothing(tmp_path, option, reason):
+    args = [*SMALL, *PACKED_SLURM, "seed=0,1", "train.epochs=1", "train.milestones=[]", option]
+    proc = run_cli("train", "-m", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: SLURM refused the sweep's jobs (") and reason in proc.stderr
+    assert not (tmp_path / "sweep").exists()  # no .failures/, .submitit/ or multirun.yaml
+
+
+@skip
+def test_a_pack_the_partition_can_never_run_is_cancelled_and_named(tmp_path):
+    args = [*SMALL, *PACKED_SLURM, "seed=0,1", "train.epochs=1", "train.milestones=[]"]
+    args.append("hydra.launcher.cpus_per_task=64")  # more than the node has: PENDING (PartitionConfig) for ever
+    proc = run_cli("train", "-m", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    named = [line for line in proc.stderr.splitlines() if line.startswith("error: job ")]
+    assert len(named) == 2 and all("never ran (it stayed PENDING (PartitionConfig)" in line for line in named)
+    assert not _job_ids()  # cancelled, not left waiting in the queue
+
+
+@skip
+def test_a_stopped_launching_process_says_its_jobs_run_on_and_leaves_no_notes(tmp_path):
+    args = [*SMALL, *PACKED_SLURM, "seed=0,1", "train.epochs=200", "train.milestones=[]"]
+    sweep = tmp_path / "sweep"
+    proc = popen_cli(["train", "-m", *args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    wait_for(lambda: _job_ids(), proc, "the pack's SLURM job", timeout=120)
+    (job,) = _job_ids()
+    proc.terminate()
+    out, err = proc.communicate(timeout=60)
+    try:
+        assert proc.returncode == 130 and err.rstrip().endswith("interrupted")
+        assert f"SLURM job(s) {job} keep running (scancel {job} stops them)" in out + err
+        assert not (sweep / ".failures").exists()
+    finally:
+        subprocess.run(["scancel", job], check=False)

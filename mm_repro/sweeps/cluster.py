@@ -18,11 +18,15 @@ the job's log.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
@@ -81,33 +85,86 @@ def submit_packs(launcher: Any, job_overrides: list[list[str]], initial_job_idx:
     log.info(f"SLURM sweep output dir: {launcher.config.hydra.sweep.dir}")
     for pack in packs:
         log.info(f"\tone SLURM job: {', '.join(f'#{n}' for n in pack)}")
-    submitted = _executor(launcher.params).map_array(
-        launcher, [[(n, overrides[n]) for n in pack] for pack in packs], [Singleton.get_state()] * len(packs)
-    )
-    for pack, cluster_job in zip(packs, submitted, strict=True):
+    submitted = _submit(launcher, [[(n, overrides[n]) for n in pack] for pack in packs])
+    for i, (pack, cluster_job) in enumerate(zip(packs, submitted, strict=True)):
         try:
             returns.update(zip(pack, wait_for_job(cluster_job), strict=True))
+        except KeyboardInterrupt:  # the launching process stopped (Ctrl-C, SIGTERM): the cluster jobs go on
+            ids = " ".join(str(j.job_id) for j in submitted[i:])
+            log.info(f"stopped waiting; SLURM job(s) {ids} keep running (scancel {ids} stops them); rerun the sweep")
+            raise
         except Exception as exc:  # the cluster job itself died: each of its runs is named, with the job's log
             last = [line for line in str(exc).splitlines() if line.strip()][-1:] or [type(exc).__name__]
             failed = RunFailed(
-                f"its SLURM job {cluster_job.job_id} failed ({last[0].strip()}); log: {cluster_job.paths.stderr}; "
+                f"its SLURM job {cluster_job.job_id} never ran ({last[0].strip()})"
+                if isinstance(exc, NeverRuns)
+                else f"its SLURM job {cluster_job.job_id} failed ({last[0].strip()}); log: {cluster_job.paths.stderr}; "
                 "rerun the sweep to resume its runs from their checkpoints"
             )
             returns.update({n: launch.report(n, configs[n], jobs[n], failed) for n in pack})
     return [returns[num] for num, _ in numbered]
 
 
+def _submit(launcher: Any, packs: list[list[tuple[int, list[str]]]]) -> list[Any]:
+    """One SLURM job per pack (submitit's map_array). A submission SLURM refuses (an unknown partition, a GPU asked of
+    a cluster without GPUs, more memory than a node has) is one line with sbatch's reason, and the submission files
+    it left in the submitit folder are removed."""
+    from submitit.core.utils import FailedJobError
+
+    folder = Path(str(launcher.params["submitit_folder"]))
+    folder = folder.parent if "%" in folder.name else folder  # .submitit/%j: submitit submits from its parent
+    before = set(folder.iterdir()) if folder.is_dir() else None
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's errors; they are in our line
+            return _executor(launcher.params).map_array(launcher, packs, [Singleton.get_state()] * len(packs))
+    except (FailedJobError, subprocess.SubprocessError, OSError) as exc:
+        if before is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif folder.is_dir():
+            for left in set(folder.iterdir()) - before:
+                shutil.rmtree(left, ignore_errors=True) if left.is_dir() else left.unlink(missing_ok=True)
+        said = [line.strip() for line in str(exc).splitlines() if line.strip().startswith("sbatch: error")]
+        reason = "; ".join(said) or one_line_of(exc)
+        raise UserError(
+            f"SLURM refused the sweep's jobs ({reason}); check the hydra.launcher options (partition, gpus_per_node, "
+            "cpus_per_task, mem_gb) against `sinfo`"
+        ) from None
+
+
+def one_line_of(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
 ENDED = ("CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")  # SLURM's ends
+
+
+# Why a job can stay PENDING for ever: the partition's configuration can never give what it asks (more CPUs per task
+# than a node has, more nodes than the partition, a time limit above the partition's).
+NEVER = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints", "InvalidQOS")
+
+
+class NeverRuns(RunFailed):
+    """A cluster job SLURM can never start (it was cancelled)."""
 
 
 def slurm_state(job_id: str) -> str | None:
     """The job's state as `scontrol` reports it; None once SLURM no longer knows the job, "UNKNOWN" if unreadable."""
+    return slurm_job(job_id)[0]
+
+
+def slurm_job(job_id: str) -> tuple[str | None, str]:
+    """(state, reason) as `scontrol` reports them; state None once SLURM no longer knows the job, "UNKNOWN" if
+    unreadable."""
     try:
         shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
-        return "UNKNOWN"
+        return "UNKNOWN", ""
     found = re.search(r"JobState=(\S+)", shown.stdout)
-    return found.group(1) if found else (None if "Invalid job id" in shown.stderr else "UNKNOWN")
+    reason = re.search(r"Reason=(\S+)", shown.stdout)
+    if not found:
+        return (None if "Invalid job id" in shown.stderr else "UNKNOWN"), ""
+    return found.group(1), reason.group(1) if reason else ""
 
 
 def wait_for_job(cluster_job: Any, poll: float = 2.0, grace: float = 30.0) -> Any:
@@ -116,9 +173,19 @@ def wait_for_job(cluster_job: Any, poll: float = 2.0, grace: float = 30.0) -> An
     So the wait also reads scontrol's state: a job that ended (or left the queue) without writing its result for
     `grace` seconds (time for the file to reach a shared file system) ends the wait as failed. A requeued job is
     PENDING again, not ended."""
-    ended_at = None
+    ended_at = never_at = None
     while not cluster_job.done():
-        state = slurm_state(str(cluster_job.job_id))
+        state, reason = slurm_job(str(cluster_job.job_id))
+        if state == "PENDING" and reason in NEVER:  # it would wait for ever: cancelled, and said, after the grace
+            never_at = never_at or time.monotonic()
+            if time.monotonic() - never_at > grace:
+                subprocess.run(["scancel", str(cluster_job.job_id)], capture_output=True, timeout=30)
+                raise NeverRuns(
+                    f"it stayed PENDING ({reason}): the partition can never give what it asks; cancelled. Lower "
+                    "hydra.launcher.cpus_per_task, nodes or timeout_min to what `sinfo` shows"
+                )
+        else:
+            never_at = None
         if state is None or state in ENDED:
             ended_at = ended_at or time.monotonic()
             if time.monotonic() - ended_at > grace:

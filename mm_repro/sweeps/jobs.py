@@ -153,7 +153,7 @@ def record_failure(exc: BaseException, run_dir: Path, multirun: bool, job: str, 
             records.write_failure(run_dir, "failed", message, exit_code=code)
         else:
             _remove_empty_start(run_dir)
-    if multirun and os.environ.get(FAILURES_ENV):
+    if multirun and _notes_open():
         note = Path(os.environ[FAILURES_ENV]) / f"{uuid.uuid4().hex}.json"
         records.write_json(note, {"num": num, "job": job, "message": message, "exit_code": code})
     elif not multirun:
@@ -161,27 +161,42 @@ def record_failure(exc: BaseException, run_dir: Path, multirun: bool, job: str, 
     return message, code
 
 
+def _notes_open() -> bool:
+    """Is the sweep's notes directory there to write into? (It is gone once the launching process was stopped; a
+    job still running on a cluster node then writes no note that nobody would read.)"""
+    return bool(os.environ.get(FAILURES_ENV)) and Path(os.environ[FAILURES_ENV]).is_dir()
+
+
 def record_success(num: int, run_dir: Path | None = None) -> None:
     """A sweep job that ran (so the sweep was not refused as a whole), and its run directory; see FailureReport."""
-    if os.environ.get(FAILURES_ENV):
+    if _notes_open():
         note = {"num": num, "run_dir": str(Path(run_dir).resolve()) if run_dir else None}
         records.write_json(Path(os.environ[FAILURES_ENV]) / f"ok-{uuid.uuid4().hex}.json", note)
 
 
-def undo_sweep_start() -> None:
+def undo_sweep_start(interrupted: bool = False) -> None:
     """A sweep refused before any job ran (a bad launcher option: Hydra instantiates the launcher after the sweep's
-    start) leaves neither its failure notes' directory nor the directories that start made."""
+    start; a submission the cluster refused) leaves neither its failure notes' directory, nor the directories that
+    start made, nor a new multirun.yaml (the earlier one is put back). A sweep `interrupted` while its jobs ran (a
+    signal to the launching process) leaves no notes' directory either: its jobs' notes are not read by anyone."""
     if not STARTED:
         return
-    path, made = STARTED
+    path, made, (multirun_yaml, before) = STARTED
     STARTED.clear()
     os.environ.pop(FAILURES_ENV, None)
-    if path.is_dir() and not any(path.iterdir()):
-        while True:
+    if interrupted:
+        shutil.rmtree(path, ignore_errors=True)
+    elif multirun_yaml is not None:
+        if before is None:
+            multirun_yaml.unlink(missing_ok=True)
+        else:
+            records.atomic_write(multirun_yaml, before)
+    while path.is_dir() and not any(path.iterdir()) or not path.exists():  # the empty directories the start made
+        if path.exists():
             path.rmdir()
-            if path == made or any(path.parent.iterdir()):
-                break
-            path = path.parent
+        if path == made or not path.parent.is_dir() or any(path.parent.iterdir()):
+            break
+        path = path.parent
 
 
 class FailureReport(Callback):
@@ -198,10 +213,10 @@ class FailureReport(Callback):
         while not made.parent.exists():
             made = made.parent
         path.mkdir(parents=True, exist_ok=True)
-        STARTED[:] = [path, made]
         os.environ[FAILURES_ENV] = str(path.resolve())
         earlier = sweep_dir / "multirun.yaml"
         self.earlier = (earlier, earlier.read_bytes() if earlier.is_file() else None)
+        STARTED[:] = [path, made, self.earlier]
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         STARTED.clear()
