@@ -9,6 +9,7 @@ every job, then prints each failed one and exits non-zero (mm_repro.sweeps.jobs)
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -250,6 +251,19 @@ def error_line(exc: BaseException) -> str:
     return one_line(exc)
 
 
+def _restore_handlers(before: list[logging.Handler]) -> None:
+    """The root logger's handlers as they were before the command: Hydra's job logging (the run's train.log) is the
+    job's, not the process's, so a second command in one process (a notebook, a test) never writes into the first
+    one's run directory."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)
+        handler.close()
+    for handler in before:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+
+
 def _interrupt_on_sigterm() -> Any:
     """SIGTERM outside training (training stops at a step and checkpoints: training.runtime.StopSignals) ends the
     command as Ctrl-C does, so that a launching process that is killed leaves nothing behind; returns the handler it
@@ -302,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         _guarded(command, TASKS[command])
     )
     previous = _interrupt_on_sigterm()
+    handlers = list(logging.getLogger().handlers)
     try:
         check_group_choices(args)
         app()
@@ -331,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        _restore_handlers(handlers)
     for line, _ in FAILED_JOBS:
         sys.stderr.write(f"error: {line}\n")
     if len(FAILED_JOBS) > 1:

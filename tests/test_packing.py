@@ -323,14 +323,28 @@ def test_a_pack_job_that_ended_without_its_result_ends_the_wait_and_a_requeued_o
     from mm_repro.sweeps import cluster
 
     states = iter(["RUNNING", "PENDING", "RUNNING", "COMPLETING"])  # requeued once: pending again, not ended
-    monkeypatch.setattr(cluster, "slurm_state", lambda job_id: next(states))
+    monkeypatch.setattr(cluster, "slurm_job", lambda job_id: (next(states), "None"))
     assert cluster.wait_for_job(_ClusterJob(4), poll=0, grace=0) == ["returns of the pack"]
     for state in ("CANCELLED", "OUT_OF_MEMORY", None):  # None: SLURM no longer knows the job
-        monkeypatch.setattr(cluster, "slurm_state", lambda job_id, s=state: s)
+        monkeypatch.setattr(cluster, "slurm_job", lambda job_id, s=state: (s, ""))
         with pytest.raises(RunFailed, match=f"it ended {state or 'and left the queue'} without a result"):
             cluster.wait_for_job(_ClusterJob(None), poll=0, grace=0.01)
-    monkeypatch.setattr(cluster, "slurm_state", lambda job_id: "UNKNOWN")  # scontrol unreadable: keep waiting
+    monkeypatch.setattr(cluster, "slurm_job", lambda job_id: ("UNKNOWN", ""))  # scontrol unreadable: keep waiting
     assert cluster.wait_for_job(_ClusterJob(3), poll=0, grace=0) == ["returns of the pack"]
+
+
+def test_a_pack_job_pending_for_a_reason_that_never_clears_is_cancelled(monkeypatch):
+    from mm_repro.sweeps import cluster
+
+    cancelled = []
+    monkeypatch.setattr(cluster.subprocess, "run", lambda args, **k: cancelled.append(args))
+    waiting = iter([("PENDING", "Resources")] * 3)  # a busy cluster: the job waits its turn
+    monkeypatch.setattr(cluster, "slurm_job", lambda job_id: next(waiting, ("RUNNING", "None")))
+    assert cluster.wait_for_job(_ClusterJob(5), poll=0, grace=0) == ["returns of the pack"] and not cancelled
+    monkeypatch.setattr(cluster, "slurm_job", lambda job_id: ("PENDING", "PartitionConfig"))
+    with pytest.raises(cluster.NeverRuns, match=r"stayed PENDING \(PartitionConfig\)"):
+        cluster.wait_for_job(_ClusterJob(None), poll=0, grace=0.01)
+    assert cancelled == [["scancel", "41_0"]]
 
 
 @pytest.mark.slow
