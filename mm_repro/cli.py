@@ -59,9 +59,9 @@ def _train_task(cfg) -> None:  # noqa: ANN001 (a DictConfig; typed at validation
 
 
 def _tables_task(cfg) -> None:  # noqa: ANN001
-    from mm_repro.analysis.tables import make_tables
     from mm_repro.config import TablesConfig, as_list, to_schema
     from mm_repro.records.tracking import open_tracker
+    from mm_repro.reports.tables import make_tables
 
     tcfg: TablesConfig = to_schema(cfg, TablesConfig)
     out = Path(tcfg.out)
@@ -90,10 +90,10 @@ def _bench_task(cfg) -> None:  # noqa: ANN001
 
 
 def _evaluate_task(cfg) -> None:  # noqa: ANN001
-    from mm_repro.analysis.eval_report import summary
-    from mm_repro.analysis.evaluate import EvalConfig, evaluate_run
     from mm_repro.config import to_schema
     from mm_repro.errors import UserError
+    from mm_repro.evaluation.evaluate import EvalConfig, evaluate_run
+    from mm_repro.evaluation.report import summary
 
     if cfg.get("run") is None:
         raise UserError("evaluate needs run=DIR, a training run directory (with .hydra/ and checkpoints/)")
@@ -103,8 +103,8 @@ def _evaluate_task(cfg) -> None:  # noqa: ANN001
 
 
 def _spiral_task(cfg) -> None:  # noqa: ANN001
-    from mm_repro.analysis.spiral import SpiralConfig, run_spiral
     from mm_repro.config import to_schema
+    from mm_repro.experiments.spiral import SpiralConfig, run_spiral
 
     result = run_spiral(to_schema(cfg, SpiralConfig))
     for name, r in result["results"].items():
@@ -118,8 +118,8 @@ def _spiral_task(cfg) -> None:  # noqa: ANN001
 
 
 def _flattening_task(cfg) -> None:  # noqa: ANN001
-    from mm_repro.analysis.flattening_study import StudyConfig, run_study
     from mm_repro.config import to_schema
+    from mm_repro.experiments.flattening import StudyConfig, run_study
 
     report = run_study(to_schema(cfg, StudyConfig))
     if report["generated_data"]:
@@ -135,8 +135,8 @@ def _flattening_task(cfg) -> None:  # noqa: ANN001
 
 
 def _synthetic_task(cfg) -> None:  # noqa: ANN001
-    from mm_repro.analysis.synthetic_factors import SyntheticConfig, run_synthetic
     from mm_repro.config import to_schema
+    from mm_repro.experiments.synthetic import SyntheticConfig, run_synthetic
 
     report = run_synthetic(to_schema(cfg, SyntheticConfig))
     for row in report["rows"]:

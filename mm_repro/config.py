@@ -345,8 +345,8 @@ def check_number(key: str, value: float, minimum: float, strict: bool) -> None:
 
 def validate_train(cfg: DictConfig | dict) -> TrainRunConfig:
     """Typed, checked training config; every problem is a one-line `UserError` naming the value and what is allowed
-    (the checks: mm_repro.checks)."""
-    from mm_repro.checks import checked_train
+    (the checks: mm_repro.training.checks)."""
+    from mm_repro.training.checks import checked_train
 
     return checked_train(cfg)
 

@@ -14,10 +14,10 @@ def command_keys(command: str) -> list[str]:
     module, name = {
         "train": ("mm_repro.config", "TrainRunConfig"),
         "tables": ("mm_repro.config", "TablesConfig"),
-        "evaluate": ("mm_repro.analysis.evaluate", "EvalConfig"),
-        "spiral": ("mm_repro.analysis.spiral", "SpiralConfig"),
-        "flattening": ("mm_repro.analysis.flattening_study", "StudyConfig"),
-        "synthetic": ("mm_repro.analysis.synthetic_factors", "SyntheticConfig"),
+        "evaluate": ("mm_repro.evaluation.evaluate", "EvalConfig"),
+        "spiral": ("mm_repro.experiments.spiral", "SpiralConfig"),
+        "flattening": ("mm_repro.experiments.flattening", "StudyConfig"),
+        "synthetic": ("mm_repro.experiments.synthetic", "SyntheticConfig"),
         "bench": ("mm_repro.bench.measure", "BenchConfig"),
     }[command]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mm_repro.analysis.measures import (
+from mm_repro.evaluation.measures import (
     affine,
     deform,
     deformation_names,
@@ -249,7 +249,7 @@ def test_spiral_figure_2_trains_every_regularizer_beside_figure_1s(tmp_path):
 
 
 def test_the_spiral_net_is_the_mlp_family_with_a_linear_bottleneck():
-    from mm_repro.analysis.spiral import BOTTLENECK, VARIANTS, spiral_net
+    from mm_repro.experiments.spiral import BOTTLENECK, VARIANTS, spiral_net
 
     net = spiral_net(8, dropout=0.5, batch_norm=True)
     assert net.widths == [8, 8, 2, 8, 8] and net.bottleneck == BOTTLENECK == 3
@@ -282,7 +282,7 @@ def test_best_checkpoint_is_kept_and_evaluate_reads_it(cifar10_root, tmp_path):
 
 
 def test_the_reliability_table_and_plot_hold_only_bins_with_images(tmp_path):
-    from mm_repro.analysis.eval_report import plot_reliability
+    from mm_repro.evaluation.report import plot_reliability
 
     probs = torch.tensor([[0.95, 0.05], [0.96, 0.04], [0.55, 0.45]])  # confidences in 2 of the 15 bins
     calibration = expected_calibration_error(probs, torch.tensor([0, 1, 0]), bins=15)
@@ -301,7 +301,7 @@ def finished_run(tmp_path_factory):
 
 
 def _evaluate(run_dir, **options):
-    from mm_repro.analysis.evaluate import EvalConfig, evaluate_run
+    from mm_repro.evaluation.evaluate import EvalConfig, evaluate_run
 
     return evaluate_run(EvalConfig(run=str(run_dir), device="cpu", **options))
 
@@ -315,7 +315,7 @@ def test_a_second_fgsm_call_adds_its_eps_and_keeps_the_earlier_ones(finished_run
 
 
 def test_a_failing_evaluation_leaves_no_new_figure_beside_old_numbers(finished_run, monkeypatch):
-    from mm_repro.analysis import evaluate
+    from mm_repro.evaluation import evaluate
 
     (finished_run / "reliability.png").unlink(missing_ok=True)
     before = (finished_run / "eval.json").read_text() if (finished_run / "eval.json").exists() else None

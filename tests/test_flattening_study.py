@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import run_cli, write_idx, write_mnist
 
-from mm_repro.analysis.flattening_study import nets_of
 from mm_repro.data import mnist
 from mm_repro.errors import UserError
+from mm_repro.experiments.flattening import nets_of
 from mm_repro.models.mlp import MLP
 from mm_repro.training.step import MixedForward, one_hot
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-from mm_repro.analysis.synthetic_factors import (
+from mm_repro.experiments.synthetic import (
     SynthClassifier,
     draw_factors,
     make_batch,

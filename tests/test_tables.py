@@ -13,8 +13,8 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from mm_repro.analysis.tables import load_specs, make_tables, mean_std, scan
 from mm_repro.config import CONF_DIR
+from mm_repro.reports.tables import load_specs, make_tables, mean_std, scan
 from tests.conftest import TINY, data_args, run_cli
 
 
@@ -396,7 +396,7 @@ def test_a_cell_counts_only_its_evaluated_runs_and_names_the_others(tmp_path):
 
 
 def test_the_sweep_summary_sets_runs_at_chance_apart_as_tables_does(tmp_path):
-    from mm_repro.analysis.summary import sweep_summary
+    from mm_repro.reports.summary import sweep_summary
 
     for seed in (0, 1):
         _record(tmp_path, f"chance{seed}", "erm", seed, 90.0, 90.0, 2.3)

@@ -15,7 +15,7 @@ or CUDA-graph capture is timed), the median images/s over alternating repeats of
   (the stall on the training thread, a copy to host memory, and the background write) and the records; from these,
   `epoch_overhead`: the fraction of a CIFAR-10 epoch's wall time (50,000 training and 10,000 test images) spent
   outside training steps, at the measured speeds, with checkpoints every `checkpoint_seconds` of wall time;
-- packed (`pack=K`): the aggregate images/s of K runs trained as one (mm_repro.training.packed) against one run.
+- packed (`pack=K`): the aggregate images/s of K runs trained as one (training.trainers.packed) against one run.
 MFU is the model's training FLOPs (3 x forward, conv and linear only) per second over a *measured* peak: the fastest
 of large dense matmuls and a large 3x3 convolution on the same device, in the math mode the run's convolutions use
 (TF32 for fp32 on CUDA when enabled), or in fp32 if that is faster. The data is random uint8 images of CIFAR's
@@ -50,16 +50,16 @@ from mm_repro.config import (
     rule,
     validate_train,
 )
+from mm_repro.console import progress
 from mm_repro.data import Arrays, DeviceLoader, random_split
 from mm_repro.method.losses import LOSSES
 from mm_repro.models import build
-from mm_repro.progress import progress
 from mm_repro.records.checkpoint import to_host
 from mm_repro.training.builders import build_model, packed_trainer, single_trainer
 from mm_repro.training.distributed import World
-from mm_repro.training.packed import PACKABLE_PRECISIONS
 from mm_repro.training.runtime import RunRandom, init_model, training_device
 from mm_repro.training.step import SingleTrainer, build_optimizer
+from mm_repro.training.trainers.packed import PACKABLE_PRECISIONS
 
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
 
@@ -234,7 +234,7 @@ def measure_epoch_rest(
 
 
 def measure_packed(cfg: BenchConfig, split: Arrays, device: torch.device, single_rate: float) -> dict:
-    """Aggregate images/s of `pack` runs trained as one (mm_repro.training.packed), against one run."""
+    """Aggregate images/s of `pack` runs trained as one (mm_repro.training.trainers.packed), against one run."""
     k = cfg.pack
     runs = [run_config(cfg, cfg.seed + i) for i in range(k)]
     models = [build_model(run, device, BENCH_IMAGE) for run in runs]

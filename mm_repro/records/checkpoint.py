@@ -4,7 +4,7 @@ checks it, and how it is written without stalling training.
 `checkpoints/last.pt` holds one run's own model and optimizer state, grad scaler, random streams (one
 per DDP rank), epoch, position within the epoch after a mid-epoch stop, the records so far, the wall time and the
 resolved config. A run trained packed with others writes the same file as one trained alone, so either can resume
-it (mm_repro.training.packed).
+it (mm_repro.training.trainers.packed).
 
 A resume first compares the checkpoint's config with the new one (`config_changes`): any key that changes the
 numbers differs, and the resume is refused, naming each key; keys in `config.RESUME_FREE_KEYS` may differ.

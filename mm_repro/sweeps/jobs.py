@@ -237,7 +237,7 @@ class FailureReport(Callback):
             FAILED_JOBS.append((f"{note['job']}: {note['message']}", note["exit_code"]))
         done = [json.loads(p.read_text()).get("run_dir") for p in path.glob("ok-*.json")]
         if done and str(config.hydra.job.name) == "train":
-            from mm_repro.analysis.summary import sweep_summary
+            from mm_repro.reports.summary import sweep_summary
 
             print(sweep_summary(sorted({Path(d) for d in done if d})), flush=True)
         shutil.rmtree(path, ignore_errors=True)

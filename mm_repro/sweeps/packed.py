@@ -1,9 +1,9 @@
 """`hydra/launcher=packed`: a sweep's jobs grouped into packs that train together on one device
-(mm_repro.training.packed).
+(mm_repro.training.trainers.packed).
 
 Jobs pack together when they share everything but the seed, the method (alpha, layers, pairing) and the experiment: the
 same dataset, model, width, schedule, optimizer settings, batch, precision, loss and device, and the same point to
-resume from (a fresh start, or the same epoch and step). Only fp32 jobs pack (mm_repro.training.packed says why fp16 and
+resume from (a fresh start, or the same epoch and step). Only fp32 jobs pack (training.trainers.packed says why fp16 and
 bf16 train alone), and packs run eager, so a job with `train.compile=true` runs alone and stays compiled; cutout,
 `method.block_gradient`, `model.dropout` and `dataset.valid_per_class` jobs train alone too (`trains_alone`).
 A pack holds at most `max_pack` runs, and on CUDA at most as many as fit in 80 % of the free device memory (a
@@ -37,8 +37,8 @@ from omegaconf import OmegaConf, open_dict, read_write
 from mm_repro import records
 from mm_repro.errors import UserError
 from mm_repro.sweeps.jobs import job_from_hydra, record_failure, record_success, sweep_group
-from mm_repro.training.packed import PACKABLE_PRECISIONS
 from mm_repro.training.runs import Job, resume_point
+from mm_repro.training.trainers.packed import PACKABLE_PRECISIONS
 
 log = logging.getLogger("mm_repro.packed")
 

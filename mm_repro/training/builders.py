@@ -128,9 +128,9 @@ def single_trainer(cfg: TrainRunConfig, model: nn.Module, rng: RunRandom, world:
 
 
 def packed_trainer(cfgs: list[TrainRunConfig], models: list[nn.Module], rngs: list[RunRandom]) -> Trainer:
-    """Several runs as one (mm_repro.training.packed); they share the loss, classes, precision and optimizer settings
+    """Several runs as one (training.trainers.packed); they share the loss, classes, precision and optimizer settings
     (the packed launcher groups them so), each with its own mixing method and streams."""
-    from mm_repro.training.packed import PackedTrainer
+    from mm_repro.training.trainers.packed import PackedTrainer
 
     lead, device = cfgs[0], rngs[0].device
     return PackedTrainer(

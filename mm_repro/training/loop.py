@@ -3,7 +3,7 @@
 Reproduces the official Manifold Mixup protocol by default (docs/protocol.md §2): SGD with Nesterov momentum 0.9, lr
 0.1, weight decay 1e-4 on every parameter, x0.1 at the milestones (the LR of epoch e is lr * gamma^(milestones <= e), as
 the official `adjust_learning_rate`), batch 100, BCE on softmax. `train_jobs` trains one run, or several runs of a sweep
-packed on one device (mm_repro.training.packed), with the same loop: a single run is a pack of one.
+packed on one device (mm_repro.training.trainers.packed), with the same loop: a single run is a pack of one.
 
 What a run can trust (README "Resuming and preemption"): one process per run directory (a lock); a resume refused
 when the config changed; a checkpoint at least every `train.checkpoint_seconds`, at the end and on a stop signal

@@ -304,9 +304,9 @@ def resume_point(saved: dict | None) -> tuple[int, int]:
 
 
 def progress_bar(total: int, enabled: bool, desc: str = "", images_per_step: int = 1, run_left: str = "") -> Any:
-    """The steps of an epoch (mm_repro.progress, tqdm): a bar on a terminal, a line at a steady interval in a log, with
+    """The steps of an epoch (mm_repro.console, tqdm): a bar on a terminal, a line at a steady interval in a log, with
     the images per second, the epoch's time left and, from the second epoch, the run's (no host sync: counts only)."""
-    from mm_repro.progress import progress
+    from mm_repro.console import progress
 
     return _Steps(progress(total=total, desc=desc, unit="img", unit_scale=images_per_step, enabled=enabled), run_left)
 

@@ -4,7 +4,7 @@ Randomness (docs/protocol.md §2): the official code draws k with python's `rand
 everything else (initial weights, epoch order, crops and flips) with torch, all from unseeded global generators.
 Here each run owns one generator of each kind, seeded from the run's seed (`RunRandom`), and the initial weights are
 drawn from torch's CPU generator seeded with the same seed. So a run draws the same numbers whether it trains alone or
-packed with others in one process (mm_repro.training.packed), and its checkpoint holds exactly its own streams.
+packed with others in one process (mm_repro.training.trainers.packed), and its checkpoint holds exactly its own streams.
 """
 
 from __future__ import annotations

@@ -208,7 +208,7 @@ class Evaluator:
 
 class Trainer(Protocol):
     """What the training loop asks of the runs a process trains together: one run (`SingleTrainer`) or a pack
-    (mm_repro.training.packed.PackedTrainer). Runs are numbered 0..size-1 in the pack's order; `drop` renumbers."""
+    (trainers.packed.PackedTrainer). Runs are numbered 0..size-1 in the pack's order; `drop` renumbers."""
 
     param_count: int  # of one run's model
 

@@ -300,14 +300,14 @@ def make_tables(
         atomic_write(out / f"{spec['table']}.csv", to_csv(rows).encode())
         atomic_write(out / f"{spec['table']}.tex", to_latex(spec, rows).encode())
         rendered[spec["table"]] = (markdown, rows)
-    from mm_repro.analysis import summary
+    from mm_repro.reports import summary
 
     rows = summary.summary_rows(scanned.records)
     unmatched = summary.fits_no_table(scanned.records, load_specs())
     atomic_write(out / "summary.md", summary.to_markdown(rows, unmatched).encode())
     atomic_write(out / "summary.csv", summary.to_csv(rows).encode())
     if figures:
-        from mm_repro.analysis.table_figures import plot_figures, plot_learning_curves
+        from mm_repro.reports.figures import plot_figures, plot_learning_curves
 
         plot_figures(specs, scanned.records, out)
         plot_learning_curves(scanned.records, out)

@@ -9,8 +9,8 @@ import csv
 import io
 from pathlib import Path
 
-from mm_repro.analysis.tables import MISSING, matches, mean_std, setup_labels
 from mm_repro.records.scan import Record, scan
+from mm_repro.reports.tables import MISSING, matches, mean_std, setup_labels
 
 
 def _cell(values: list[float]) -> str:
@@ -76,7 +76,7 @@ def to_csv(rows: list[dict]) -> str:
 
 def sweep_summary(run_dirs: list[Path]) -> str:
     """A few lines for the end of a multirun: each setup's n and mean final and best test error."""
-    from mm_repro.analysis.tables import load_specs
+    from mm_repro.reports.tables import load_specs
 
     scanned = scan([d for d in run_dirs if d.is_dir()])  # the rule `tables` uses: runs at chance are set apart
     rows = summary_rows(scanned.records)

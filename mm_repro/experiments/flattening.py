@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mm_repro.analysis.measures import singular_values
 from mm_repro.config import SEED_LIMIT, LoggerConfig, rule
+from mm_repro.console import progress
 from mm_repro.errors import UserError
+from mm_repro.evaluation.measures import singular_values
 from mm_repro.method.losses import LOSSES
 from mm_repro.method.mixing import MixSpec
 from mm_repro.models.mlp import MLP
-from mm_repro.progress import progress
 from mm_repro.training.runtime import RunRandom, init_model
 from mm_repro.training.step import MixedForward, TrainStep
 
@@ -153,7 +153,7 @@ def measure(model: MLP, net: Net, cfg: StudyConfig, x: torch.Tensor, y: torch.Te
 
 def run_study(cfg: StudyConfig) -> dict:
     """Train and measure every net of the study; write the table, JSON and figures into cfg.out."""
-    from mm_repro.analysis.flattening_report import PAPER, plot_study, table_rows, write_table
+    from mm_repro.experiments.flattening_report import PAPER, plot_study, table_rows, write_table
     from mm_repro.records import write_json
     from mm_repro.records.tracking import open_tracker
 

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mm_repro.analysis.measures import singular_values
 from mm_repro.config import SEED_LIMIT, LoggerConfig, rule
+from mm_repro.console import progress
+from mm_repro.evaluation.measures import singular_values
 from mm_repro.method import mixing
 from mm_repro.models.mlp import MLP
-from mm_repro.progress import progress
 from mm_repro.training.runtime import RunRandom, init_model
 
 

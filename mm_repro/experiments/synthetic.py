@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm_repro.config import DEVICES, SEED_LIMIT, LoggerConfig, rule
+from mm_repro.console import progress
 from mm_repro.errors import UserError
-from mm_repro.progress import progress
 from mm_repro.records.provenance import provenance, start_record
 
 TASKS = {  # (train angle ranges per class, test angle ranges per class); None: the class does not set the angle
@@ -164,7 +164,7 @@ def mean_std(values: list[float], digits: int) -> str:
 
 
 def run_synthetic(cfg: SyntheticConfig) -> dict:
-    from mm_repro.analysis.flattening_report import write_rows
+    from mm_repro.experiments.flattening_report import write_rows
     from mm_repro.records import write_json
 
     if len(set(cfg.seeds)) != len(cfg.seeds):

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mm_repro.analysis.tables import LABEL_KEYS, matches, mean_std, method_label, setup_labels, short_key
 from mm_repro.records.scan import Record
+from mm_repro.reports.tables import LABEL_KEYS, matches, mean_std, method_label, setup_labels, short_key
 
 
 def cell_group(row: dict, records: list[Record]) -> list[Record]:

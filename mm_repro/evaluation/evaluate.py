@@ -30,8 +30,11 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from mm_repro import records
-from mm_repro.analysis.eval_report import plot_reliability, plot_spectra
-from mm_repro.analysis.measures import (
+from mm_repro.config import DEVICES, SEED_LIMIT, rule, validate_train
+from mm_repro.console import progress
+from mm_repro.data import Splits, fingerprint, load_splits
+from mm_repro.errors import UserError
+from mm_repro.evaluation.measures import (
     deform,
     deformation_names,
     expected_calibration_error,
@@ -42,11 +45,8 @@ from mm_repro.analysis.measures import (
     normalize,
     pgd,
 )
-from mm_repro.config import DEVICES, SEED_LIMIT, rule, validate_train
-from mm_repro.data import Splits, fingerprint, load_splits
-from mm_repro.errors import UserError
+from mm_repro.evaluation.report import plot_reliability, plot_spectra
 from mm_repro.models import build_from
-from mm_repro.progress import progress
 from mm_repro.training.runtime import training_device
 
 
