@@ -265,7 +265,7 @@ def _restore_handlers(before: list[logging.Handler]) -> None:
 
 
 def _interrupt_on_sigterm() -> Any:
-    """SIGTERM outside training (training stops at a step and checkpoints: training.runtime.StopSignals) ends the
+    """SIGTERM outside training (training stops at a step and checkpoints: training.signals.StopSignals) ends the
     command as Ctrl-C does, so that a launching process that is killed leaves nothing behind; returns the handler it
     replaced (None off the main thread)."""
     try:

@@ -5,6 +5,7 @@ run's stderr holds only what it has to say (an error stays one line)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterable
@@ -64,3 +65,40 @@ def progress(
     )
     bar.in_log = not terminal
     return bar
+
+
+def emit(logger: logging.Logger, message: str, to_files: bool) -> None:
+    """`message` through the handlers of `logger` and its ancestors that write files (`to_files`) or the others."""
+    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, message, None, None)
+    node: logging.Logger | None = logger
+    while node is not None:
+        for handler in node.handlers:
+            if isinstance(handler, logging.FileHandler) == to_files:
+                handler.handle(record)
+        node = node.parent if node.propagate else None
+
+
+def hms(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def progress_bar(total: int, enabled: bool, desc: str = "", images_per_step: int = 1, run_left: str = "") -> Any:
+    """The steps of an epoch (`progress`): a bar on a terminal, a line at a steady interval in a log, with the images
+    per second, the epoch's time left and, from the second epoch, the run's (no host sync: counts only)."""
+    return _Steps(progress(total=total, desc=desc, unit="img", unit_scale=images_per_step, enabled=enabled), run_left)
+
+
+class _Steps:
+    """tqdm, told the absolute step (the loop's cursor) rather than an increment."""
+
+    def __init__(self, bar: Any, run_left: str) -> None:
+        self.bar = bar
+        if run_left:
+            bar.set_postfix_str(f"run left {run_left}", refresh=False)
+
+    def update(self, step: int) -> None:
+        self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()

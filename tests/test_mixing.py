@@ -20,8 +20,8 @@ from mm_repro.method.mixing import MixSpec
 from mm_repro.models import build
 from mm_repro.training.builders import build_trainer
 from mm_repro.training.distributed import World
+from mm_repro.training.randomness import RunRandom
 from mm_repro.training.runs import Job
-from mm_repro.training.runtime import RunRandom
 from mm_repro.training.step import MixedForward, TrainStep
 from tests.conftest import compose_train
 

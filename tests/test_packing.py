@@ -21,10 +21,12 @@ from mm_repro.models import build
 from mm_repro.records import load_checkpoint
 from mm_repro.records.checkpoint import to_host
 from mm_repro.sweeps.packed import plan_packs
+from mm_repro.training.optim import build_optimizer
+from mm_repro.training.randomness import RunRandom, init_model
 from mm_repro.training.runs import Job
-from mm_repro.training.runtime import RunRandom, init_model
-from mm_repro.training.step import MixedForward, SingleTrainer, TrainStep, build_optimizer
+from mm_repro.training.step import MixedForward, TrainStep
 from mm_repro.training.trainers.packed import PackedTrainer
+from mm_repro.training.trainers.single import SingleTrainer
 from tests.conftest import TINY, compose_train, data_args, popen_cli, run_cli, sweep_args, wait_for
 
 CPU = torch.device("cpu")

@@ -16,7 +16,8 @@ import torch
 
 from mm_repro import records
 from mm_repro.errors import UserError
-from mm_repro.training.runtime import StopSignals, claim_gpu
+from mm_repro.training.devices import claim_gpu
+from mm_repro.training.signals import StopSignals
 from tests.conftest import TINY, data_args, run_cli
 
 
@@ -256,7 +257,7 @@ def test_claimed_gpus_are_never_shared_and_are_released(tmp_path):
                 sys.executable,
                 "-c",
                 "import os, sys, pathlib, threading\n"
-                "from mm_repro.training.runtime import claim_gpu\n"
+                "from mm_repro.training.devices import claim_gpu\n"
                 "give_up = lambda: (print('waited'), sys.stdout.flush(), os._exit(0))\n"
                 "threading.Timer(1.0, give_up).start()\n"
                 f"with claim_gpu(2, {keys!r}, pathlib.Path({str(tmp_path)!r}), poll_seconds=0.1) as i: print(i)\n",
@@ -334,7 +335,7 @@ def test_sigusr2_stops_like_sigterm_and_then_runs_the_handler_it_displaced_submi
     import signal
 
     from mm_repro.errors import Preempted
-    from mm_repro.training.runtime import StopSignals
+    from mm_repro.training.signals import StopSignals
 
     calls = []
     before = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))  # as submitit installs it

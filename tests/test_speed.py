@@ -22,7 +22,7 @@ from mm_repro.models import build
 from mm_repro.training import loop as train
 from mm_repro.training.builders import build_model, single_trainer
 from mm_repro.training.distributed import World
-from mm_repro.training.runtime import RunRandom
+from mm_repro.training.randomness import RunRandom
 from mm_repro.training.step import MixedForward, compile_module
 from tests.conftest import compose_train, run_cli
 

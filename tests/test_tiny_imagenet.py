@@ -187,7 +187,7 @@ def test_data_on_read_only_storage_caches_under_mm_cache_dir(tmp_path, monkeypat
     write_tiny_imagenet(tmp_path / "shared")
     first = load_arrays(_cfg(tmp_path / "shared"))[0]
     shutil.rmtree(tmp_path / "shared" / "tiny-imagenet-200" / tin.CACHE)
-    from mm_repro.records import files
+    from mm_repro import files
 
     real = files.atomic_write
 

@@ -56,10 +56,12 @@ from mm_repro.method.losses import LOSSES
 from mm_repro.models import build
 from mm_repro.records.checkpoint import to_host
 from mm_repro.training.builders import build_model, packed_trainer, single_trainer
+from mm_repro.training.devices import training_device
 from mm_repro.training.distributed import World
-from mm_repro.training.runtime import RunRandom, init_model, training_device
-from mm_repro.training.step import SingleTrainer, build_optimizer
+from mm_repro.training.optim import build_optimizer
+from mm_repro.training.randomness import RunRandom, init_model
 from mm_repro.training.trainers.packed import PACKABLE_PRECISIONS
+from mm_repro.training.trainers.single import SingleTrainer
 
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
 

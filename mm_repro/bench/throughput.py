@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm_repro.training.runtime import sync
+from mm_repro.training.devices import sync
 from mm_repro.training.step import PRECISION_DTYPES
 
 

@@ -6,7 +6,7 @@ standard archives (URLs and MD5s are torchvision's own class attributes); the st
 into uint8 tensors (CIFAR python pickles, SVHN `.mat`). Augmentation is the official one (docs/protocol.md §2:
 RandomCrop(32, padding=2) with zero fill, plus a horizontal flip on CIFAR), done as one gather per batch on the device
 instead of per-sample PIL transforms in DataLoader workers (docs/performance.md §2). Shuffling and augmentation draw
-from the run's own torch generator (mm_repro.training.runtime.RunRandom), which `train` checkpoints, so a resumed run
+from the run's own torch generator (mm_repro.training.randomness.RunRandom), which `train` checkpoints, so a resumed run
 sees the same batches, and runs packed into one process each see their own.
 
 The files are checked as they are read: images must be stored as uint8 (nothing is cast silently), labels must lie

@@ -145,7 +145,7 @@ def cache_dirs(folder: Path) -> list[Path]:
 
 
 def _read_split(folder: Path, split: str, files: list[tuple[Path, int]]) -> Arrays:
-    from mm_repro.records.files import atomic_write
+    from mm_repro.files import atomic_write
 
     key = _key(folder, files)
     for where in cache_dirs(folder):

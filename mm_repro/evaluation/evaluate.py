@@ -47,7 +47,7 @@ from mm_repro.evaluation.measures import (
 )
 from mm_repro.evaluation.report import plot_reliability, plot_spectra
 from mm_repro.models import build_from
-from mm_repro.training.runtime import training_device
+from mm_repro.training.devices import training_device
 
 
 def _accuracy(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:

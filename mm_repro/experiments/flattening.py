@@ -35,7 +35,7 @@ from mm_repro.evaluation.measures import singular_values
 from mm_repro.method.losses import LOSSES
 from mm_repro.method.mixing import MixSpec
 from mm_repro.models.mlp import MLP
-from mm_repro.training.runtime import RunRandom, init_model
+from mm_repro.training.randomness import RunRandom, init_model
 from mm_repro.training.step import MixedForward, TrainStep
 
 STUDIES = ("section3_2", "figure5", "appendix_g")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mm_repro.records.files import atomic_write
+from mm_repro.files import atomic_write
 
 # The paper's numbers, per study and method: section 3.2, (largest singular value, sum of the others); Appendix G,
 # the mean first singular value per figure (Figure 12 and Figure 5 print none).

@@ -29,7 +29,7 @@ from mm_repro.console import progress
 from mm_repro.evaluation.measures import singular_values
 from mm_repro.method import mixing
 from mm_repro.models.mlp import MLP
-from mm_repro.training.runtime import RunRandom, init_model
+from mm_repro.training.randomness import RunRandom, init_model
 
 
 @dataclass

@@ -173,7 +173,7 @@ def run_synthetic(cfg: SyntheticConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     from mm_repro.records.tracking import open_tracker
-    from mm_repro.training.runtime import training_device
+    from mm_repro.training.devices import training_device
 
     tracker = open_tracker(cfg.logger, out, asdict(cfg), f"synthetic-task{cfg.task}")
     results: list[dict] = []

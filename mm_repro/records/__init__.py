@@ -2,6 +2,7 @@
 readers, the scan of run directories by outcome (`records.scan`) and experiment tracking (`records.tracking`).
 Everything here is written atomically; nothing here trains."""
 
+from mm_repro.files import atomic_write, read_json, write_json
 from mm_repro.records.checkpoint import checkpoint_digest, load_checkpoint, save_checkpoint
 from mm_repro.records.files import (
     ARCHIVED,
@@ -14,12 +15,9 @@ from mm_repro.records.files import (
     RESULT,
     TRAIN_LOG,
     archive,
-    atomic_write,
     holds_a_run,
-    read_json,
     remove_stale_temporaries,
     write_failure,
-    write_json,
     write_metrics,
 )
 from mm_repro.records.lock import RunLock

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
+
+from mm_repro.files import atomic_write, write_json
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 BEST_CHECKPOINT = Path("checkpoints") / "best.pt"  # the model at the best test error so far (as the official code)
@@ -55,55 +55,9 @@ ARCHIVED = (
 )
 
 
-def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
-    """Write `data` (bytes, or a function that writes to the open file) to `path` so that readers see the old file
-    or the new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
 def write_metrics(path: Path, rows: list[dict]) -> None:
     """Rewrite metrics.jsonl (one JSON object per epoch) atomically."""
     atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from `path`; ValueError (with the reason) for anything else: unreadable, not UTF-8, not JSON,
-    not an object, a directory where the file should be."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"cannot be read ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise ValueError("is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"is not JSON ({exc.msg}, line {exc.lineno})") from None
-    if not isinstance(data, dict):
-        raise ValueError("is not a JSON object")
-    return data
 
 
 def archive(run_dir: Path, names: tuple[Path, ...] = ARCHIVED) -> Path | None:

@@ -174,7 +174,7 @@ def plot_learning_curves(records: list[Record], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from mm_repro.records.files import atomic_write
+    from mm_repro.files import atomic_write
 
     groups: dict[str, list[Record]] = {}
     for record in records:

@@ -5,7 +5,7 @@ one line, as under `hydra/launcher=packed`; a run already complete says so there
 are grouped by mm_repro.sweeps.packed's key into packs of at most `max_pack`; each pack is submitted as one SLURM job
 with the options of `hydra/launcher=slurm`. On its node the pack's jobs are grouped again, there capped by what fits
 in that node's GPU memory, and trained as the packed launcher trains them; a pack of one trains alone through Hydra's
-`run_job`, as under `hydra/launcher=slurm`. (SIGUSR2 before the time limit: mm_repro.training.runtime.StopSignals.)
+`run_job`, as under `hydra/launcher=slurm`. (SIGUSR2 before the time limit: mm_repro.training.signals.StopSignals.)
 
 Requeue-safe: a job requeued by a preemption or `scontrol requeue` is stopped by SIGTERM (every run of the pack writes
 its checkpoints/last.pt at the same step and the process exits 75); at its time limit, SLURM's SIGUSR2 stops it the

@@ -20,16 +20,13 @@ from mm_repro.method.losses import LOSSES
 from mm_repro.method.mixing import MixSpec
 from mm_repro.models import build_from
 from mm_repro.training import distributed
-from mm_repro.training.runtime import RunRandom, init_model, refuse_onednn_bug, uses_channels_last
-from mm_repro.training.step import (
-    Evaluator,
-    MixedForward,
-    SingleTrainer,
-    Trainer,
-    TrainStep,
-    build_optimizer,
-    compile_module,
-)
+from mm_repro.training.devices import refuse_onednn_bug, uses_channels_last
+from mm_repro.training.evaluation import Evaluator
+from mm_repro.training.optim import build_optimizer
+from mm_repro.training.randomness import RunRandom, init_model
+from mm_repro.training.step import MixedForward, TrainStep, compile_module
+from mm_repro.training.trainers import Trainer
+from mm_repro.training.trainers.single import SingleTrainer
 
 
 def mix_spec(cfg: TrainRunConfig) -> MixSpec | None:

@@ -23,11 +23,13 @@ import torch
 from omegaconf import OmegaConf
 
 from mm_repro.config import TrainRunConfig
+from mm_repro.console import emit, hms, progress_bar
 from mm_repro.errors import Diverged, Preempted, RunFailed
 from mm_repro.training import distributed
-from mm_repro.training.runs import Job, completed, emit, hms, progress_bar
-from mm_repro.training.runtime import StopSignals, configure_backends, training_device
+from mm_repro.training.devices import configure_backends, training_device
+from mm_repro.training.runs import Job, completed
 from mm_repro.training.session import Session, open_session
+from mm_repro.training.signals import StopSignals
 
 log = logging.getLogger("mm_repro.training.loop")
 HEADER = f"{'epoch':>7} {'lr':>9} {'train_loss':>11} {'test_err%':>9} {'test_nll':>9} {'img/s':>9} {'time_left':>10}"

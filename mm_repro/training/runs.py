@@ -14,11 +14,12 @@ from omegaconf import OmegaConf
 
 from mm_repro import records
 from mm_repro.config import TrainRunConfig
+from mm_repro.console import emit, hms
 from mm_repro.errors import RunFailed, UserError
 from mm_repro.records.checkpoint import config_changes, describe_changes
 from mm_repro.records.tracking import NullTracker
 from mm_repro.training import distributed
-from mm_repro.training.runtime import RunRandom
+from mm_repro.training.randomness import RunRandom
 
 
 @dataclass
@@ -138,17 +139,6 @@ class Run:
             f"{result['best']['test_error']:.2f}% at epoch {result['best']['epoch']} | {self.run_dir / records.RESULT}"
         )
         return result
-
-
-def emit(logger: logging.Logger, message: str, to_files: bool) -> None:
-    """`message` through the handlers of `logger` and its ancestors that write files (`to_files`) or the others."""
-    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, message, None, None)
-    node: logging.Logger | None = logger
-    while node is not None:
-        for handler in node.handlers:
-            if isinstance(handler, logging.FileHandler) == to_files:
-                handler.handle(record)
-        node = node.parent if node.propagate else None
 
 
 def completed(job: Job) -> dict | None:
@@ -291,36 +281,8 @@ def _settle_best(run: Run) -> None:
         )
 
 
-def hms(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
 def resume_point(saved: dict | None) -> tuple[int, int]:
     """(epoch, step) a checkpoint resumes at; (0, 0) without one."""
     if not saved:
         return 0, 0
     return saved["epoch"], (saved["position"] or {}).get("step", 0)
-
-
-def progress_bar(total: int, enabled: bool, desc: str = "", images_per_step: int = 1, run_left: str = "") -> Any:
-    """The steps of an epoch (mm_repro.console, tqdm): a bar on a terminal, a line at a steady interval in a log, with
-    the images per second, the epoch's time left and, from the second epoch, the run's (no host sync: counts only)."""
-    from mm_repro.console import progress
-
-    return _Steps(progress(total=total, desc=desc, unit="img", unit_scale=images_per_step, enabled=enabled), run_left)
-
-
-class _Steps:
-    """tqdm, told the absolute step (the loop's cursor) rather than an increment."""
-
-    def __init__(self, bar: Any, run_left: str) -> None:
-        self.bar = bar
-        if run_left:
-            bar.set_postfix_str(f"run left {run_left}", refresh=False)
-
-    def update(self, step: int) -> None:
-        self.bar.update(step - self.bar.n)
-
-    def close(self) -> None:
-        self.bar.close()

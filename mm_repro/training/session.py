@@ -18,13 +18,15 @@ import torch
 from mm_repro import records
 from mm_repro.data import DeviceLoader
 from mm_repro.errors import Diverged, RunFailed, UserError
-from mm_repro.records.checkpoint import CheckpointPolicy
 from mm_repro.records.tracking import check_tracking, open_tracker
 from mm_repro.training.builders import build_trainer
+from mm_repro.training.checkpointing import CheckpointPolicy
+from mm_repro.training.devices import sync
 from mm_repro.training.distributed import Shards, World
+from mm_repro.training.optim import lr_at
+from mm_repro.training.randomness import RunRandom
 from mm_repro.training.runs import Job, Run, claim, resume_point, take_over
-from mm_repro.training.runtime import RunRandom, sync
-from mm_repro.training.step import Trainer, lr_at
+from mm_repro.training.trainers import Trainer
 
 
 class Cursor:

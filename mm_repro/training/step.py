@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mm_repro.method import mixing
 from mm_repro.method.cutout import cutout
-from mm_repro.models import count_parameters
-from mm_repro.training.runtime import RunRandom
+from mm_repro.training.randomness import RunRandom
 
 # `train.precision`: the dtype each choice computes in (fp32 without autocast). config.PRECISIONS is its keys.
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -54,30 +52,6 @@ class MixedForward(nn.Module):
             h = h.detach()
         h, targets = mixing.mix(h, targets, lam, index)
         return self.model.forward_from(h, k), targets
-
-
-def build_optimizer(
-    params: Any, lr: float, momentum: float, weight_decay: float, nesterov: bool, fused: bool
-) -> torch.optim.SGD:
-    """The official SGD over `params`; fused: one kernel for the update."""
-    return torch.optim.SGD(
-        params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, fused=fused or None
-    )  # fused=None, not False: torch then picks its foreach path
-
-
-def lr_at(epoch: int, lr: float, milestones: list[int], gamma: float) -> float:
-    """The learning rate of (0-based) epoch `epoch`: lr times gamma for each milestone <= epoch, multiplied in as the
-    official `adjust_learning_rate` does at each epoch's start (docs/protocol.md §2). A pure function of the epoch, so a
-    run resumed, or left in a pack after another run was dropped, cannot lose its place in the schedule."""
-    for m in sorted(milestones):
-        if m <= epoch:
-            lr *= gamma
-    return lr
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
 
 
 def compile_module(module: nn.Module, points: int, mode: str | None = None, backend: str | Any = "inductor"):
@@ -157,124 +131,3 @@ class TrainStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach()
-
-
-TOP5_MIN_CLASSES = 6  # top-5 error is recorded for datasets with more than 5 classes (it is 0 otherwise)
-
-
-@torch.no_grad()
-def test_figures(
-    logits_of: Callable[[torch.Tensor], torch.Tensor], loader: Any, precision: str, runs: int
-) -> list[dict[str, float]]:
-    """Error (%), NLL (mean cross-entropy) and, with more than 5 classes, top-5 error (%) of `runs` models whose logits
-    for a batch `logits_of` gives as (runs, batch, classes), over every image of `loader`; one host sync at the end.
-    A single run and a pack evaluate through this alone."""
-    device = loader.labels.device
-    wrong = torch.zeros(runs, device=device)
-    wrong5 = torch.zeros(runs, device=device)
-    nll = torch.zeros(runs, device=device, dtype=torch.float64)
-    top5 = False
-    for x, y in loader.batches(loader.order()):
-        with autocast(device, precision):
-            logits = logits_of(x).float()
-        wrong += (logits.argmax(2) != y).sum(1)
-        if logits.shape[2] >= TOP5_MIN_CLASSES:
-            top5 = True
-            wrong5 += (~(logits.topk(5, dim=2).indices == y[None, :, None]).any(2)).sum(1)
-        nll += F.cross_entropy(logits.transpose(1, 2), y.expand(runs, -1), reduction="none").double().sum(1)
-    n = loader.num_images
-    out = [{"error": 100.0 * w / n, "nll": v / n} for w, v in zip(wrong.tolist(), nll.tolist(), strict=True)]
-    if top5:
-        for figures, w5 in zip(out, wrong5.tolist(), strict=True):
-            figures["top5_error"] = 100.0 * w5 / n
-    return out
-
-
-class Evaluator:
-    """Test error (%) and test NLL of one model, in the run's precision and memory format (the loader's), compiled
-    when the run is."""
-
-    def __init__(self, model: nn.Module, precision: str, compiled: Callable[[nn.Module], Any] | None = None) -> None:
-        self.model, self.precision = model, precision
-        self.forward = compiled(model) if compiled else model
-
-    def __call__(self, loader: Any) -> dict[str, float]:
-        self.model.eval()
-        try:
-            return test_figures(lambda x: self.forward(x)[None], loader, self.precision, 1)[0]
-        finally:
-            self.model.train()
-
-
-class Trainer(Protocol):
-    """What the training loop asks of the runs a process trains together: one run (`SingleTrainer`) or a pack
-    (trainers.packed.PackedTrainer). Runs are numbered 0..size-1 in the pack's order; `drop` renumbers."""
-
-    param_count: int  # of one run's model
-
-    @property
-    def size(self) -> int: ...
-
-    @property
-    def lr(self) -> float: ...
-
-    def set_lr(self, lr: float) -> None:
-        """The LR of every run (the loop sets it at each epoch's start from the schedule, `lr_at`)."""
-
-    def train_step(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
-        """One step of every run on its own batch; the losses as a device tensor of shape (size,)."""
-
-    def evaluate(self, loader: Any) -> list[dict[str, float]]:
-        """Each run's error (%), NLL and top-5 error (%) on `loader` (test_figures)."""
-
-    def state(self, r: int) -> dict:
-        """Run r's model, optimizer and grad-scaler state, in the format of a run alone (live tensors)."""
-
-    def load(self, r: int, state: dict) -> None:
-        """Run r's checkpoint (written alone or packed) into its place."""
-
-    def drop(self, r: int) -> None:
-        """Run r leaves (it diverged); the others go on untouched."""
-
-
-class SingleTrainer:
-    """One run's model, optimizer, step and evaluation: the `Trainer` of a pack of one."""
-
-    size = 1
-
-    def __init__(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, step: TrainStep, evaluator: Evaluator
-    ) -> None:
-        self.model, self.optimizer, self.step, self.evaluator = model, optimizer, step, evaluator
-        self.param_count = count_parameters(model)
-
-    @property
-    def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
-
-    def set_lr(self, lr: float) -> None:
-        set_lr(self.optimizer, lr)
-
-    def train_step(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
-        """One step; the loss as a device tensor of shape (1,)."""
-        return self.step.step(xs[0], ys[0])[None]
-
-    def evaluate(self, loader: Any) -> list[dict[str, float]]:
-        return [self.evaluator(loader)]
-
-    def state(self, r: int) -> dict:
-        """The run's model, optimizer and grad-scaler state (live tensors: copy before keeping). The LR is not
-        state: it follows from the epoch (`lr_at`)."""
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.step.scaler.state_dict(),
-        }
-
-    def load(self, r: int, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step.scaler.load_state_dict(state["scaler"])
-
-    def drop(self, r: int) -> None:
-        """A diverged run leaves the pack; a pack of one simply ends."""

@@ -8,7 +8,7 @@ is HFTA's fused operators without rewriting the model (docs/performance.md §5; 
 "Packed sweeps").
 
 Each run keeps what makes it itself: its initial weights (its seed), its random streams
-(mm_repro.training.runtime.RunRandom: epoch order, crops, flips, k, lam and partners, drawn by the same calls in the
+(mm_repro.training.randomness.RunRandom: epoch order, crops, flips, k, lam and partners, drawn by the same calls in the
 same order as alone), its BatchNorm statistics, its own k at each step (at each mixing point i the runs with k = i mix,
 the others pass through unchanged: `torch.where` selects, so no run sees another's mixing), its own loss mean (the
 pack's loss is the sum of the runs' losses, whose gradient with respect to one run's parameters is that run's own), and
@@ -33,8 +33,10 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from mm_repro.method import mixing
 from mm_repro.models import count_parameters
-from mm_repro.training.runtime import RunRandom
-from mm_repro.training.step import autocast, host_to_device, one_hot, set_lr, test_figures
+from mm_repro.training.evaluation import test_figures
+from mm_repro.training.optim import set_lr
+from mm_repro.training.randomness import RunRandom
+from mm_repro.training.step import autocast, host_to_device, one_hot
 
 PACKABLE_PRECISIONS = ("fp32",)  # see the module docstring for why fp16 and bf16 train alone
 

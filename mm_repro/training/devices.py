@@ -1,11 +1,6 @@
-"""What a training process needs around the model: stop signals, the device, and each run's own random streams.
-
-Randomness (docs/protocol.md §2): the official code draws k with python's `random`, lam and the pairing with numpy, and
-everything else (initial weights, epoch order, crops and flips) with torch, all from unseeded global generators.
-Here each run owns one generator of each kind, seeded from the run's seed (`RunRandom`), and the initial weights are
-drawn from torch's CPU generator seeded with the same seed. So a run draws the same numbers whether it trains alone or
-packed with others in one process (mm_repro.training.trainers.packed), and its checkpoint holds exactly its own streams.
-"""
+"""The device a job trains on, and what goes with it: cpu or a CUDA device that no other running job of this user
+holds (a lock file per GPU, released by the kernel however the process ends), cuDNN's flags, the memory-format policy
+and the oneDNN bug it steers around, and the one sync a timing or a read needs."""
 
 from __future__ import annotations
 
@@ -13,61 +8,17 @@ import contextlib
 import fcntl
 import logging
 import os
-import random
-import signal
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from mm_repro.errors import Preempted, UserError
+from mm_repro.errors import UserError
 
-log = logging.getLogger("mm_repro.training.runtime")
-
-
-class StopSignals:
-    """Turns SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 into a flag the loop checks after each step; a second signal kills.
-
-    SIGUSR2 is the time-limit warning submitit asks SLURM for (`--signal=USR2@signal_delay_s`); submitit's own handler
-    requeues the job and exits at once, which would lose the steps since the last checkpoint. So it is caught here
-    like the others, and once the loop has written every checkpoint at the step (it leaves with Preempted), the handler
-    it displaced runs: submitit requeues the job, which resumes from that step."""
-
-    SIGNALS = tuple(
-        s
-        for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None), getattr(signal, "SIGUSR2", None))
-        if s
-    )
-    CHAINED = tuple(s for s in (getattr(signal, "SIGUSR2", None),) if s)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = signum
-        for s, handler in self._previous.items():  # a second signal acts as it normally would
-            signal.signal(s, handler)
-
-    def __enter__(self) -> StopSignals:
-        for s in self.SIGNALS:
-            # Outside the main thread (some launchers) no handler can be set: no preemption support there.
-            with contextlib.suppress(ValueError):
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        displaced = self._previous.get(self.received)
-        stopped = exc_type is not None and issubclass(exc_type, Preempted)
-        if stopped and self.received in self.CHAINED and callable(displaced):
-            displaced(self.received, None)  # submitit: requeue, then exit
+log = logging.getLogger("mm_repro.training.devices")
 
 
 def sync(device: torch.device) -> None:
@@ -86,44 +37,6 @@ def configure_backends(deterministic: bool) -> None:
     else:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = True
-
-
-class RunRandom:
-    """One run's random streams: python (the mixing point k), numpy (lam and the pairing, as the official code) and
-    torch on the training device (epoch order, crop offsets, flips)."""
-
-    def __init__(self, seed: int, device: torch.device) -> None:
-        self.device = device
-        self.python = random.Random(seed)
-        self.numpy = np.random.RandomState(seed)  # the legacy stream, as the official np.random.beta/permutation
-        self.torch = torch.Generator(device=device)
-        self.torch.manual_seed(seed)
-
-    def state(self) -> dict:
-        return {
-            "python": self.python.getstate(),
-            "numpy": self.numpy.get_state(),
-            "torch": self.torch.get_state(),
-            "device_type": self.device.type,
-        }
-
-    def load_state(self, state: dict, source: str) -> None:
-        if state["device_type"] != self.device.type:
-            raise UserError(
-                f"{source} was written on {state['device_type']}, and its data-order stream cannot continue on "
-                f"{self.device.type}; resume with device={state['device_type']}, or pass train.resume=false"
-            )
-        self.python.setstate(state["python"])
-        self.numpy.set_state(state["numpy"])
-        self.torch.set_state(state["torch"])
-
-
-def init_model(builder: Any, seed: int) -> nn.Module:
-    """Build a model with initial weights drawn from torch's CPU generator seeded with `seed`, leaving the global
-    generator as it was (so that several runs in one process each get their own seed's weights)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return builder()
 
 
 def uses_channels_last(choice: bool | None, device: torch.device, model: nn.Module) -> bool:
