@@ -90,9 +90,9 @@ def _bench_task(cfg) -> None:  # noqa: ANN001
 
 
 def _evaluate_task(cfg) -> None:  # noqa: ANN001
-    from mm_repro.config import to_schema
+    from mm_repro.config import EvalConfig, to_schema
     from mm_repro.errors import UserError
-    from mm_repro.evaluation.evaluate import EvalConfig, evaluate_run
+    from mm_repro.evaluation.evaluate import evaluate_run
     from mm_repro.evaluation.report import summary
 
     if cfg.get("run") is None:
@@ -103,8 +103,8 @@ def _evaluate_task(cfg) -> None:  # noqa: ANN001
 
 
 def _spiral_task(cfg) -> None:  # noqa: ANN001
-    from mm_repro.config import to_schema
-    from mm_repro.experiments.spiral import SpiralConfig, run_spiral
+    from mm_repro.config import SpiralConfig, to_schema
+    from mm_repro.experiments.spiral import run_spiral
 
     result = run_spiral(to_schema(cfg, SpiralConfig))
     for name, r in result["results"].items():
@@ -118,8 +118,8 @@ def _spiral_task(cfg) -> None:  # noqa: ANN001
 
 
 def _flattening_task(cfg) -> None:  # noqa: ANN001
-    from mm_repro.config import to_schema
-    from mm_repro.experiments.flattening import StudyConfig, run_study
+    from mm_repro.config import StudyConfig, to_schema
+    from mm_repro.experiments.flattening import run_study
 
     report = run_study(to_schema(cfg, StudyConfig))
     if report["generated_data"]:
@@ -135,8 +135,8 @@ def _flattening_task(cfg) -> None:  # noqa: ANN001
 
 
 def _synthetic_task(cfg) -> None:  # noqa: ANN001
-    from mm_repro.config import to_schema
-    from mm_repro.experiments.synthetic import SyntheticConfig, run_synthetic
+    from mm_repro.config import SyntheticConfig, to_schema
+    from mm_repro.experiments.synthetic import run_synthetic
 
     report = run_synthetic(to_schema(cfg, SyntheticConfig))
     for row in report["rows"]:

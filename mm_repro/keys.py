@@ -14,11 +14,11 @@ def command_keys(command: str) -> list[str]:
     module, name = {
         "train": ("mm_repro.config", "TrainRunConfig"),
         "tables": ("mm_repro.config", "TablesConfig"),
-        "evaluate": ("mm_repro.evaluation.evaluate", "EvalConfig"),
-        "spiral": ("mm_repro.experiments.spiral", "SpiralConfig"),
-        "flattening": ("mm_repro.experiments.flattening", "StudyConfig"),
-        "synthetic": ("mm_repro.experiments.synthetic", "SyntheticConfig"),
-        "bench": ("mm_repro.bench.measure", "BenchConfig"),
+        "evaluate": ("mm_repro.config", "EvalConfig"),
+        "spiral": ("mm_repro.config", "SpiralConfig"),
+        "flattening": ("mm_repro.config", "StudyConfig"),
+        "synthetic": ("mm_repro.config", "SyntheticConfig"),
+        "bench": ("mm_repro.config", "BenchConfig"),
     }[command]
 
     def leaves(schema: type, prefix: str = "") -> list[str]:

@@ -257,7 +257,7 @@ def tiny_job(run_dir: Path, *overrides: str):
     name, with its .hydra/config.yaml as `train` writes it (so `evaluate` can read it)."""
     from omegaconf import OmegaConf
 
-    from mm_repro.config import validate_train
+    from mm_repro.training.checks import validate_train
     from mm_repro.training.runs import Job
 
     own_data = any(o.startswith("dataset=") for o in overrides)

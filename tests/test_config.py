@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from mm_repro.config import CONF_DIR, RESUME_FREE_KEYS, TrainRunConfig, group_options, validate_train
+from mm_repro.config import CONF_DIR, RESUME_FREE_KEYS, TrainRunConfig, group_options
 from mm_repro.errors import UserError
 from mm_repro.models import REGISTRY
+from mm_repro.training.checks import validate_train
 from tests.conftest import compose_train, run_cli
 
 DATASETS = ["cifar10", "cifar100", "svhn", "synthetic"]

@@ -301,7 +301,8 @@ def finished_run(tmp_path_factory):
 
 
 def _evaluate(run_dir, **options):
-    from mm_repro.evaluation.evaluate import EvalConfig, evaluate_run
+    from mm_repro.config import EvalConfig
+    from mm_repro.evaluation.evaluate import evaluate_run
 
     return evaluate_run(EvalConfig(run=str(run_dir), device="cpu", **options))
 

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from mm_repro.config import validate_train
 from mm_repro.method import mixing
 from mm_repro.method.losses import LOSSES, bce_softmax, soft_ce
 from mm_repro.method.mixing import MixSpec
 from mm_repro.models import build
 from mm_repro.training.builders import build_trainer
+from mm_repro.training.checks import validate_train
 from mm_repro.training.distributed import World
 from mm_repro.training.randomness import RunRandom
 from mm_repro.training.runs import Job

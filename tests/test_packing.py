@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from mm_repro.config import validate_train
 from mm_repro.data import DeviceLoader, load_arrays
 from mm_repro.method.losses import bce_softmax
 from mm_repro.method.mixing import MixSpec
@@ -21,6 +20,7 @@ from mm_repro.models import build
 from mm_repro.records import load_checkpoint
 from mm_repro.records.checkpoint import to_host
 from mm_repro.sweeps.packed import plan_packs
+from mm_repro.training.checks import validate_train
 from mm_repro.training.optim import build_optimizer
 from mm_repro.training.randomness import RunRandom, init_model
 from mm_repro.training.runs import Job

@@ -12,12 +12,13 @@ import pytest
 import torch
 from conftest import compose_train
 
-from mm_repro.config import DatasetConfig, validate_train
+from mm_repro.config import DatasetConfig
 from mm_repro.data import Arrays, hold_out_per_class, load_splits
 from mm_repro.errors import UserError
 from mm_repro.method.cutout import cutout
 from mm_repro.models import build
 from mm_repro.training import evaluation, step
+from mm_repro.training.checks import validate_train
 
 OFFICIAL = Path(__file__).parent / "data" / "official"
 

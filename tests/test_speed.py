@@ -17,10 +17,11 @@ from torch._dynamo.testing import CompileCounter
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mm_repro.bench import measure as bench
-from mm_repro.config import MethodConfig, ModelConfig, validate_train
+from mm_repro.config import MethodConfig, ModelConfig
 from mm_repro.models import build
 from mm_repro.training import loop as train
 from mm_repro.training.builders import build_model, single_trainer
+from mm_repro.training.checks import validate_train
 from mm_repro.training.distributed import World
 from mm_repro.training.randomness import RunRandom
 from mm_repro.training.step import MixedForward, compile_module

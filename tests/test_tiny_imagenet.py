@@ -14,11 +14,12 @@ import torch
 from conftest import TINY_WNIDS, compose_train, write_tiny_imagenet
 from PIL import Image
 
-from mm_repro.config import DatasetConfig, validate_train
+from mm_repro.config import DatasetConfig
 from mm_repro.data import load_arrays
 from mm_repro.data import tiny_imagenet as tin
 from mm_repro.errors import UserError
 from mm_repro.models import build, build_from
+from mm_repro.training.checks import validate_train
 
 OFFICIAL = Path(__file__).parent / "data" / "official"
 

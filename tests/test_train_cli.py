@@ -272,9 +272,9 @@ def test_one_epoch_then_a_resumed_one_equal_two_unbroken_epochs_bitwise(cifar10_
     # ends with exactly the weights, optimizer state and records of the run that was never stopped.
     from omegaconf import OmegaConf
 
-    from mm_repro.config import validate_train
     from mm_repro.errors import Preempted
     from mm_repro.training import loop as train
+    from mm_repro.training.checks import validate_train
     from mm_repro.training.runs import Job
     from tests.conftest import TINY, compose_train, data_args
 

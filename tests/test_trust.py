@@ -17,12 +17,12 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mm_repro import records
-from mm_repro.config import validate_train
 from mm_repro.errors import Diverged, Preempted, UserError
 from mm_repro.records.scan import scan
 from mm_repro.reports.tables import make_tables
 from mm_repro.sweeps.packed import plan_packs
 from mm_repro.training import loop as train_module
+from mm_repro.training.checks import validate_train
 from mm_repro.training.distributed import Shards
 from mm_repro.training.randomness import RunRandom, init_model
 from mm_repro.training.runs import Job
@@ -498,7 +498,8 @@ def _set_best_epoch(run_dir: Path, best: int) -> None:
 def test_a_best_checkpoint_left_stale_by_a_kill_is_never_reported_as_the_best(tmp_path, best):
     # The background writer writes last.pt, then best.pt: a kill between the two leaves best.pt at an older epoch.
     # Here the disk is put in that state by hand: last.pt after epoch 3, best.pt from epoch 2, no result.json.
-    from mm_repro.evaluation.evaluate import EvalConfig, evaluate_run
+    from mm_repro.config import EvalConfig
+    from mm_repro.evaluation.evaluate import evaluate_run
 
     run_dir = tmp_path / "run"
     job = lambda: _job(run_dir, "train.checkpoint_seconds=0")  # noqa: E731
@@ -528,7 +529,8 @@ def test_a_best_checkpoint_left_stale_by_a_kill_is_never_reported_as_the_best(tm
 
 
 def test_best_pt_holds_the_best_epochs_model_and_a_replaced_one_is_refused(tmp_path):
-    from mm_repro.evaluation.evaluate import EvalConfig, evaluate_run
+    from mm_repro.config import EvalConfig
+    from mm_repro.evaluation.evaluate import evaluate_run
 
     run_dir = tmp_path / "run"
     (result,) = train_module.train_jobs([_job(run_dir, "train.epochs=4", "train.milestones=[]")])
@@ -542,7 +544,8 @@ def test_best_pt_holds_the_best_epochs_model_and_a_replaced_one_is_refused(tmp_p
 
 
 def test_an_evaluation_on_other_data_is_refused_and_eval_json_names_its_data(tmp_path):
-    from mm_repro.evaluation.evaluate import EvalConfig, evaluate_run
+    from mm_repro.config import EvalConfig
+    from mm_repro.evaluation.evaluate import evaluate_run
 
     own, other = write_cifar(tmp_path / "own", "cifar10"), write_cifar(tmp_path / "other", "cifar10", seed=1)
     run_dir = tmp_path / "run"

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mm_repro import records
-from mm_repro.bench.measure import BenchConfig, run_bench
-from mm_repro.config import to_schema
+from mm_repro.bench.measure import run_bench
+from mm_repro.config import BenchConfig, to_schema
 
 
 def report(r: dict) -> str:

@@ -28,7 +28,6 @@ import platform
 import statistics
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +38,9 @@ from mm_repro import records
 from mm_repro.bench.official import official_loader, official_step
 from mm_repro.bench.throughput import cycle, median_rates, peak_for, rate, timed, train_flops_per_image
 from mm_repro.config import (
-    COMPILE_MODES,
-    PRECISIONS,
-    SEED_LIMIT,
-    DatasetConfig,
-    MethodConfig,
-    ModelConfig,
+    BenchConfig,
     TrainRunConfig,
     compose_train,
-    rule,
-    validate_train,
 )
 from mm_repro.console import progress
 from mm_repro.data import Arrays, DeviceLoader, random_split
@@ -56,6 +48,7 @@ from mm_repro.method.losses import LOSSES
 from mm_repro.models import build
 from mm_repro.records.checkpoint import to_host
 from mm_repro.training.builders import build_model, packed_trainer, single_trainer
+from mm_repro.training.checks import validate_train
 from mm_repro.training.devices import training_device
 from mm_repro.training.distributed import World
 from mm_repro.training.optim import build_optimizer
@@ -66,29 +59,6 @@ from mm_repro.training.trainers.single import SingleTrainer
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
 
 BENCH_IMAGE = (3, 32, 32)  # bench times random images of CIFAR's shape (data.random_split)
-
-
-@dataclass
-class BenchConfig:
-    device: str = rule("cpu", choices=("cpu", "cuda"))
-    model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    protocol: dict = field(default_factory=dict)
-    out: str = "results/bench"
-    batch_size: int = rule(100, ge=2)
-    precision: str = rule("fp32", choices=PRECISIONS)
-    compile: bool = False
-    compile_mode: str = rule("default", choices=COMPILE_MODES)
-    images: int = rule(5000, ge=2)
-    eval_images: int = rule(1000, ge=1)
-    warmup: int = rule(3, ge=0)
-    steps: int = rule(10, ge=1)
-    repeats: int = rule(3, ge=1)
-    workers: int = rule(2, ge=0)
-    pack: int = rule(3, ge=0)  # runs in the packed row; 0 or 1: no packed row
-    checkpoint_seconds: float = rule(300.0, ge=0)
-    seed: int = rule(0, ge=0, lt=SEED_LIMIT - 64)
 
 
 def run_config(cfg: BenchConfig, seed: int | None = None) -> TrainRunConfig:

@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from mm_repro import records
-from mm_repro.config import DEVICES, SEED_LIMIT, rule, validate_train
+from mm_repro.config import EvalConfig
 from mm_repro.console import progress
 from mm_repro.data import Splits, fingerprint, load_splits
 from mm_repro.errors import UserError
@@ -47,6 +47,7 @@ from mm_repro.evaluation.measures import (
 )
 from mm_repro.evaluation.report import plot_reliability, plot_spectra
 from mm_repro.models import build_from
+from mm_repro.training.checks import validate_train
 from mm_repro.training.devices import training_device
 
 
@@ -286,29 +287,6 @@ EVALUATIONS: dict[str, Callable[[EvalInputs], dict]] = {
     "calibration": eval_calibration,
     "flattening": eval_flattening,
 }
-
-
-@dataclass
-class EvalConfig:
-    run: str | None = None
-    suite: list[str] = rule(
-        factory=lambda: ["fgsm", "deformations", "calibration", "flattening"], choices=tuple(EVALUATIONS), nonempty=True
-    )
-    checkpoint: str = rule("last", choices=("last", "best"))  # last: eval.json | best: eval_best.json
-    device: str = rule("auto", choices=DEVICES)
-    batch_size: int = rule(500, ge=1)
-    dataset_root: str | None = None  # where the run's dataset is, if not where training found it
-    fgsm_eps_normalized: list[float] = rule(factory=lambda: [0.03], gt=0)
-    fgsm_eps_pixel: list[float] = rule(factory=lambda: [8 / 255], gt=0, le=1)
-    deformation_seed: int = rule(0, ge=0, lt=SEED_LIMIT)
-    ece_bins: int = rule(15, ge=1)
-    flattening_max_per_class: int = rule(500, ge=2)
-    knn_k: list[int] = rule(factory=lambda: [5, 1, 20], ge=1, nonempty=True)  # the first is the one `tables` compares
-    pgd_steps_normalized: int = rule(200, ge=1)  # App. D: 200 unbounded steps of 0.01 in the official normalised space
-    pgd_step_normalized: float = rule(0.01, gt=0)
-    pgd_eps_pixel: float = rule(8 / 255, gt=0, le=1)  # a bounded multi-step attack (Madry et al.'s CIFAR setting):
-    pgd_step_pixel: float = rule(2 / 255, gt=0, le=1)  # eps 8/255, steps of 2/255, 20 of them, pixels clipped to [0, 1]
-    pgd_steps_pixel: int = rule(20, ge=1)
 
 
 def evaluate_run(ecfg: EvalConfig) -> dict:

@@ -21,14 +21,14 @@ Training, not given by the paper (UNCONFIRMED): Adam, lr 1e-3, batch 100, BCE on
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mm_repro.config import SEED_LIMIT, LoggerConfig, rule
+from mm_repro.config import FLATTENING_STUDIES, StudyConfig
 from mm_repro.console import progress
 from mm_repro.errors import UserError
 from mm_repro.evaluation.measures import singular_values
@@ -38,26 +38,8 @@ from mm_repro.models.mlp import MLP
 from mm_repro.training.randomness import RunRandom, init_model
 from mm_repro.training.step import MixedForward, TrainStep
 
-STUDIES = ("section3_2", "figure5", "appendix_g")
+STUDIES = FLATTENING_STUDIES
 H = 1024
-
-
-@dataclass
-class StudyConfig:
-    study: str = rule("section3_2", choices=STUDIES)
-    out: str = "results/flattening"
-    data: str = rule("mnist", choices=("mnist", "generated"))  # generated: random images, for timing, never a result
-    dataset_root: str = "data"
-    download: bool = True
-    epochs: int = rule(10, ge=1)
-    batch_size: int = rule(100, ge=2)
-    lr: float = rule(1e-3, gt=0)
-    alpha: float = rule(2.0, gt=0)
-    weight_decay: float = rule(1e-4, ge=0)
-    dropout: float = rule(0.5, ge=0, lt=1)
-    svd_per_class: int = rule(1000, ge=2)  # test images per class whose hidden states are decomposed
-    seed: int = rule(0, ge=0, lt=SEED_LIMIT)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 @dataclass(frozen=True)

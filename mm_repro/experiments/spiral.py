@@ -17,34 +17,19 @@ in hidden space (the fraction of the box spanned by the training points' hidden 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mm_repro.config import SEED_LIMIT, LoggerConfig, rule
+from mm_repro.config import SpiralConfig
 from mm_repro.console import progress
 from mm_repro.evaluation.measures import singular_values
 from mm_repro.method import mixing
 from mm_repro.models.mlp import MLP
 from mm_repro.training.randomness import RunRandom, init_model
-
-
-@dataclass
-class SpiralConfig:
-    out: str = "results/spiral"
-    points: int = rule(1000, ge=2)  # per class
-    steps: int = rule(3000, ge=1)
-    alpha: float = rule(2.0, gt=0)
-    lr: float = rule(3e-3, gt=0)
-    width: int = rule(64, ge=3)  # the nets narrow to a 2-D bottleneck
-    noise: float = rule(0.03, ge=0)
-    grid: int = rule(150, ge=2)
-    seed: int = rule(0, ge=0, lt=SEED_LIMIT)
-    regularizers: bool = False  # true: Figure 2, the other regularizers beside Figure 1's two nets
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 def make_spirals(n: int, noise: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ fixed test set of `test_batches` x 128 images drawn with the seed (the script av
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm_repro.config import DEVICES, SEED_LIMIT, LoggerConfig, rule
+from mm_repro.config import SyntheticConfig
 from mm_repro.console import progress
 from mm_repro.errors import UserError
 from mm_repro.records.provenance import provenance, start_record
@@ -46,18 +46,6 @@ PAPER = {  # Table 8: test accuracy (%) and test NLL
 }
 METHODS = ("none", "input", "factor")
 BATCH = 128
-
-
-@dataclass
-class SyntheticConfig:
-    task: str = rule("C", choices=tuple(TASKS))
-    out: str = "results/synthetic"
-    steps: int = rule(1000, ge=1)
-    lr: float = rule(1e-4, gt=0)
-    test_batches: int = rule(20, ge=1)
-    seeds: list[int] = rule(factory=lambda: [0], ge=0, lt=SEED_LIMIT, nonempty=True)
-    device: str = rule("auto", choices=DEVICES)  # auto (CUDA when there is one) | cpu | cuda
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 def draw_factors(rng: random.Random, task: str, train: bool) -> list[float]:

@@ -27,8 +27,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mm_repro import records
-from mm_repro.config import validate_train
 from mm_repro.errors import RunFailed, UserError
+from mm_repro.training.checks import validate_train
 
 FAILURES_ENV = "MM_REPRO_SWEEP_FAILURES"
 FAILED_JOBS: list[tuple[str, int]] = []  # (line, exit code) of the jobs that failed, reported by cli.main

@@ -1,5 +1,6 @@
-"""The checks of a training config that its schema cannot express: values that depend on each other, or that torch
-would reject only later (config.validate_train calls `checked_train`)."""
+"""`train`'s config as a typed, checked object (`validate_train`): its schema (config.train), then the checks a schema
+cannot express because they need the models and methods or depend on each other (a layer the model does not have,
+momentum 0 with Nesterov, a milestone that never applies), each a one-line `UserError`."""
 
 from __future__ import annotations
 
@@ -107,9 +108,9 @@ def _check_data(d: DatasetConfig) -> None:
         raise UserError(f"dataset.crop_padding={d.crop_padding} must be >= 0 (0: no crop)")
 
 
-def checked_train(cfg: DictConfig | dict) -> TrainRunConfig:
-    """Typed, checked training config (config.validate_train); every problem is a one-line `UserError` naming the
-    value and what is allowed."""
+def validate_train(cfg: DictConfig | dict) -> TrainRunConfig:
+    """`train`'s typed, checked config; every problem is a one-line `UserError` naming the value and what is
+    allowed."""
     run: TrainRunConfig = to_schema(cfg, TrainRunConfig)
     choose("dataset", run.dataset.name, group_options("dataset"))
     choose("model", run.model.name, tuple(REGISTRY))
