@@ -1,7 +1,9 @@
-"""Progress on every long command, through tqdm: a bar on a terminal; in a log (stderr not a terminal, as under SLURM)
-a plain line at a steady interval (`MM_REPRO_PROGRESS_SECONDS`, default 60), each refresh of the bar written as one
-line instead of redrawn with carriage returns; a task shorter than the interval writes nothing there, so a short
-run's stderr holds only what it has to say (an error stays one line)."""
+"""Every line a user sees comes from here: the one-line error and its exit code's wording (`one_line`,
+`error_line`, `error`), the warnings, a run's console lines (`emit`, the epoch table's header and rows, the ETA), and
+progress through tqdm: a bar on a terminal; in a log (stderr not a terminal, as under SLURM) a plain line at a steady
+interval (`MM_REPRO_PROGRESS_SECONDS`, default 60), each refresh written as one line instead of redrawn with carriage
+returns; a task shorter than the interval writes nothing there, so a short run's stderr holds only what it has to say
+(an error stays one line)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from tqdm import tqdm
+
+from mm_repro.errors import RunFailed, UserError, unwritable
 
 
 class _Lines:
@@ -102,3 +106,108 @@ class _Steps:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as the one line a user reads: ours as they are, others with their type; an unwritable location
+    as `cannot write <file>: <reason>`."""
+    if unwritable(exc):
+        return f"cannot write {exc.filename}: {exc.strerror}"  # type: ignore[attr-defined]
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines) if lines else ""
+    if not isinstance(exc, UserError | RunFailed) and not type(exc).__module__.startswith("omegaconf"):
+        text = f"{type(exc).__name__}: {text}".rstrip(": ")
+    return text.replace("\t", " ")
+
+
+# Hydra launchers that are extras of mm_repro (pyproject.toml): the config Hydra cannot find when one is missing.
+LAUNCHER_EXTRAS = {
+    "hydra/launcher/joblib": ("local", "hydra-joblib-launcher"),
+    "hydra/launcher/submitit_slurm": ("slurm", "hydra-submitit-launcher"),
+    "hydra/launcher/submitit_local": ("slurm", "hydra-submitit-launcher"),
+}
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line a refused command prints: a missing launcher plugin names the extra that installs it (Hydra
+    reports it as a config it cannot find, an IOError without a file name); an OSError names the file."""
+    missing = getattr(exc, "missing_cfg_file", None)  # hydra.errors.MissingConfigException
+    if missing in LAUNCHER_EXTRAS:
+        extra, package = LAUNCHER_EXTRAS[missing]
+        launcher = "local" if extra == "local" else "slurm (or packed_slurm)"
+        return (
+            f"hydra/launcher={launcher} needs Hydra's {package} plugin, which is not installed: "
+            f'pip install "mm_repro[{extra}]" (or pip install {package})'
+        )
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"cannot write {exc.filename}: {exc.strerror}"
+    return one_line(exc)
+
+
+def error(message: str) -> None:
+    """`error: <message>` on stderr: a refused command's one line, or one failed job's."""
+    sys.stderr.write(f"error: {message}\n")
+
+
+def warn(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
+
+
+def stderr(message: str) -> None:
+    """A line on stderr as it is (a stop line, `interrupted`, a count of failed jobs)."""
+    sys.stderr.write(f"{message}\n")
+
+
+# The fixed-width per-epoch table a run prints (and writes into train.log).
+EPOCH_HEADER = (
+    f"{'epoch':>7} {'lr':>9} {'train_loss':>11} {'test_err%':>9} {'test_nll':>9} {'img/s':>9} {'time_left':>10}"
+)
+
+
+def time_left(rows: list[dict], epochs_left: int) -> float:
+    """Seconds a run still needs: its epochs left at the mean real time of the epochs recorded (0 before any)."""
+    return epochs_left * sum(r["seconds"] for r in rows) / len(rows) if rows else 0.0
+
+
+def epoch_line(row: dict, seconds_left: float) -> str:
+    """One row of the epoch table."""
+    return (
+        f"{row['epoch']:>7d} {row['lr']:>9.5f} {row['train_loss']:>11.5f} {row['test_error']:>9.2f} "
+        f"{row['test_nll']:>9.4f} {row['train_images_per_second']:>9.0f} {hms(seconds_left):>10}"
+    )
+
+
+def banner(cfg: Any, params: int, images: dict[str, int], device: Any, processes: int, pack: int, run_dir: Any) -> str:
+    """The line a run opens with: what it trains, on what data and where."""
+    packed = f", packed with {pack - 1} other run(s)" if pack > 1 else ""
+    valid = f"{images['valid']:,} validation / " if images.get("valid") else ""
+    return (
+        f"{cfg.dataset.name} {cfg.model.name} (width {cfg.model.width}, {params:,} params) {cfg.method.name} "
+        f"alpha={cfg.method.alpha} layers={list(cfg.method.layers)} seed={cfg.seed} | {images['train']:,} train / "
+        f"{valid}{images['test']:,} test images | {device} x {processes} process(es){packed} | {run_dir}"
+    )
+
+
+def final_line(result: dict, path: Any) -> str:
+    final, best = result["final"], result["best"]
+    return (
+        f"final test error {final['test_error']:.2f}% (NLL {final['test_nll']:.4f}); best {best['test_error']:.2f}% at "
+        f"epoch {best['epoch']} | {path}"
+    )
+
+
+def complete_line(run_dir: Any, result: dict) -> str:
+    """A rerun of a finished run of the same config: nothing to do."""
+    final, best = result["final"], result["best"]
+    return (
+        f"{run_dir} is complete (final test error {final['test_error']:.2f}%, best {best['test_error']:.2f}% at epoch "
+        f"{best['epoch']}); nothing to do. Pass train.resume=false to train it again (its records then move to "
+        "previous/)"
+    )
+
+
+def stop_line(signum: int | None, epoch: int, step: int, mid_epoch: bool, run_dirs: list[Any]) -> str:
+    """The line a stop signal ends a session with (exit 75): where it stopped and how to resume."""
+    where = f"at epoch {epoch + 1}, step {step}" if mid_epoch else f"after epoch {epoch}"
+    dirs = ", ".join(str(d) for d in run_dirs)
+    return f"stopped by signal {signum} {where}; checkpoint written in {dirs}: rerun the same command to resume"

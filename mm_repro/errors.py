@@ -1,5 +1,7 @@
-"""The exceptions that end a job with one line: the CLI prints the message and exits with the exception's code."""
+"""The exceptions that end a job with one line: the CLI prints the message and exits with the exception's code
+(`exit_code_of`, for any exception)."""
 
+import errno
 
 # The exit codes of every command (README "Resuming and preemption"): 0 done, 1 unexpected (RunFailed), 2 bad input
 # or a refused start (UserError), 3 diverged (Diverged), 75 stopped by a signal, resume to go on (Preempted).
@@ -29,3 +31,19 @@ class Preempted(BaseException):
     code 75 (EX_TEMPFAIL, "try again later"): rerun the same command to resume."""
 
     exit_code = 75
+
+
+# OSErrors that mean the user's location cannot be written (permissions, a read-only or full disk, a missing
+# parent): bad input, exit code 2, as `train` reports them.
+UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOENT, errno.ENOTDIR)
+
+
+def unwritable(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in UNWRITABLE
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code an exception ends a command with: its own, or 2 for bad input (a config value OmegaConf refused,
+    a location that cannot be written), else 1."""
+    bad_input = type(exc).__module__.startswith("omegaconf") or unwritable(exc)
+    return getattr(exc, "exit_code", UserError.exit_code if bad_input else RunFailed.exit_code)

@@ -234,7 +234,7 @@ class StopAt:
 def stop_after(monkeypatch):
     """stop_after(n): the next train_jobs call gets a stop signal after its n-th training step."""
     from mm_repro.training import loop as train_module
-    from mm_repro.training.session import Cursor
+    from mm_repro.training.cursor import Cursor
 
     add = Cursor.add
 
@@ -253,12 +253,12 @@ SYNTHETIC_DATA = ["dataset=synthetic", "dataset.train_size=100", "dataset.test_s
 
 
 def tiny_job(run_dir: Path, *overrides: str):
-    """A tiny in-process run (mm_repro.training.runs.Job) on generated data, or on the dataset=... that `overrides`
+    """A tiny in-process run (mm_repro.training.run.Job) on generated data, or on the dataset=... that `overrides`
     name, with its .hydra/config.yaml as `train` writes it (so `evaluate` can read it)."""
     from omegaconf import OmegaConf
 
     from mm_repro.training.checks import validate_train
-    from mm_repro.training.runs import Job
+    from mm_repro.training.run import Job
 
     own_data = any(o.startswith("dataset=") for o in overrides)
     base = [*([] if own_data else SYNTHETIC_DATA), "train.epochs=2", *TINY]

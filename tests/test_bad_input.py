@@ -100,7 +100,7 @@ def test_a_missing_launcher_plugin_names_the_extra_that_installs_it():
     # what Hydra raises for hydra/launcher=local when hydra-joblib-launcher is not installed (a wheel without [local])
     from hydra.errors import MissingConfigException
 
-    from mm_repro.cli import error_line
+    from mm_repro.console import error_line
 
     exc = MissingConfigException(
         "In 'hydra/launcher/local': Could not load 'hydra/launcher/joblib'.", "hydra/launcher/joblib"

@@ -208,7 +208,7 @@ def test_a_misspelt_key_names_the_nearest_valid_keys_not_hydras_plus_fix(tmp_pat
 
 @pytest.mark.parametrize("command", ["tables", "evaluate", "bench", "spiral", "flattening", "synthetic"])
 def test_every_commands_help_lists_each_key_with_a_line_on_it(command):
-    from mm_repro.keys import command_help, command_keys
+    from mm_repro.commands import command_help, command_keys
 
     lines = {line.split()[0]: line for line in command_help(command).splitlines() if line.startswith("  ")}
     for key in command_keys(command):
@@ -216,7 +216,7 @@ def test_every_commands_help_lists_each_key_with_a_line_on_it(command):
 
 
 def test_plans_help_names_its_own_key_and_sends_to_trains_for_the_rest():
-    from mm_repro.keys import command_help, command_keys
+    from mm_repro.commands import command_help, command_keys
 
     text = command_help("plan")
     assert "every key of `train` (python -m mm_repro train --help)" in text
@@ -251,3 +251,16 @@ def test_the_protocols_tables_are_not_part_of_a_runs_setup():
     old = {**new, "protocol": {k: v for k, v in new["protocol"].items() if k != "datasets"}}  # before the entry
     assert config_changes(old, new) == [] and setup_of(old) == setup_of(new)
     assert "protocol.name" in setup_of(new) and "train.epochs" in setup_of(new)
+
+
+def test_each_datasets_facts_are_the_ones_its_config_and_files_have():
+    from mm_repro.config import DATASETS, EVALUATIONS, FLATTENING_STUDIES, SYNTHETIC_TASKS
+    from mm_repro.evaluation import evaluate
+    from mm_repro.experiments import synthetic
+
+    datasets = [name for name in group_options("dataset") if name != "synthetic"]
+    assert set(datasets) <= set(DATASETS)
+    for name in datasets:
+        assert validate_train(compose_train(f"dataset={name}")).dataset.num_classes == DATASETS[name]["classes"], name
+    assert tuple(evaluate.EVALUATIONS) == EVALUATIONS and tuple(synthetic.TASKS) == SYNTHETIC_TASKS
+    assert FLATTENING_STUDIES == ("section3_2", "figure5", "appendix_g")

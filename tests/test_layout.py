@@ -1,5 +1,6 @@
-"""The house: the package's modules import one another without a cycle (module-level imports, the ones that run when
-a module loads), and every module stays small enough to read."""
+"""The house: the declared layer order of the package's rooms, checked against every import it makes (function-level
+ones included); no import cycle; the only function-level imports those that defer a heavy dependency, each with its
+reason; and every module small enough to read. docs/architecture.md draws the same order."""
 
 from __future__ import annotations
 
@@ -15,29 +16,100 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mm_repro"
 
+# The rooms of mm_repro from the leaves up. A module may import its own room and any room of a lower layer, never a
+# room of its own layer or a higher one (docs/architecture.md).
+LAYERS = [
+    ("errors", "__init__"),  # the exceptions a command ends with, and their exit codes
+    ("files", "console"),  # files written whole or not at all; every line a user sees
+    ("config",),  # typed, checked configs of every command
+    ("data", "models", "method", "records"),  # datasets, nets, the mix and its loss, a run's files
+    ("training",),  # the step, the trainers, the loop, a run's session and ownership
+    ("sweeps", "reports", "evaluation", "bench"),  # launchers and packs; readers of records; one run's evaluation
+    ("experiments",),  # the self-contained experiments (they use evaluation's measures)
+    ("commands",),  # one object per command: its schema, what it runs and prints
+    ("cli",),  # argv, the Hydra app, one line per failure
+    ("__main__",),
+]
+LAYER = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
+
+# Function-level imports, each deferring a heavy or optional dependency; anything else is imported at the top.
+DEFERRED = {
+    "matplotlib": "figures only: matplotlib takes a second to import and most commands draw none",
+    "matplotlib.pyplot": "figures only (as matplotlib)",
+    "matplotlib.ticker": "figures only (as matplotlib)",
+    "wandb": "only with logger=wandb; several seconds to import",
+    "scipy.io": "only SVHN's .mat files need it; slow to import",
+    "PIL": "only Tiny-ImageNet's JPEGs, the synthetic renderer and the official-style loader need it",
+    "torchvision.transforms": "only the official-style loader of `bench`",
+    "torchvision.datasets": "the MNIST class's mirrors and MD5s, only when downloading",
+    "submitit": "only on a SLURM cluster (an optional extra)",
+    "submitit.core.utils": "only on a SLURM cluster (an optional extra)",
+    "hydra_plugins.hydra_submitit_launcher.config": "only on a SLURM cluster (an optional extra)",
+    "torch._inductor": "only when a run compiles (train.compile)",
+    "netrc": "only with logger.mode=online",
+    "urllib.parse": "only with logger.mode=online",
+    "hydra": "composing `train`'s config inside another command",
+    "hydra.core.global_hydra": "composing `train`'s config inside another command",
+    "mm_repro.commands": "a command's module (and torch) loads only when that command runs: --help and a refused "
+    "override answer at once",
+}
+
 
 def _module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports() -> dict[str, set[str]]:
-    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        found = set()
-        for node in ast.parse(path.read_text()).body:  # top level only: function-level imports are deferred
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mm_repro"):
-                found.add(node.module)
-                found.update(f"{node.module}.{a.name}" for a in node.names)
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _imports() -> dict[str, list[tuple[str, bool, int]]]:
+    """Every module's imports: (module imported, at function level, line), mm_repro and third-party alike."""
+    found: dict[str, list[tuple[str, bool, int]]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        top = {id(n) for n in tree.body}
+        out = []
+        for node in ast.walk(tree):
+            inner = id(node) not in top and not _in_type_checking(tree, node)
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                out.append((node.module, inner, node.lineno))
+                out += [(f"{node.module}.{a.name}", inner, node.lineno) for a in node.names]
             elif isinstance(node, ast.Import):
-                found.update(a.name for a in node.names if a.name.startswith("mm_repro"))
-        graph[name] = {m for m in found if m in modules and m != name}
-    return graph
+                out += [(a.name, inner, node.lineno) for a in node.names]
+        found[_module_name(path)] = out
+    return found
 
 
-def test_no_import_cycle():
-    graph, state = _imports(), {}
+def _in_type_checking(tree: ast.Module, node: ast.AST) -> bool:
+    return any(
+        isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test) and node in list(ast.walk(n))
+        for n in tree.body
+    )
+
+
+MODULES = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+
+
+def _graph() -> dict[str, set[str]]:
+    return {m: {i for i, _, _ in imports if i in MODULES and i != m} for m, imports in _imports().items()}
+
+
+def test_every_import_follows_the_layer_order():
+    assert set(LAYER) >= {_room(m) for m in MODULES}, "a room without a layer"
+    upward = [
+        f"{m} imports {i} (layer {LAYER[_room(m)]} -> {LAYER[_room(i)]})"
+        for m, imports in _graph().items()
+        for i in sorted(imports)
+        if _room(i) != _room(m) and LAYER[_room(i)] >= LAYER[_room(m)]
+    ]
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_cycle_function_level_imports_included():
+    graph, state = _graph(), {}
 
     def visit(m: str, path: list[str]) -> None:
         state[m] = "open"
@@ -51,7 +123,19 @@ def test_no_import_cycle():
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
-    assert len(graph) > 30  # the walk saw the whole package
+    assert len(graph) > 60  # the walk saw the whole package
+
+
+def test_function_level_imports_only_defer_a_heavy_dependency():
+    unexplained = sorted(
+        f"{m}:{line} imports {i} inside a function"
+        for m, imports in _imports().items()
+        for i, inner, line in imports
+        if inner
+        and not any(i == d or i.startswith(d + ".") for d in DEFERRED)
+        and not any(i2 == i.rsplit(".", 1)[0] and inner2 for i2, inner2, _ in imports)  # `from x import name`
+    )
+    assert not unexplained, "\n".join(unexplained)
 
 
 def test_every_module_is_small():

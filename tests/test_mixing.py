@@ -21,7 +21,7 @@ from mm_repro.training.builders import build_trainer
 from mm_repro.training.checks import validate_train
 from mm_repro.training.distributed import World
 from mm_repro.training.randomness import RunRandom
-from mm_repro.training.runs import Job
+from mm_repro.training.run import Job
 from mm_repro.training.step import MixedForward, TrainStep
 from tests.conftest import compose_train
 
@@ -165,7 +165,7 @@ def test_the_configured_loss_reaches_the_step_train_builds(loss, tmp_path):
         )
     )
     rng = RunRandom(0, CPU)
-    trainer, _, _, _ = build_trainer([Job(cfg, tmp_path, {})], [rng], World(), CPU)
+    trainer = build_trainer([Job(cfg, tmp_path, {})], [rng], World(), CPU).trainer
     x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
     logits = trainer.model(x)
     expected = {"soft_ce": soft_ce, "bce_softmax": bce_softmax}[loss](logits, F.one_hot(y, 10).float())

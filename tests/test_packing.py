@@ -23,7 +23,7 @@ from mm_repro.sweeps.packed import plan_packs
 from mm_repro.training.checks import validate_train
 from mm_repro.training.optim import build_optimizer
 from mm_repro.training.randomness import RunRandom, init_model
-from mm_repro.training.runs import Job
+from mm_repro.training.run import Job
 from mm_repro.training.step import MixedForward, TrainStep
 from mm_repro.training.trainers.packed import PackedTrainer
 from mm_repro.training.trainers.single import SingleTrainer

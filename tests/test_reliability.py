@@ -323,7 +323,7 @@ def test_local_and_slurm_jobs_take_their_share_of_the_cores_unless_omp_num_threa
 
 
 def test_bench_warns_when_mfu_reads_above_100_percent():
-    from mm_repro.bench.command import implausible
+    from mm_repro.commands.bench import implausible
 
     assert implausible({"mfu_ours": 0.4, "mfu_official": 0.1, "measured_peak_flops": 1e11}) == []
     (line,) = implausible({"mfu_ours": 1.3, "mfu_official": 0.2, "measured_peak_flops": 1e11})

@@ -24,6 +24,7 @@ from mm_repro.training.builders import build_model, single_trainer
 from mm_repro.training.checks import validate_train
 from mm_repro.training.distributed import World
 from mm_repro.training.randomness import RunRandom
+from mm_repro.training.run import Job
 from mm_repro.training.step import MixedForward, compile_module
 from tests.conftest import compose_train, run_cli
 
@@ -161,7 +162,7 @@ def test_wall_seconds_is_the_runs_real_time(tmp_path):
         )
     )
     start = time.perf_counter()
-    result = train.run(cfg, tmp_path / "run", {"seed": 0})
+    result = train.run(Job(cfg, tmp_path / "run", {"seed": 0}))
     real = time.perf_counter() - start
     assert result["wall_seconds"] == pytest.approx(real, rel=0.05)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -243,7 +244,7 @@ def test_the_official_style_loader_keeps_an_epochs_last_smaller_batch():
 def test_a_bf16_bench_writes_its_json_and_says_its_packed_row_was_skipped(tmp_path, monkeypatch):
     # bf16 runs train alone (packs are fp32): the packed row is skipped, said in the JSON and the table, and no
     # timing is wasted on it; the rest of the bench runs in bf16 on the CPU (autocast)
-    from mm_repro.bench.command import main
+    from mm_repro.commands.bench import run as main
 
     monkeypatch.setattr(bench, "measure_packed", lambda *a: pytest.fail("a bf16 pack must not be timed"))
     options = {"device": "cpu", "model": {"width": 4}, "method": {"name": "erm"}, "precision": "bf16", "pack": 3,

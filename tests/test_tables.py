@@ -14,7 +14,9 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from mm_repro.config import CONF_DIR
-from mm_repro.reports.tables import load_specs, make_tables, mean_std, scan
+from mm_repro.records.scan import scan
+from mm_repro.reports.cells import load_specs, mean_std
+from mm_repro.reports.tables import make_tables
 from tests.conftest import TINY, data_args, run_cli
 
 

@@ -188,16 +188,14 @@ def test_data_on_read_only_storage_caches_under_mm_cache_dir(tmp_path, monkeypat
     write_tiny_imagenet(tmp_path / "shared")
     first = load_arrays(_cfg(tmp_path / "shared"))[0]
     shutil.rmtree(tmp_path / "shared" / "tiny-imagenet-200" / tin.CACHE)
-    from mm_repro import files
-
-    real = files.atomic_write
+    real = tin.atomic_write
 
     def read_only_beside_the_data(path, data):  # as a read-only mount answers (root ignores mode bits)
         if tin.CACHE in str(path):
             raise OSError(30, "Read-only file system", str(path))
         return real(path, data)
 
-    monkeypatch.setattr(files, "atomic_write", read_only_beside_the_data)
+    monkeypatch.setattr(tin, "atomic_write", read_only_beside_the_data)
     monkeypatch.setenv("MM_CACHE_DIR", str(tmp_path / "cache"))
     train, _ = load_arrays(_cfg(tmp_path / "shared"))
     assert torch.equal(train.images, first.images)

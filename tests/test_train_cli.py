@@ -275,7 +275,7 @@ def test_one_epoch_then_a_resumed_one_equal_two_unbroken_epochs_bitwise(cifar10_
     from mm_repro.errors import Preempted
     from mm_repro.training import loop as train
     from mm_repro.training.checks import validate_train
-    from mm_repro.training.runs import Job
+    from mm_repro.training.run import Job
     from tests.conftest import TINY, compose_train, data_args
 
     def job(run_dir: Path) -> Job:

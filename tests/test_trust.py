@@ -25,7 +25,7 @@ from mm_repro.training import loop as train_module
 from mm_repro.training.checks import validate_train
 from mm_repro.training.distributed import Shards
 from mm_repro.training.randomness import RunRandom, init_model
-from mm_repro.training.runs import Job
+from mm_repro.training.run import Job
 from mm_repro.training.trainers.packed import PackedTrainer
 from tests.conftest import TINY, compose_train, run_cli, train_args, write_cifar
 

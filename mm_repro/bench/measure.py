@@ -38,6 +38,7 @@ from mm_repro import records
 from mm_repro.bench.official import official_loader, official_step
 from mm_repro.bench.throughput import cycle, median_rates, peak_for, rate, timed, train_flops_per_image
 from mm_repro.config import (
+    DATASETS,
     BenchConfig,
     TrainRunConfig,
     compose_train,
@@ -56,7 +57,7 @@ from mm_repro.training.randomness import RunRandom, init_model
 from mm_repro.training.trainers.packed import PACKABLE_PRECISIONS
 from mm_repro.training.trainers.single import SingleTrainer
 
-CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
+CIFAR10_TRAIN, CIFAR10_TEST = DATASETS["cifar10"]["train"], DATASETS["cifar10"]["test"]
 
 BENCH_IMAGE = (3, 32, 32)  # bench times random images of CIFAR's shape (data.random_split)
 

@@ -22,6 +22,17 @@ _INSTALLED = (_PACKAGE / "conf").is_dir()  # a wheel's install carries conf/ and
 CONF_DIR = _PACKAGE / "conf" if _INSTALLED else _PACKAGE.parent / "conf"
 PAPER_DIR = _PACKAGE / "paper" if _INSTALLED else _PACKAGE.parent / "results" / "paper"  # one JSON file per table
 
+# What each dataset is: classes, training and test images, and one image's shape. conf/dataset/<name>.yaml sets the
+# same num_classes (a test keeps them equal); `plan` reads the training images, `tables` the classes of a legacy
+# record, `bench` CIFAR-10's split sizes.
+DATASETS = {
+    "cifar10": {"classes": 10, "train": 50_000, "test": 10_000, "shape": (3, 32, 32)},
+    "cifar100": {"classes": 100, "train": 50_000, "test": 10_000, "shape": (3, 32, 32)},
+    "svhn": {"classes": 10, "train": 73_257, "test": 26_032, "shape": (3, 32, 32)},
+    "tiny_imagenet": {"classes": 200, "train": 100_000, "test": 10_000, "shape": (3, 64, 64)},
+    "mnist": {"classes": 10, "train": 60_000, "test": 10_000, "shape": (1, 28, 28)},
+}
+
 PAIRINGS = ("permutation", "flip")
 NOT_MIXING = ("erm", "cutout")  # methods with one-hot targets and no mixing point
 PRECISIONS = ("fp32", "bf16", "fp16")  # training.step.PRECISION_DTYPES maps them to dtypes

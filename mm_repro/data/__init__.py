@@ -1,12 +1,9 @@
-"""Data: dataset files read into uint8 arrays and checked (`data.datasets`, `data.tiny_imagenet`), and batches on
-the device (`data.loader`)."""
+"""Data: what a split is (`types`), dataset files read into uint8 arrays and checked (`datasets`, the dispatcher and
+CIFAR/SVHN; `mnist`; `tiny_imagenet`), their download (`download`), and batches on the device (`loader`)."""
 
 from mm_repro.data.datasets import (
-    Arrays,
-    Splits,
     cap_per_class,
     ensure_files,
-    fingerprint,
     hold_out_per_class,
     load_arrays,
     load_splits,
@@ -16,6 +13,7 @@ from mm_repro.data.datasets import (
     read_svhn,
 )
 from mm_repro.data.loader import DeviceLoader, crop_flip
+from mm_repro.data.types import Arrays, Splits, fingerprint
 
 __all__ = [
     "Arrays",

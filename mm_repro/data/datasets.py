@@ -1,25 +1,17 @@
-"""CIFAR-10/100, SVHN, Tiny-ImageNet-200 (mm_repro.data.tiny_imagenet) and a generated dataset as uint8 tensors
-resident on the training device, with the validation split held out of training when one is asked for.
+"""Which dataset a run reads (`load_splits`, the dispatcher), the CIFAR-10/100 and SVHN readers, a generated dataset
+for smoke runs and timing, and the per-class cap and validation split a run's seed draws.
 
 Files: when they are missing and `dataset.download` is true, torchvision's checksum-verified downloader fetches the
-standard archives (URLs and MD5s are torchvision's own class attributes); the standard files are then parsed straight
-into uint8 tensors (CIFAR python pickles, SVHN `.mat`). Augmentation is the official one (docs/protocol.md §2:
-RandomCrop(32, padding=2) with zero fill, plus a horizontal flip on CIFAR), done as one gather per batch on the device
-instead of per-sample PIL transforms in DataLoader workers (docs/performance.md §2). Shuffling and augmentation draw
-from the run's own torch generator (mm_repro.training.randomness.RunRandom), which `train` checkpoints, so a resumed run
-sees the same batches, and runs packed into one process each see their own.
-
-The files are checked as they are read: images must be stored as uint8 (nothing is cast silently), labels must lie
-in 0..num_classes-1, and a truncated or malformed file is an error that names it.
+standard archives (URLs and MD5s are torchvision's own class attributes: data.download); the standard files are then
+parsed straight into uint8 tensors (CIFAR python pickles, SVHN `.mat`). They are checked as they are read: images
+must be stored as uint8 (nothing is cast silently), labels must lie in 0..num_classes-1, and a truncated or
+malformed file is an error that names it. MNIST and Tiny-ImageNet have readers of their own (data.mnist,
+data.tiny_imagenet); batches, crops and flips are data.loader's.
 """
 
 from __future__ import annotations
 
-import hashlib
 import pickle
-import shutil
-import urllib.error
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,18 +21,14 @@ from torchvision.datasets import CIFAR10, CIFAR100, SVHN
 from torchvision.datasets.utils import download_and_extract_archive, download_url
 
 from mm_repro.config import DatasetConfig
+from mm_repro.data.download import ensure
 from mm_repro.data.loader import crop_flip
+from mm_repro.data.tiny_imagenet import ensure_files as ensure_tiny_imagenet
+from mm_repro.data.tiny_imagenet import read_tiny_imagenet
+from mm_repro.data.types import Arrays, Splits
 from mm_repro.errors import UserError
 
 SYNTHETIC_SEED = 20190609  # the generated dataset is the same for every run, whatever the run's seed
-
-
-@dataclass
-class Arrays:
-    """One split: images (N, 3, 32, 32) uint8 and labels (N,) int64, on the CPU."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
 
 
 def _cifar_files(name: str) -> tuple[type, list[str]]:
@@ -57,37 +45,21 @@ def _expected_files(name: str) -> list[str]:
 
 
 def _download(name: str, root: Path) -> None:
-    created = not root.exists()
-    try:
-        if name in ("cifar10", "cifar100"):
-            cls, _ = _cifar_files(name)
-            download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
-        else:
-            for split in ("train", "test"):
-                url, filename, md5 = SVHN.split_list[split]
-                if not (root / filename).exists():
-                    download_url(url, str(root), filename, md5)
-    except (urllib.error.URLError, OSError, RuntimeError) as exc:
-        if created:  # leave no empty data directory behind
-            shutil.rmtree(root, ignore_errors=True)
-        raise UserError(
-            f"could not download {name} into {root.resolve()} ({type(exc).__name__}: {exc}); without internet "
-            f"access, place {', '.join(_expected_files(name))} there yourself, or point dataset.root=DIR "
-            "(or MM_DATA_DIR=DIR) at a directory that holds them"
-        ) from None
+    if name in ("cifar10", "cifar100"):
+        cls, _ = _cifar_files(name)
+        download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+        return
+    for split in ("train", "test"):
+        url, filename, md5 = SVHN.split_list[split]
+        if not (root / filename).exists():
+            download_url(url, str(root), filename, md5)
 
 
-def ensure_files(name: str, root: Path, download: bool) -> None:
+def ensure_files(name: str, root: Path, allow_download: bool) -> None:
     """Make sure the standard files of `name` are under `root`, downloading them if allowed."""
     missing = [f for f in _expected_files(name) if not (root / f).is_file()]
-    if not missing:
-        return
-    if not download:
-        raise UserError(
-            f"dataset {name}: missing {', '.join(missing)} in {root.resolve()}; put the standard files there, "
-            f"or set dataset.download=true (or dataset.root=DIR / MM_DATA_DIR=DIR to point elsewhere)"
-        )
-    _download(name, root)
+    place = f"place {', '.join(_expected_files(name))} there yourself"
+    ensure(name, root, missing, allow_download, lambda: _download(name, root), place)
 
 
 def _malformed(path: Path, exc: Exception) -> UserError:
@@ -218,23 +190,12 @@ def hold_out_per_class(split: Arrays, per_class: int, seed: int) -> tuple[Arrays
     return Arrays(split.images[keep], split.labels[keep]), Arrays(split.images[valid], split.labels[valid])
 
 
-@dataclass
-class Splits:
-    """The splits a run sees: train (after the validation split and any per-class cap), test, and valid (or None)."""
-
-    train: Arrays
-    test: Arrays
-    valid: Arrays | None = None
-
-
 def _read(cfg: DatasetConfig, root: Path) -> tuple[Arrays, Arrays]:
     if cfg.name == "synthetic":
         return make_synthetic(cfg.num_classes, cfg.train_size, cfg.test_size)
     if cfg.name == "tiny_imagenet":
-        from mm_repro.data import tiny_imagenet  # PIL and the JPEG tree only when asked for
-
-        tiny_imagenet.ensure_files(root, cfg.download)
-        return tiny_imagenet.read_tiny_imagenet(root)
+        ensure_tiny_imagenet(root, cfg.download)
+        return read_tiny_imagenet(root)
     ensure_files(cfg.name, root, cfg.download)
     return read_svhn(root) if cfg.name == "svhn" else read_cifar(cfg.name, root)
 
@@ -265,13 +226,3 @@ def load_arrays(cfg: DatasetConfig, seed: int = 0) -> tuple[Arrays, Arrays]:
     """Train and test splits of the configured dataset, on the CPU (load_splits, without the validation split)."""
     splits = load_splits(cfg, seed)
     return splits.train, splits.test
-
-
-def fingerprint(split: Arrays) -> str:
-    """What a split is, to compare: its size and a hash of its pixels and labels (a resume on other data is
-    refused; result.json records it)."""
-    digest = hashlib.sha256()
-    digest.update(str(tuple(split.images.shape)).encode())
-    digest.update(split.images.contiguous().numpy())
-    digest.update(split.labels.to(torch.int64).contiguous().numpy())
-    return f"{len(split.labels)} images, sha256 {digest.hexdigest()[:16]}"

@@ -5,15 +5,12 @@ constants (docs/performance.md §2). Shuffling and augmentation draw from the ru
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from mm_repro.config import DatasetConfig
-
-if TYPE_CHECKING:
-    from mm_repro.data.datasets import Arrays
+from mm_repro.data.types import Arrays
 
 
 def crop_flip(

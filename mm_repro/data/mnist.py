@@ -10,14 +10,15 @@ as many as the images; anything else is an error that names the file.
 
 from __future__ import annotations
 
-import shutil
 import urllib.error
 from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.datasets.utils import download_and_extract_archive
 
-from mm_repro.data.datasets import Arrays
+from mm_repro.data.download import ensure
+from mm_repro.data.types import Arrays
 from mm_repro.errors import UserError
 
 FOLDER = Path("MNIST") / "raw"
@@ -32,45 +33,30 @@ def expected_files() -> list[str]:
     return [str(FOLDER / name) for pair in SPLITS.values() for name in pair]
 
 
-def download(root: Path) -> None:
-    from torchvision.datasets import MNIST
-    from torchvision.datasets.utils import download_and_extract_archive
+def _download(root: Path) -> None:
+    from torchvision.datasets import MNIST  # torchvision's mirrors and MD5s
 
-    created = not root.exists()
     raw = root / FOLDER
-    try:
-        for filename, md5 in MNIST.resources:
-            if (raw / filename.removesuffix(".gz")).is_file():
-                continue
-            errors = []
-            for mirror in MNIST.mirrors:
-                try:
-                    download_and_extract_archive(f"{mirror}{filename}", str(raw), filename=filename, md5=md5)
-                    break
-                except (urllib.error.URLError, OSError, RuntimeError) as exc:
-                    errors.append(f"{mirror}: {type(exc).__name__}: {exc}")
-            else:
-                raise OSError("; ".join(errors))
-    except OSError as exc:
-        if created:
-            shutil.rmtree(root, ignore_errors=True)
-        raise UserError(
-            f"could not download mnist into {root.resolve()} ({str(exc)[:200]}); without internet access, place "
-            f"{', '.join(expected_files())} (the unpacked .gz files of yann.lecun.com/exdb/mnist) there yourself, or "
-            "point dataset.root=DIR (or MM_DATA_DIR=DIR) at a directory that holds them"
-        ) from None
+    for filename, md5 in MNIST.resources:
+        if (raw / filename.removesuffix(".gz")).is_file():
+            continue
+        errors = []
+        for mirror in MNIST.mirrors:
+            try:
+                download_and_extract_archive(f"{mirror}{filename}", str(raw), filename=filename, md5=md5)
+                break
+            except (urllib.error.URLError, OSError, RuntimeError) as exc:
+                errors.append(f"{mirror}: {type(exc).__name__}: {exc}")
+        else:
+            raise OSError("; ".join(errors))
+
+
+PLACE = f"place {', '.join(expected_files())} (the unpacked .gz files of yann.lecun.com/exdb/mnist) there yourself"
 
 
 def ensure_files(root: Path, allow_download: bool) -> None:
     missing = [f for f in expected_files() if not (root / f).is_file()]
-    if not missing:
-        return
-    if not allow_download:
-        raise UserError(
-            f"dataset mnist: missing {', '.join(missing)} in {root.resolve()}; put the IDX files there, or set "
-            "dataset.download=true (or dataset.root=DIR / MM_DATA_DIR=DIR to point elsewhere)"
-        )
-    download(root)
+    ensure("mnist", root, missing, allow_download, lambda: _download(root), PLACE)
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:

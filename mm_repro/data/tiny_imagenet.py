@@ -23,17 +23,18 @@ import errno
 import hashlib
 import io
 import os
-import shutil
-import urllib.error
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.datasets.utils import download_and_extract_archive
 
-from mm_repro.data.datasets import Arrays
+from mm_repro.data.download import ensure
+from mm_repro.data.types import Arrays
 from mm_repro.errors import UserError
+from mm_repro.files import atomic_write
 
 FOLDER = "tiny-imagenet-200"
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -43,34 +44,16 @@ SIZE = 64
 CACHE = ".mm_repro-cache"
 
 
-def download(root: Path) -> None:
-    """The archive through torchvision's checksum-verified downloader, unpacked under root; offline, one line."""
-    from torchvision.datasets.utils import download_and_extract_archive
-
-    created = not root.exists()
-    try:
-        download_and_extract_archive(URL, str(root), filename=ARCHIVE, md5=MD5)
-    except (urllib.error.URLError, OSError, RuntimeError, zipfile.BadZipFile) as exc:
-        if created:
-            shutil.rmtree(root, ignore_errors=True)
-        raise UserError(
-            f"could not download tiny_imagenet ({type(exc).__name__}: {exc}); without internet access, put {ARCHIVE} "
-            f"(md5 {MD5}, from {URL}) in {root.resolve()} and unzip it there, so that {root.resolve() / FOLDER} "
-            "holds wnids.txt, train/ and val/; or point dataset.root=DIR (or MM_DATA_DIR=DIR) at its parent"
-        ) from None
-
-
 def ensure_files(root: Path, allow_download: bool) -> None:
+    """The archive through torchvision's checksum-verified downloader, unpacked under root; offline, one line."""
     folder = root / FOLDER
     missing = [p for p in ("wnids.txt", "train", "val") if not (folder / p).exists()]
-    if not missing:
-        return
-    if not allow_download:
-        raise UserError(
-            f"dataset tiny_imagenet: missing {', '.join(missing)} in {folder.resolve()}; unzip {ARCHIVE} (md5 {MD5}) "
-            "under dataset.root, or set dataset.download=true"
-        )
-    download(root)
+    place = (
+        f"put {ARCHIVE} (md5 {MD5}, from {URL}) in {root.resolve()} and unzip it there, so that "
+        f"{root.resolve() / FOLDER} holds wnids.txt, train/ and val/"
+    )
+    fetch = lambda: download_and_extract_archive(URL, str(root), filename=ARCHIVE, md5=MD5)  # noqa: E731
+    ensure("tiny_imagenet", root, [f"{FOLDER}/{m}" for m in missing], allow_download, fetch, place)
 
 
 def _wnids(folder: Path) -> list[str]:
@@ -145,8 +128,6 @@ def cache_dirs(folder: Path) -> list[Path]:
 
 
 def _read_split(folder: Path, split: str, files: list[tuple[Path, int]]) -> Arrays:
-    from mm_repro.files import atomic_write
-
     key = _key(folder, files)
     for where in cache_dirs(folder):
         cache = where / f"{split}-{key}.npz"

@@ -73,25 +73,3 @@ def plot_spectra(flat: dict, path: Path, run: str = "") -> str:
     fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend sits outside the axes
     plt.close(fig)
     return path.name
-
-
-def summary(out: dict) -> str:
-    lines = [
-        f"{out['run']} (epoch {out['checkpoint_epoch']}, {out['test_images']} test images)",
-        f"  clean accuracy {out['clean']['accuracy']:.2f} %",
-    ]
-    for name, v in out.get("fgsm", {}).items():
-        lines.append(f"  FGSM {name:<24} {v['accuracy']:6.2f} %")
-    for name, v in out.get("pgd", {}).items():
-        lines.append(f"  PGD {name:<40} {v['accuracy']:6.2f} %")
-    for name, v in out.get("knn", {}).items():
-        if name.startswith("k") and name[1:].isdigit():
-            lines.append(f"  k-NN error, {name[1:]:>3} neighbours        {v['error']:6.2f} %")
-    for name, v in out.get("deformations", {}).items():
-        lines.append(f"  {name:<29} {v['accuracy']:6.2f} %")
-    if "calibration" in out:
-        lines.append(f"  ECE ({out['calibration']['bins']} bins)              {100 * out['calibration']['ece']:6.2f} %")
-    for k, v in out.get("flattening", {}).items():
-        if k.startswith("k"):
-            lines.append(f"  flattening at {k}: top {v['mean_top']:.2f}, rest {v['mean_rest']:.2f} (class means)")
-    return "\n".join(lines)

@@ -30,11 +30,15 @@ import torch
 
 from mm_repro.config import FLATTENING_STUDIES, StudyConfig
 from mm_repro.console import progress
+from mm_repro.data import mnist
 from mm_repro.errors import UserError
 from mm_repro.evaluation.measures import singular_values
+from mm_repro.experiments.flattening_report import PAPER, plot_study, table_rows, write_table
+from mm_repro.files import write_json
 from mm_repro.method.losses import LOSSES
 from mm_repro.method.mixing import MixSpec
 from mm_repro.models.mlp import MLP
+from mm_repro.records.tracking import open_tracker
 from mm_repro.training.randomness import RunRandom, init_model
 from mm_repro.training.step import MixedForward, TrainStep
 
@@ -82,8 +86,6 @@ def load_data(cfg: StudyConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
         return (*make(60000), *make(10000))
     if cfg.data != "mnist":
         raise UserError(f"data={cfg.data!r} is not allowed; choose mnist or generated (random images, for timing)")
-    from mm_repro.data import mnist
-
     root = Path(cfg.dataset_root)
     mnist.ensure_files(root, cfg.download)
     train, test = mnist.read_mnist(root)
@@ -135,9 +137,6 @@ def measure(model: MLP, net: Net, cfg: StudyConfig, x: torch.Tensor, y: torch.Te
 
 def run_study(cfg: StudyConfig) -> dict:
     """Train and measure every net of the study; write the table, JSON and figures into cfg.out."""
-    from mm_repro.experiments.flattening_report import PAPER, plot_study, table_rows, write_table
-    from mm_repro.records import write_json
-    from mm_repro.records.tracking import open_tracker
 
     x, y, xt, yt = load_data(cfg)
     out = Path(cfg.out)

@@ -3,13 +3,11 @@ table of ours beside them, and the figures (Figure 5's bottleneck panels; the sp
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
 
-from mm_repro.files import atomic_write
+from mm_repro.reports import writer
 
 # The paper's numbers, per study and method: section 3.2, (largest singular value, sum of the others); Appendix G,
 # the mean first singular value per figure (Figure 12 and Figure 5 print none).
@@ -60,26 +58,6 @@ def table_rows(report: dict) -> list[dict]:
     return rows
 
 
-def write_rows(stem: Path, title: str, note: str, rows: list[dict]) -> None:
-    """`<stem>.md` (a title, a note, the table) and `<stem>.csv`, written atomically."""
-    columns = list(rows[0])
-    lines = [
-        f"## {title}",
-        "",
-        note,
-        "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-        *["| " + " | ".join(str(r[k]) for k in columns) + " |" for r in rows],
-    ]
-    atomic_write(stem.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(stem.with_suffix(".csv"), buffer.getvalue().encode())
-
-
 def write_table(report: dict, out: Path) -> None:
     c = report["config"]
     warning = (
@@ -92,7 +70,9 @@ def write_table(report: dict, out: Path) -> None:
         f"singular values of the hidden states of up to {c['svd_per_class']} test images at the layer shown, averaged "
         "over the classes. The paper's own setup is not fully stated (README 'Protocols')."
     )
-    write_rows(out / f"flattening_{report['study']}", f"Flattening study `{report['study']}`", note, report["rows"])
+    writer.write_table(
+        out / f"flattening_{report['study']}", f"Flattening study `{report['study']}`", note, report["rows"]
+    )
 
 
 def plot_study(report: dict, out: Path) -> list[str]:

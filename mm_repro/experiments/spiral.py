@@ -27,8 +27,10 @@ import torch.nn.functional as F
 from mm_repro.config import SpiralConfig
 from mm_repro.console import progress
 from mm_repro.evaluation.measures import singular_values
+from mm_repro.files import write_json
 from mm_repro.method import mixing
 from mm_repro.models.mlp import MLP
+from mm_repro.records.tracking import open_tracker
 from mm_repro.training.randomness import RunRandom, init_model
 
 
@@ -187,7 +189,6 @@ def plot(
 def run_spiral(cfg: SpiralConfig) -> dict:
     """Train the nets (Figure 1's two, or with `regularizers` Figure 2's seven), write the figures and spiral.json
     (spiral_figure2.json) into cfg.out; returns its content."""
-    from mm_repro.records import write_json
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,7 +196,6 @@ def run_spiral(cfg: SpiralConfig) -> dict:
     x, y = make_spirals(cfg.points, cfg.noise, g)
     xt, yt = make_spirals(cfg.points, cfg.noise, g)
     names = list(VARIANTS) if cfg.regularizers else list(FIGURE1)
-    from mm_repro.records.tracking import open_tracker
 
     tracker = open_tracker(cfg.logger, out, asdict(cfg), "spiral-figure2" if cfg.regularizers else "spiral")
     nets, stats = {}, {}

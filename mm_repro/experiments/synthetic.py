@@ -32,7 +32,11 @@ from torch import nn
 from mm_repro.config import SyntheticConfig
 from mm_repro.console import progress
 from mm_repro.errors import UserError
+from mm_repro.files import write_json
 from mm_repro.records.provenance import provenance, start_record
+from mm_repro.records.tracking import open_tracker
+from mm_repro.reports.writer import write_table
+from mm_repro.training.devices import training_device
 
 TASKS = {  # (train angle ranges per class, test angle ranges per class); None: the class does not set the angle
     "A": (((-70.0, -50.0), (50.0, 80.0)), ((-30.0, -10.0), (10.0, 30.0))),
@@ -152,16 +156,12 @@ def mean_std(values: list[float], digits: int) -> str:
 
 
 def run_synthetic(cfg: SyntheticConfig) -> dict:
-    from mm_repro.experiments.flattening_report import write_rows
-    from mm_repro.records import write_json
 
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise UserError(f"seeds={cfg.seeds} must be a non-empty list of distinct seeds, such as seeds=[0,1,2]")
     start = start_record()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    from mm_repro.records.tracking import open_tracker
-    from mm_repro.training.devices import training_device
 
     tracker = open_tracker(cfg.logger, out, asdict(cfg), f"synthetic-task{cfg.task}")
     results: list[dict] = []
@@ -196,7 +196,7 @@ def run_synthetic(cfg: SyntheticConfig) -> dict:
         f"batch {BATCH}, {results[0]['test_images']} test images per seed. `{made['command']}` on {made['device']}, "
         f"torch {made['torch_version']}, {made['wall_seconds'] / 60:.1f} min, commit {made['git_commit']}."
     )
-    write_rows(out / f"table8_task{cfg.task}", f"Table 8, task {cfg.task}", note, rows)
+    write_table(out / f"table8_task{cfg.task}", f"Table 8, task {cfg.task}", note, rows)
     write_json(out / f"table8_task{cfg.task}.json", report)
     return report
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from mm_repro.config import ADDED_KEYS
 from mm_repro.errors import UserError
 from mm_repro.files import atomic_write
 from mm_repro.records.result import flatten, is_free
@@ -97,8 +98,6 @@ def load_checkpoint(path: Path, resumable: bool = True) -> dict:
 def config_changes(saved: dict, new: dict) -> list[tuple[str, Any, Any]]:
     """(key, old, new) for every key that differs between two resolved configs, except RESUME_FREE_KEYS; a key of
     config.ADDED_KEYS that one config lacks counts as its old default."""
-    from mm_repro.config import ADDED_KEYS
-
     a, b = flatten(saved), flatten(new)
 
     def value(config: dict, key: str) -> Any:

@@ -12,13 +12,12 @@ import numpy as np
 import torch
 
 from mm_repro import __version__
+from mm_repro.config import ADDED_KEYS, DERIVED_KEYS, NOT_MIXING, RESUME_FREE_KEYS
 
 
 def run_info(cfg: Any) -> dict:
     """The keys that name a table cell (dataset, model, method, alpha, layers), the seed and the experiment, plus a
     few keys of the setup for a readable label; `setup` (below) is what groups runs."""
-    from mm_repro.config import NOT_MIXING
-
     mixes = cfg.method.name not in NOT_MIXING
     return {
         "dataset": cfg.dataset.name,
@@ -58,8 +57,6 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def is_free(key: str) -> bool:
     """Is `key` one of config.RESUME_FREE_KEYS or config.DERIVED_KEYS (or below one): a key that cannot change a run's
     numbers, or changes them only through keys that are compared?"""
-    from mm_repro.config import DERIVED_KEYS, RESUME_FREE_KEYS
-
     return any(key == free or key.startswith(free + ".") for free in (*RESUME_FREE_KEYS, *DERIVED_KEYS))
 
 
@@ -78,8 +75,6 @@ def normal_setup(setup: dict[str, Any]) -> dict[str, Any]:
     """A setup without what cannot change its numbers: a key of config.ADDED_KEYS at its old default, and the mixing
     keys of a method that does not mix (a sweep of ERM over alpha trains one run several times: `tables` then counts
     it once). Applied when result.json is written and when it is read, so older records compare alike."""
-    from mm_repro.config import ADDED_KEYS, NOT_MIXING
-
     unread = UNREAD_WITHOUT_MIXING if setup.get("method.name") in NOT_MIXING else ()
     return {
         k: v

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mm_repro import records
+from mm_repro.config import DATASETS
 from mm_repro.records.result import normal_setup
 
 # The setup of a result.json written before results recorded their whole setup: the keys it has.
@@ -34,7 +35,6 @@ LEGACY_SETUP = {
     "precision": "train.precision",
     "per_class_cap": "dataset.per_class_cap",
 }
-CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10}
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Record:
 
     def at_chance(self) -> bool:
         """Final test error within half a class of chance: >= 100 (1 - 1.5 / C) %, C the number of classes."""
-        classes = self.run.get("num_classes") or CLASSES.get(self.run["dataset"])
+        classes = self.run.get("num_classes") or DATASETS.get(self.run["dataset"], {}).get("classes")
         return bool(classes) and self.result["final"]["test_error"] >= 100 * (1 - 1.5 / classes)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mm_repro.config import LoggerConfig
+from mm_repro.errors import UserError
 
 
 class NullTracker:
@@ -102,8 +103,6 @@ def check_tracking(cfg: LoggerConfig) -> None:
     except (OSError, netrc.NetrcParseError):
         found = None
     if not found:
-        from mm_repro.errors import UserError
-
         raise UserError(
             f"logger.mode=online needs W&B credentials for {host}, and none were found (WANDB_API_KEY, or ~/.netrc "
             "from `wandb login`): log in, or keep logger.mode=offline (the default) and `wandb sync` the run later"

@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mm_repro.files import atomic_write
 from mm_repro.records.scan import Record
-from mm_repro.reports.tables import LABEL_KEYS, matches, mean_std, method_label, setup_labels, short_key
+from mm_repro.reports.cells import LABEL_KEYS, by_setup, matches, mean_std, method_label, short_key
 
 
 def cell_group(row: dict, records: list[Record]) -> list[Record]:
@@ -105,12 +106,9 @@ def _plot_training_loss(ax: Any, spec: dict, records: list[Record]) -> None:
     """Figures 6 and 7: one curve per row and setup, mean over seeds with a band of one std."""
     drawn = 0
     for row in spec["rows"]:
-        groups: dict[str, list[Record]] = {}
-        for record in records:
-            if matches(row, record):
-                groups.setdefault(record.setup_key, []).append(record)
-        labels = setup_labels([g[0].setup for g in groups.values()]) if len(groups) > 1 else [""] * len(groups)
-        for label, group in zip(labels, groups.values(), strict=True):
+        groups = by_setup([r for r in records if matches(row, r)])
+        for label, group in groups.items():
+            label = label if len(groups) > 1 else ""
             epochs, means, stds = loss_curve(group)
             if not epochs:
                 continue
@@ -174,18 +172,12 @@ def plot_learning_curves(records: list[Record], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from mm_repro.files import atomic_write
-
-    groups: dict[str, list[Record]] = {}
-    for record in records:
-        groups.setdefault(record.setup_key, []).append(record)
-    labels = setup_labels([g[0].setup for g in groups.values()])
     folder = out / "curves"
     folder.mkdir(parents=True, exist_ok=True)
     for old in [*folder.glob("[0-9][0-9][0-9]-*.png"), folder / "index.md"]:  # ours, of an earlier scan
         old.unlink(missing_ok=True)
     written, index = [], ["| file | runs | setup | n |", "|---|---|---|---|"]
-    for i, (label, group) in enumerate(sorted(zip(labels, groups.values(), strict=True), key=lambda lg: lg[0])):
+    for i, (label, group) in enumerate(by_setup(records).items()):
         run = group[0].run
         if not loss_curve(group, "test_error")[0]:  # no metrics.jsonl to draw from (a copied result.json, say)
             continue

@@ -5,12 +5,11 @@ no paper table. `tables` writes it as summary.md/.csv; a multirun prints it when
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from mm_repro.records.scan import Record, scan
-from mm_repro.reports.tables import MISSING, matches, mean_std, setup_labels
+from mm_repro.reports import writer
+from mm_repro.reports.cells import MISSING, by_setup, load_specs, matches, mean_std
 
 
 def _cell(values: list[float]) -> str:
@@ -21,12 +20,8 @@ def _cell(values: list[float]) -> str:
 
 
 def summary_rows(records: list[Record]) -> list[dict]:
-    groups: dict[str, list[Record]] = {}
-    for record in records:
-        groups.setdefault(record.setup_key, []).append(record)
-    labels = setup_labels([{**g[0].setup, **{f"data.{k}": v for k, v in g[0].data.items()}} for g in groups.values()])
     rows = []
-    for label, group in sorted(zip(labels, groups.values(), strict=True), key=lambda lg: lg[0]):
+    for label, group in by_setup(records).items():
         run = group[0].run
         row = {
             "dataset": run["dataset"],
@@ -50,7 +45,6 @@ def fits_no_table(records: list[Record], specs: list[dict]) -> list[Record]:
 
 
 def to_markdown(rows: list[dict], unmatched: list[Record]) -> str:
-    columns = list(rows[0]) if rows else []
     lines = [
         "## Summary of every complete run",
         "",
@@ -58,26 +52,14 @@ def to_markdown(rows: list[dict], unmatched: list[Record]) -> str:
         "",
     ]
     if rows:
-        lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+        lines += writer.markdown(rows)
     if unmatched:
         lines += ["", f"Runs that fit no paper table: {len(unmatched)}", *[f"- {r.path}" for r in unmatched]]
     return "\n".join(lines) + "\n"
 
 
-def to_csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def sweep_summary(run_dirs: list[Path]) -> str:
     """A few lines for the end of a multirun: each setup's n and mean final and best test error."""
-    from mm_repro.reports.tables import load_specs
-
     scanned = scan([d for d in run_dirs if d.is_dir()])  # the rule `tables` uses: runs at chance are set apart
     rows = summary_rows(scanned.records)
     lines = [f"sweep summary: {scanned.summary()}"]

@@ -11,120 +11,26 @@ results/paper/<table>.json (the paper's numbers)."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 from pathlib import Path
-from typing import Any
 
-from mm_repro.config import PAPER_DIR
+from mm_repro.errors import UserError
+from mm_repro.files import atomic_write
+from mm_repro.records import remove_stale_temporaries
 from mm_repro.records.scan import Record, Scan, scan
-
-# Shown in every row's setup label; any other key that differs between the groups of a cell is shown too.
-LABEL_KEYS = ("protocol.name", "train.epochs", "model.width", "train.precision")
-MODEL_NAMES = {"preactresnet18": "PreActResNet18", "preactresnet34": "PreActResNet34", "wrn28_10": "Wide-ResNet-28-10"}
-MISSING = "—"
-
-
-def mean_std(values: list[float]) -> tuple[float, float | None, int]:
-    """Mean, sample standard deviation (None for n = 1) and n."""
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
-    return mean, std, n
-
-
-def _lookup(d: dict | None, path: str) -> float | None:
-    for part in path.split("/"):  # "/" because names such as shear_0.5 hold dots
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return float(d) if isinstance(d, int | float) else None
-
-
-# Which epoch's figures a column shows: the last, the best on test (what the official code reported), and, for runs
-# that held a validation split out, the test figures at the best validation epoch (model selection done right).
-SELECTIONS = ("final", "best", "best_valid")
-# Setup keys that make a run another method than its name says: a row matches only runs with its value (absent: the
-# key's default, config.ADDED_KEYS); "nonzero" matches any value but the default.
-METHOD_KEYS = ("method.block_gradient", "model.dropout")
-
-
-def metric_values(record: Record, metric: dict, row: dict, selections: tuple[str, ...]) -> list[float | None]:
-    """One metric of one run at each selection (an evaluation metric has one value, under the first)."""
-    name = metric["name"]
-    if "eval" in metric:
-        value = _lookup(record.eval, metric["eval"].format(**row))
-        return [value] + [None] * (len(selections) - 1)
-    recorded = name.replace("accuracy", "error")
-    out = []
-    for selection in selections:
-        figures = record.result.get(selection) or {}
-        value = figures.get(recorded)
-        if value is not None and name != recorded:
-            value = 100 - value
-        out.append(value)
-    return out
-
-
-def _setup_value(setup: dict, key: str) -> Any:
-    from mm_repro.config import ADDED_KEYS
-
-    return setup.get(key, ADDED_KEYS[key])
-
-
-def matches(row: dict, record: Record) -> bool:
-    """Does a run reproduce this paper cell? Cited rows (other papers) match nothing."""
-    run = record.run
-    if "cited" in row:
-        return False
-    if (row["dataset"], row["model"], row["method"]) != (run.get("dataset"), run.get("model"), run.get("method")):
-        return False
-    if row["method"] in ("mixup", "manifold") and row.get("alpha") is not None and run.get("alpha") != row["alpha"]:
-        return False
-    if (
-        "layers" in row
-        and row["method"] in ("mixup", "manifold")
-        and sorted(run.get("layers") or []) != sorted(row["layers"])
-    ):
-        return False
-    for key in METHOD_KEYS:
-        want, have = _setup_value(row.get("setup", {}), key), _setup_value(record.setup, key)
-        if want == "nonzero" and not have or want != "nonzero" and have != want:
-            return False
-    return True
-
-
-def setup_labels(setups: list[dict]) -> list[str]:
-    """A short label per setup: the LABEL_KEYS, and every key whose value differs between the setups."""
-    keys = set().union(*setups) if setups else set()
-    differing = sorted(k for k in keys if len({json.dumps(s.get(k), default=str) for s in setups}) > 1)
-    shown = [k for k in LABEL_KEYS if k in keys] + [k for k in differing if k not in LABEL_KEYS]
-    return [", ".join(f"{short_key(k)}={s.get(k)}" for k in shown if s.get(k) is not None) for s in setups]
-
-
-def short_key(key: str) -> str:
-    """A setup key as a label shows it: its last part (`train.epochs` -> epochs), `protocol.name` as protocol."""
-    return key.removesuffix(".name").split(".")[-1]
-
-
-def _fmt(mean: float | None, std: float | None, digits: int) -> str:
-    if mean is None:
-        return MISSING
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
-
-
-def method_label(row: dict) -> str:
-    if "name" in row:  # the paper's own name for the row (the regularizer comparison's "Dropout", say)
-        return row["name"]
-    names = {"erm": "No Mixup", "mixup": "Input Mixup", "manifold": "Manifold Mixup", "cutout": "Cutout"}
-    if row["method"] not in names:
-        return row["method"]
-    mixes = row.get("alpha") is not None and row["method"] in ("mixup", "manifold")
-    alpha = f" (α = {row['alpha']:g})" if mixes else ""
-    blocked = " (gradient blocked)" if row.get("setup", {}).get("method.block_gradient") else ""
-    return names[row["method"]] + alpha + blocked
+from mm_repro.reports import summary, writer
+from mm_repro.reports.cells import (
+    MISSING,
+    MODEL_NAMES,
+    SELECTIONS,
+    by_setup,
+    fmt,
+    load_specs,
+    matches,
+    mean_std,
+    method_label,
+    metric_values,
+)
+from mm_repro.reports.figures import plot_figures, plot_learning_curves
 
 
 def selections_for(spec: dict, records: list[Record], report: list[str] | None) -> tuple[str, ...]:
@@ -142,18 +48,7 @@ def build_rows(spec: dict, records: list[Record], report: list[str] | None = Non
     selections = selections_for(spec, records, report)
     out = []
     for row in spec["rows"]:
-        by_setup: dict[str, list[Record]] = {}
-        for record in records:
-            if matches(row, record):
-                by_setup.setdefault(record.setup_key, []).append(record)
-        labels = setup_labels(
-            [{**g[0].setup, **{f"data.{k}": v for k, v in g[0].data.items()}} for g in by_setup.values()]
-        )
-        groups = dict(zip(labels, by_setup.values(), strict=True))
-        if len(groups) < len(by_setup):  # two setups whose labels coincide: tell them apart by their keys
-            groups = {
-                f"{label} [{i + 1}]": g for i, (label, g) in enumerate(zip(labels, by_setup.values(), strict=True))
-            }
+        groups = by_setup([r for r in records if matches(row, r)])
         base = {
             "dataset": row["dataset"],
             "arch": MODEL_NAMES.get(row["model"], row["model"]),
@@ -162,7 +57,7 @@ def build_rows(spec: dict, records: list[Record], report: list[str] | None = Non
         if "label" in row:
             base["cell"] = row["label"]
         evaluated = [m for m in spec["metrics"] if "eval" in m]
-        for setup, group in sorted(groups.items()) or [("", [])]:
+        for setup, group in list(groups.items()) or [("", [])]:
             line = {**base, "setup": setup or ("cited" if "cited" in row else "missing"), "n": len(group)}
             if evaluated:  # a cell's n counts the runs evaluated; the others are named, never averaged silently
                 lacking = [r for r in group if any(metric_values(r, m, row, ("final",))[0] is None for m in evaluated)]
@@ -182,7 +77,7 @@ def build_rows(spec: dict, records: list[Record], report: list[str] | None = Non
                     mean, std, _ = mean_std(found) if found else (None, None, 0)
                     first_mean = mean if i == 0 else first_mean
                     label = selection.replace("_", " ") if "eval" not in metric else "final"
-                    line[f"ours {metric['name']} ({label})"] = _fmt(mean, std, digits)
+                    line[f"ours {metric['name']} ({label})"] = fmt(mean, std, digits)
                 sigma = (first_mean - paper[0]) / paper[1] if first_mean is not None and paper[1] else None
                 line[f"Δ/σ {metric['name']}"] = f"{sigma:+.1f}" if sigma is not None else MISSING
             out.append(line)
@@ -190,7 +85,6 @@ def build_rows(spec: dict, records: list[Record], report: list[str] | None = Non
 
 
 def to_markdown(spec: dict, rows: list[dict], scanned: Scan) -> str:
-    columns = list(rows[0])
     lines = [
         f"## {spec['title']}",
         "",
@@ -202,65 +96,12 @@ def to_markdown(spec: dict, rows: list[dict], scanned: Scan) -> str:
         "epoch (what the official code reported), 'best valid' the test figures at the best validation epoch (runs "
         "with dataset.valid_per_class); Δ/σ = (ours in the first column − paper) / paper std.",
         "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
+        *writer.markdown(rows),
     ]
-    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
     for title, entries in scanned.apart():
         if entries:
             lines += ["", f"{title}: {len(entries)}", *[f"- {p}" for p in entries]]
     return "\n".join(lines) + "\n"
-
-
-def to_csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def to_latex(spec: dict, rows: list[dict]) -> str:
-    def esc(text: Any) -> str:
-        text = str(text).replace("\\", r"\textbackslash{}")
-        for a, b in (
-            ("&", r"\&"),
-            ("%", r"\%"),
-            ("_", r"\_"),
-            ("#", r"\#"),
-            ("±", r"$\pm$"),
-            ("α", r"$\alpha$"),
-            ("Δ", r"$\Delta$"),
-            ("σ", r"$\sigma$"),
-            ("—", "--"),
-            ("†", r"$^\dagger$"),
-            ("‡", r"$^\ddagger$"),
-            ("°", r"$^\circ$"),
-            ("−", "-"),
-        ):
-            text = text.replace(a, b)
-        return text
-
-    columns = list(rows[0])
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{" + "l" * len(columns) + "}", r"\toprule"]
-    lines.append(" & ".join(esc(c) for c in columns) + r" \\")
-    lines.append(r"\midrule")
-    lines += [" & ".join(esc(r[c]) for c in columns) + r" \\" for r in rows]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + esc(spec["title"]) + "}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
-def load_specs(names: list[str] | None = None) -> list[dict]:
-    specs = [json.loads(p.read_text()) for p in sorted(PAPER_DIR.glob("*.json"))]
-    if names:
-        known = [s["table"] for s in specs]
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            from mm_repro.errors import UserError
-
-            raise UserError(f"tables={unknown[0]!r} is not a table; choose from {', '.join(known)}")
-        specs = [s for s in specs if s["table"] in names]
-    return specs
 
 
 def make_tables(
@@ -273,9 +114,6 @@ def make_tables(
 ) -> dict:
     """Scan `paths`, write <table>.md/.csv/.tex (and figures) into `out`; returns {table: markdown}. Refused, with
     nothing written, when a path does not exist, when no run is found, or when `out` is not a directory."""
-    from mm_repro.errors import UserError
-    from mm_repro.records import atomic_write, remove_stale_temporaries
-
     if not paths:
         raise UserError("tables needs runs=DIR (or runs=[DIR,DIR]): the directories that hold run directories")
     for path in paths:
@@ -297,18 +135,14 @@ def make_tables(
         rows = build_rows(spec, scanned.records, report)
         markdown = to_markdown(spec, rows, scanned)
         atomic_write(out / f"{spec['table']}.md", markdown.encode())
-        atomic_write(out / f"{spec['table']}.csv", to_csv(rows).encode())
-        atomic_write(out / f"{spec['table']}.tex", to_latex(spec, rows).encode())
+        atomic_write(out / f"{spec['table']}.csv", writer.csv_text(rows).encode())
+        atomic_write(out / f"{spec['table']}.tex", writer.latex(rows, spec["title"]).encode())
         rendered[spec["table"]] = (markdown, rows)
-    from mm_repro.reports import summary
-
     rows = summary.summary_rows(scanned.records)
     unmatched = summary.fits_no_table(scanned.records, load_specs())
     atomic_write(out / "summary.md", summary.to_markdown(rows, unmatched).encode())
-    atomic_write(out / "summary.csv", summary.to_csv(rows).encode())
+    atomic_write(out / "summary.csv", summary.writer.csv_text(rows).encode())
     if figures:
-        from mm_repro.reports.figures import plot_figures, plot_learning_curves
-
         plot_figures(specs, scanned.records, out)
         plot_learning_curves(scanned.records, out)
     return {"scan": scanned, "tables": rendered, "unmatched": unmatched}

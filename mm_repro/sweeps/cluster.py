@@ -35,7 +35,7 @@ from hydra.core.utils import JobReturn, setup_globals
 from mm_repro.errors import RunFailed, UserError
 from mm_repro.sweeps.jobs import share_threads
 from mm_repro.sweeps.packed import PackedLaunch
-from mm_repro.training.runs import completed
+from mm_repro.training.ownership import completed
 
 log = logging.getLogger("mm_repro.packed")
 

@@ -14,8 +14,8 @@ environment) and reads at its end; the parent then prints every failed job and e
 
 from __future__ import annotations
 
-import errno
 import json
+import logging
 import os
 import shutil
 import traceback
@@ -23,46 +23,24 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mm_repro import records
-from mm_repro.errors import RunFailed, UserError
+from mm_repro.console import one_line
+from mm_repro.errors import UserError, exit_code_of
 from mm_repro.training.checks import validate_train
+from mm_repro.training.run import Job
 
 FAILURES_ENV = "MM_REPRO_SWEEP_FAILURES"
 FAILED_JOBS: list[tuple[str, int]] = []  # (line, exit code) of the jobs that failed, reported by cli.main
+DONE_RUNS: list[Path] = []  # the run directories a train sweep completed, for its closing summary
 STARTED: list[Path] = []  # the failure notes' directory of the sweep now running, and the topmost one it made
-
-
-# OSErrors that mean the user's location cannot be written (permissions, a read-only or full disk, a missing
-# parent): bad input, exit code 2 and one line, as `train` reports them.
-UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOENT, errno.ENOTDIR)
-
-
-def unwritable(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in UNWRITABLE
-
-
-def exit_code_of(exc: BaseException) -> int:
-    bad_input = type(exc).__module__.startswith("omegaconf") or unwritable(exc)
-    return getattr(exc, "exit_code", UserError.exit_code if bad_input else RunFailed.exit_code)
-
-
-def one_line(exc: BaseException) -> str:
-    if unwritable(exc):
-        return f"cannot write {exc.filename}: {exc.strerror}"  # type: ignore[attr-defined]
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = " ".join(lines) if lines else ""
-    if not isinstance(exc, UserError | RunFailed) and not type(exc).__module__.startswith("omegaconf"):
-        text = f"{type(exc).__name__}: {text}".rstrip(": ")
-    return text.replace("\t", " ")
 
 
 def job_from_hydra(task_cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, group: str | None) -> Any:
     """The Job a composed config describes (validated; experiment from Hydra's choices; `.hydra/` files)."""
-    from mm_repro.training.runs import Job
-
     task_cfg = OmegaConf.create(OmegaConf.to_container(task_cfg))
     with open_dict(task_cfg):
         task_cfg.experiment = hydra_cfg.hydra.runtime.choices.get("experiment")
@@ -79,8 +57,6 @@ def job_from_hydra(task_cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, g
 def label_console(hydra_cfg: Any) -> bool:
     """Jobs of the local launcher print side by side: each console line of a job then starts with `[job N]`, as a
     packed run's do (train.log keeps the plain lines). Returns whether it labelled."""
-    import logging
-
     if "joblib" not in str(hydra_cfg.launcher.get("_target_", "")):
         return False
     prefix = logging.Formatter(f"[job {hydra_cfg.job.num}] %(message)s")
@@ -95,8 +71,6 @@ def share_threads(hydra_cfg: Any) -> int | None:
     fight over the cores, and small CPU jobs ran 2-11x slower. Each job then takes its share of the cores; a SLURM job
     (slurm or packed_slurm) takes the cores SLURM gave it (SLURM_CPUS_PER_TASK), not the node's. OMP_NUM_THREADS, when
     set, wins. Returns the thread count set (None: left as it was)."""
-    import torch
-
     if os.environ.get("OMP_NUM_THREADS"):
         return None
     n_jobs = hydra_cfg.launcher.get("n_jobs") if "joblib" in str(hydra_cfg.launcher.get("_target_", "")) else None
@@ -236,10 +210,8 @@ class FailureReport(Callback):
         for note in sorted(notes, key=lambda n: n["num"]):
             FAILED_JOBS.append((f"{note['job']}: {note['message']}", note["exit_code"]))
         done = [json.loads(p.read_text()).get("run_dir") for p in path.glob("ok-*.json")]
-        if done and str(config.hydra.job.name) == "train":
-            from mm_repro.reports.summary import sweep_summary
-
-            print(sweep_summary(sorted({Path(d) for d in done if d})), flush=True)
+        if str(config.hydra.job.name) == "train":  # the command prints their summary (commands.train)
+            DONE_RUNS[:] = sorted({Path(d) for d in done if d})
         shutil.rmtree(path, ignore_errors=True)
         if path.parent.is_dir() and not any(path.parent.iterdir()):
             path.parent.rmdir()

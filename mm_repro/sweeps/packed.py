@@ -36,8 +36,11 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 from mm_repro import records
 from mm_repro.errors import UserError
+from mm_repro.models import build_from
 from mm_repro.sweeps.jobs import job_from_hydra, record_failure, record_success, sweep_group
-from mm_repro.training.runs import Job, resume_point
+from mm_repro.training.loop import train_jobs
+from mm_repro.training.ownership import resume_point
+from mm_repro.training.run import Job
 from mm_repro.training.trainers.packed import PACKABLE_PRECISIONS
 
 log = logging.getLogger("mm_repro.packed")
@@ -79,8 +82,6 @@ def memory_cap(job: Job) -> int:
     """How many runs of `job`'s kind fit in 80 % of the free CUDA memory (no cap on the CPU)."""
     if job.cfg.device == "cpu" or not torch.cuda.is_available():
         return sys.maxsize
-    from mm_repro.models import build_from
-
     c = job.cfg
     model = build_from(c.model, c.dataset.num_classes)
     activations = 0
@@ -192,8 +193,6 @@ class PackedLaunch:
 
     def train(self, configs: dict, jobs: dict, fits: Callable[[Job], int] = memory_cap) -> dict[int, JobReturn]:
         """The prepared jobs trained, pack by pack (a pack of one alone, as Hydra's basic launcher runs it)."""
-        from mm_repro.training.loop import train_jobs
-
         nums, returns = sorted(jobs), {}
         for members in self.packs(jobs, fits):
             if len(members) == 1:

@@ -5,12 +5,13 @@ here can fail on bad input (a oneDNN-unsafe layout, say), so it runs before any 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from mm_repro.config import NOT_MIXING, TrainRunConfig
 from mm_repro.data import DeviceLoader, Splits, fingerprint
@@ -26,6 +27,7 @@ from mm_repro.training.optim import build_optimizer
 from mm_repro.training.randomness import RunRandom, init_model
 from mm_repro.training.step import MixedForward, TrainStep, compile_module
 from mm_repro.training.trainers import Trainer
+from mm_repro.training.trainers.packed import PackedTrainer
 from mm_repro.training.trainers.single import SingleTrainer
 
 
@@ -100,8 +102,6 @@ def single_trainer(cfg: TrainRunConfig, model: nn.Module, rng: RunRandom, world:
     optimizer = optimizer_for(model.parameters(), cfg, device)
     net: nn.Module = MixedForward(model, cfg.method.block_gradient)
     if world.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
         # A gradient-blocked step leaves the layers before k without a gradient, and each rank draws its own k: DDP
         # must then find the unused parameters at every step (its default would stop at the second step).
         net = DistributedDataParallel(
@@ -127,8 +127,6 @@ def single_trainer(cfg: TrainRunConfig, model: nn.Module, rng: RunRandom, world:
 def packed_trainer(cfgs: list[TrainRunConfig], models: list[nn.Module], rngs: list[RunRandom]) -> Trainer:
     """Several runs as one (training.trainers.packed); they share the loss, classes, precision and optimizer settings
     (the packed launcher groups them so), each with its own mixing method and streams."""
-    from mm_repro.training.trainers.packed import PackedTrainer
-
     lead, device = cfgs[0], rngs[0].device
     return PackedTrainer(
         models,
@@ -141,11 +139,20 @@ def packed_trainer(cfgs: list[TrainRunConfig], models: list[nn.Module], rngs: li
     )
 
 
-def build_trainer(
-    jobs: list[Any], rngs: list[RunRandom], world: distributed.World, device: torch.device
-) -> tuple[Trainer, list[DeviceLoader], dict[str, DeviceLoader], list[dict]]:
-    """The trainer, each run's train loader, the evaluation loaders ("test", and "valid" when the runs hold a
-    validation split out: the launcher never packs those, so it is one run's), and each run's data fingerprints."""
+@dataclass
+class Built:
+    """What a session trains with: the trainer, each run's train loader, the evaluation loaders ("test", and "valid"
+    when the runs hold a validation split out: the launcher never packs those, so it is one run's), and each run's
+    data fingerprints (result.json's `data`)."""
+
+    trainer: Trainer
+    loaders: list[DeviceLoader]
+    eval_loaders: dict[str, DeviceLoader]
+    data: list[dict]
+
+
+def build_trainer(jobs: list[Any], rngs: list[RunRandom], world: distributed.World, device: torch.device) -> Built:
+    """Everything a session of `jobs` trains with (Built), from their configs and streams."""
     splits = load_splits(jobs)
     prints: dict[int, str] = {}
     for s in splits.values():
@@ -182,4 +189,4 @@ def build_trainer(
         trainer: Trainer = single_trainer(lead, models[0], rngs[0], world)
     else:
         trainer = packed_trainer([job.cfg for job in jobs], models, rngs)
-    return trainer, loaders, eval_loaders, data
+    return Built(trainer, loaders, eval_loaders, data)

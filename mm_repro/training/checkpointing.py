@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mm_repro.records.checkpoint import CheckpointWriter, checkpoint_digest, to_host
 
 
@@ -40,3 +42,17 @@ class CheckpointPolicy:
 
     def wait(self) -> None:
         self.writer.wait()
+
+
+def finite_state(state: dict, loss_sum: torch.Tensor) -> bool:
+    """Are every floating tensor of a run's model and optimizer state, and its loss so far, finite? (One sync.)"""
+    flags = [torch.isfinite(loss_sum).all()]
+    stack: list[Any] = [state["model"], state["optimizer"].get("state", {})]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, torch.Tensor):
+            if node.is_floating_point():
+                flags.append(torch.isfinite(node).all())
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+    return bool(torch.stack(flags).all())

@@ -17,34 +17,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from mm_repro.config import TrainRunConfig
-from mm_repro.console import emit, hms, progress_bar
+from mm_repro import console
+from mm_repro.console import emit, hms, progress_bar, time_left
 from mm_repro.errors import Diverged, Preempted, RunFailed
 from mm_repro.training import distributed
 from mm_repro.training.devices import configure_backends, training_device
-from mm_repro.training.runs import Job, completed
+from mm_repro.training.ownership import completed
+from mm_repro.training.run import Job
 from mm_repro.training.session import Session, open_session
 from mm_repro.training.signals import StopSignals
 
 log = logging.getLogger("mm_repro.training.loop")
-HEADER = f"{'epoch':>7} {'lr':>9} {'train_loss':>11} {'test_err%':>9} {'test_nll':>9} {'img/s':>9} {'time_left':>10}"
 
 
-def run(
-    cfg: TrainRunConfig,
-    run_dir: Path,
-    config: dict,
-    group: str | None = None,
-    job_num: int | None = None,
-    hydra_files: dict | None = None,
-) -> dict:
-    """Train (or resume) one run in `run_dir`; returns result.json's content, raises if it failed or diverged."""
-    (outcome,) = train_jobs([Job(cfg, Path(run_dir), config, group, hydra_files or {})], job_num)
+def run(job: Job, job_num: int | None = None) -> dict:
+    """Train (or resume) one run; returns result.json's content, raises if it failed or diverged."""
+    (outcome,) = train_jobs([job], job_num)
     if isinstance(outcome, RunFailed):
         raise outcome
     return outcome
@@ -56,14 +48,7 @@ def train_jobs(jobs: list[Job], job_num: int | None = None) -> list[dict | RunFa
     started = time.perf_counter()  # wall_seconds counts everything from here: setup, steps, evaluation, records
     done = {i: result for i, job in enumerate(jobs) if (result := completed(job)) is not None}
     for i, result in done.items():
-        final, best = result["final"], result["best"]
-        emit(
-            jobs[i].logger,
-            f"{jobs[i].run_dir} is complete (final test error {final['test_error']:.2f}%, best "
-            f"{best['test_error']:.2f}% at epoch {best['epoch']}); nothing to do. Pass train.resume=false to train it "
-            "again (its records then move to previous/)",
-            to_files=False,
-        )
+        emit(jobs[i].logger, console.complete_line(jobs[i].run_dir, result), to_files=False)
     todo = [job for i, job in enumerate(jobs) if i not in done]
     outcomes = iter(_train_jobs(todo, job_num, started) if todo else [])
     return [done[i] if i in done else next(outcomes) for i in range(len(jobs))]
@@ -98,7 +83,7 @@ def _train(session: Session) -> list[dict | RunFailed]:
     for r in session.active:
         r.note("config (resolved):\n" + OmegaConf.to_yaml(r.job.config).rstrip())  # train.log only, as Hydra's
         r.say(session.banner(r))
-        r.say(HEADER)
+        r.say(console.EPOCH_HEADER)
     with StopSignals() as stop:
         while session.active and cursor.epoch < session.epochs:
             finished = _train_epoch(session, stop)
@@ -132,12 +117,10 @@ def _train_epoch(session: Session, stop: StopSignals) -> bool:
     cursor, shards = session.cursor, session.shards
     steps = cursor.steps_per_epoch
     check_every = 25 if shards.size > 1 else 1  # a collective per check under DDP: not every step
-    lead = session.active[0]
-    rows = lead.metrics
-    left = (session.epochs - cursor.epoch) * sum(r["seconds"] for r in rows) / len(rows) if rows else 0.0
+    rows = session.active[0].metrics
+    left = hms(time_left(rows, session.epochs - cursor.epoch)) if rows else ""
     desc = f"epoch {cursor.epoch + 1}/{session.epochs}"
-    images = cursor.loaders[0].batch_size * shards.size
-    bar = progress_bar(steps, shards.is_main, desc, images, hms(left) if rows else "")
+    bar = progress_bar(steps, shards.is_main, desc, cursor.loaders[0].batch_size * shards.size, left)
     start = time.perf_counter()
     for i in range(cursor.step, steps):
         xs, ys = cursor.batch(i)
@@ -163,7 +146,7 @@ def _end_epoch(session: Session, stopping: bool) -> None:
     figures = session.trainer.evaluate(session.test_loader)
     valid = session.trainer.evaluate(session.valid_loader) if session.valid_loader else [None] * len(figures)
     cursor.epoch += 1
-    seconds = session.epoch_seconds()
+    seconds = session.clock.epoch_seconds()
     rows = [
         session.metrics_row(lr, loss, test, v, seconds) for loss, test, v in zip(losses, figures, valid, strict=True)
     ]
@@ -183,7 +166,7 @@ def _end_epoch(session: Session, stopping: bool) -> None:
     elif best:
         session.checkpoints.write(best, resets_clock=False)
     for r in session.active:
-        r.log_epoch(cursor.epoch, session.epochs)
+        r.log_epoch(session.epochs)
 
 
 def _finite(x: float) -> bool:

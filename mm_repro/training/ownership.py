@@ -1,144 +1,22 @@
-"""The runs a training process holds: `Job` (what to train and where) and `Run` (one run's records, random
-streams, lock and tracker, and the lines it writes), plus the epoch's progress bar."""
+"""A run directory made this process's, and only when nothing forbids it: a finished run is left as it is (`completed`),
+a run of another config is refused; the directory is locked, its checkpoint, config, data and tensors checked before
+anything in it changes (`claim`), and only then taken over (`take_over`): interrupted temporaries removed, an
+earlier attempt's records archived, checkpoints/best.pt settled against the records resumed from, .hydra/ written.
+A refused start leaves the directory as it was."""
 
 from __future__ import annotations
 
-import logging
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 
 from mm_repro import records
-from mm_repro.config import TrainRunConfig
-from mm_repro.console import emit, hms
-from mm_repro.errors import RunFailed, UserError
+from mm_repro.errors import UserError
 from mm_repro.records.checkpoint import config_changes, describe_changes
-from mm_repro.records.tracking import NullTracker
 from mm_repro.training import distributed
-from mm_repro.training.randomness import RunRandom
-
-
-@dataclass
-class Job:
-    """One run to train: its checked config, run directory, resolved config, W&B group, what Hydra composed (for
-    `.hydra/`), and the logger its lines go to (train.log)."""
-
-    cfg: TrainRunConfig
-    run_dir: Path
-    config: dict
-    group: str | None = None
-    hydra_files: dict[str, Any] = field(default_factory=dict)
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("mm_repro.training.loop"))
-
-
-@dataclass
-class Run:
-    job: Job
-    rng: RunRandom
-    world: distributed.World
-    params: int = 0
-    tracker: Any = field(default_factory=NullTracker)
-    lock: records.RunLock | None = None
-    metrics: list = field(default_factory=list)
-    wall_base: float = 0.0  # wall seconds of earlier sessions (from the checkpoint)
-    saved: dict | None = None  # the checkpoint resumed from
-    run_id: str = ""  # the run's identity, drawn when it starts from scratch and kept through every resume
-    data: dict = field(default_factory=dict)  # fingerprints of the train and test splits (data.fingerprint)
-    checkpoint_epoch: int | None = None  # the epoch of the last checkpoint on disk (None: none yet)
-    packed_with: list[str] = field(default_factory=list)  # the runs it trained packed with, over every session
-    best_epoch: int | None = None  # the epoch of the model checkpoints/best.pt holds (or is being written with)
-    best_action: str = "keep"  # what take_over does with best.pt after a resume (best_checkpoint_action)
-    outcome: dict | RunFailed | None = None
-
-    @property
-    def run_dir(self) -> Path:
-        return self.job.run_dir
-
-    def say(self, message: str) -> None:
-        if self.world.is_main:
-            self.job.logger.info(message)
-
-    def note(self, message: str) -> None:
-        """A line for train.log only: the terminal gets it once, from the command's final report."""
-        if self.world.is_main:
-            emit(self.job.logger, message, to_files=True)
-
-    def banner(
-        self, train_images: int, test_images: int, device: torch.device, pack_size: int, valid_images: int = 0
-    ) -> str:
-        c = self.job.cfg
-        packed = f", packed with {pack_size - 1} other run(s)" if pack_size > 1 else ""
-        valid = f"{valid_images:,} validation / " if valid_images else ""
-        return (
-            f"{c.dataset.name} {c.model.name} (width {c.model.width}, {self.params:,} params) {c.method.name} "
-            f"alpha={c.method.alpha} layers={list(c.method.layers)} seed={c.seed} | {train_images:,} train / "
-            f"{valid}{test_images:,} test images | {device} x {self.world.size} process(es){packed} | {self.run_dir}"
-        )
-
-    def identity_state(self) -> dict:
-        """What a checkpoint holds of the run besides its training state: records, config, identity, data."""
-        return {
-            "metrics": self.metrics,
-            "config": self.job.config,
-            "run_id": self.run_id,
-            "data": self.data,
-            "packed_with": self.packed_with,
-        }
-
-    def record_epoch(self, row: dict) -> None:
-        self.metrics.append(row)
-        if self.world.is_main:
-            records.write_metrics(self.run_dir / records.METRICS, self.metrics)
-        self.tracker.log(row, step=row["epoch"])
-
-    def log_epoch(self, epoch: int, epochs: int) -> None:
-        row = self.metrics[-1]
-        left = (epochs - epoch) * sum(r["seconds"] for r in self.metrics) / len(self.metrics)
-        self.say(
-            f"{epoch:>7d} {row['lr']:>9.5f} {row['train_loss']:>11.5f} {row['test_error']:>9.2f} "
-            f"{row['test_nll']:>9.4f} {row['train_images_per_second']:>9.0f} {hms(left):>10}"
-        )
-
-    def diverged_message(self, what: str) -> str:
-        kept = (
-            "no checkpoint had been written"
-            if self.checkpoint_epoch is None
-            else f"its last good checkpoint (after epoch {self.checkpoint_epoch}) was kept"
-        )
-        return (
-            f"run {self.run_dir} diverged {what}; stopped, and {kept} (failure.json says so); lower train.lr, or "
-            "start over with train.resume=false"
-        )
-
-    def finish(
-        self, wall_seconds: float, checkpoint_digest: str, best_digest: str | None, device: torch.device
-    ) -> dict:
-        """result.json, written; the last line. `best_checkpoint` names best.pt (its epoch and checksum) only when it
-        holds the model of the result's best epoch; otherwise it is null and `evaluate checkpoint=best` refuses."""
-        identity = {"run_id": self.run_id, "checkpoint_sha256": checkpoint_digest, "data": self.data}
-        c = self.job
-        result = records.make_result(c.cfg, c.config, self.metrics, identity, self.params, wall_seconds, device)
-        best = result["best"]
-        held = best_digest is not None and self.best_epoch == best["epoch"]
-        result["best_checkpoint"] = {"epoch": best["epoch"], "sha256": best_digest} if held else None
-        if not held:
-            self.note(
-                f"checkpoints/best.pt does not hold the best epoch's model (epoch {best['epoch']}; it was lost to a "
-                "stop between two checkpoint writes): result.json says so, and evaluate checkpoint=best refuses it"
-            )
-        result["packed"], result["packed_with"] = bool(self.packed_with), self.packed_with
-        if self.world.is_main:
-            records.write_json(self.run_dir / records.RESULT, result)
-        self.tracker.summary(result)
-        self.say(
-            f"final test error {result['final']['test_error']:.2f}% (NLL {result['final']['test_nll']:.4f}); best "
-            f"{result['best']['test_error']:.2f}% at epoch {result['best']['epoch']} | {self.run_dir / records.RESULT}"
-        )
-        return result
+from mm_repro.training.run import Job, Run
 
 
 def completed(job: Job) -> dict | None:

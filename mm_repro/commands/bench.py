@@ -1,13 +1,13 @@
-"""The `bench` command: its options checked, the measurements (mm_repro.bench.measure), bench-<device>.json and the
-printed table."""
+"""`python -m mm_repro bench device=cpu|cuda out=DIR`: its options checked, the measurements (bench.measure),
+bench-<device>.json written, and the printed table."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mm_repro import records
 from mm_repro.bench.measure import run_bench
 from mm_repro.config import BenchConfig, to_schema
+from mm_repro.files import write_json
 
 
 def report(r: dict) -> str:
@@ -59,12 +59,12 @@ def implausible(r: dict) -> list[str]:
     ]
 
 
-def main(dict_cfg: object) -> dict:
-    """The `bench` command: checked options, the measurements, bench-<device>.json and the printed table."""
+def run(dict_cfg: object) -> dict:
+    """Checked options, the measurements, bench-<device>.json and the printed table."""
     cfg: BenchConfig = to_schema(dict_cfg, BenchConfig)
     result = run_bench(cfg)
     out = Path(cfg.out) / f"bench-{cfg.device}.json"
-    records.write_json(out, result)
+    write_json(out, result)
     print(report(result))
     print(f"written: {out}")
     return result
