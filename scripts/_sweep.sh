@@ -4,8 +4,8 @@
 #   local: n jobs at a time on this machine (hydra/launcher=local, needs pip install -e ".[local]")
 #   slurm: one SLURM job per run (hydra/launcher=slurm, needs pip install -e ".[slurm]"; pass
 #          hydra.launcher.partition=<yours>)
-# Runs land in runs/<experiment>/...; rerunning the same command resumes unfinished runs and skips finished ones'
-# training (they resume at their last epoch and only rewrite result.json).
+# Runs land in runs/<experiment>/...; rerunning the same command resumes unfinished runs and leaves finished ones as
+# they are (each says "is complete ...; nothing to do", and no byte of it changes).
 set -euo pipefail
 sweep() {
   local experiment=$1

@@ -140,7 +140,7 @@ def test_function_level_imports_only_defer_a_heavy_dependency():
 
 def test_every_module_is_small():
     sizes = {p.relative_to(PACKAGE): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
-    assert max(sizes.values()) <= 320, max(sizes, key=sizes.get)
+    assert max(sizes.values()) <= 290, max(sizes, key=sizes.get)  # about 250, a little more for one job
 
 
 REPO = PACKAGE.parent

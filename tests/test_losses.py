@@ -49,7 +49,7 @@ def test_bce_softmax_is_bit_for_bit_the_official_value_and_gradient_for_finite_l
 
 def test_non_finite_logits_give_a_nan_loss_not_an_assert():
     # F.binary_cross_entropy rejects a NaN input (a device-side assert on CUDA); a diverged run must instead reach
-    # its epoch's end, where train.py stops it cleanly.
+    # its epoch's end, where the training loop stops it cleanly.
     y = torch.nn.functional.one_hot(torch.arange(4), 10).float()
     for bad in (float("nan"), float("inf")):
         logits = torch.randn(4, 10)

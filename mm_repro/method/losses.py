@@ -6,7 +6,7 @@
 - `soft_ce`: cross-entropy with soft targets, -sum_c y_c log softmax(logits)_c averaged over the batch; equal to
   Zhang et al.'s `lam * CE(out, y_a) + (1 - lam) * CE(out, y_b)`.
 
-A diverged run must stop cleanly at the epoch's end (train.py), so no loss may assert: `F.binary_cross_entropy`
+A diverged run must stop cleanly at the epoch's end (training.loop), so no loss may assert: `F.binary_cross_entropy`
 checks that its input lies in [0, 1], which a NaN fails, and on CUDA that check is a device-side assert that kills the
 process before any record is written. `bce_softmax` therefore feeds it 0.5 wherever the softmax is not finite and
 returns NaN for such a batch; for finite logits it is bit for bit the official value (tested), with no host sync.

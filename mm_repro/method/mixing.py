@@ -8,8 +8,9 @@ The draws follow the official code (docs/protocol.md §2, `preresnet.py` and `mi
 first, with python's `random.randint(0, len(S) - 1)` (input mixup draws no k: it is 0); then lam with
 `np.random.beta(alpha, alpha)`, used as float32; then the partner of each example with `np.random.permutation(batch)`.
 Each run passes its own generators (mm_repro.training.randomness.RunRandom). With `pairing=flip` the partner is the
-reversed batch instead: the batch is already in random order, so that is the same distribution, with no index tensor and
-no scatter in the backward (docs/performance.md §4).
+reversed batch instead: the batch is already in random order, so that is the same distribution, and a run alone needs
+no index tensor and no scatter in the backward (docs/performance.md §4). A pack (training.trainers.packed) still builds
+one index per run for flip, as it gathers every run's partners in one op.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""A run's records: its files (names, atomic writes, archive), the lock, the checkpoint, result.json, and, for the
-readers, the scan of run directories by outcome (`records.scan`) and experiment tracking (`records.tracking`).
-Everything here is written atomically; nothing here trains."""
+"""A run's records: its files (`files`: names, archive, failure), the lock (`lock`), the checkpoint format and its
+background writer (`checkpoint`), result.json written and read (`result`), where a figure came from (`provenance`),
+and, for the readers, the scan of run directories by outcome (`scan`) and experiment tracking (`tracking`). Everything
+here is written atomically (mm_repro.files); nothing here trains."""
 
 from mm_repro.files import atomic_write, read_json, write_json
 from mm_repro.records.checkpoint import checkpoint_digest, load_checkpoint, save_checkpoint

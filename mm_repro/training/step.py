@@ -59,7 +59,7 @@ def compile_module(module: nn.Module, points: int, mode: str | None = None, back
 
     An epoch's last batch may be smaller than the others (the official loader keeps it), so each mixing point can
     need two graphs; dynamo's recompile limit (8 by default) is raised to cover them rather than falling back to
-    eager for the later ones. A sweep in one process resets dynamo between jobs (train.py), so the limit is per job."""
+    eager for the later ones. A sweep in one process resets dynamo between jobs (training.loop): a limit per job."""
     dynamo_config = torch._dynamo.config
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 2 * max(points, 1))
     return torch.compile(module, mode=None if mode == "default" else mode, backend=backend, dynamic=False)
