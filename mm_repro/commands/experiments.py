@@ -26,14 +26,14 @@ def spiral(cfg: Any) -> None:
 
 def flattening(cfg: Any) -> None:
     report = run_study(to_schema(cfg, StudyConfig))
-    if report["generated_data"]:
-        print("generated data (random images of MNIST's shape): a timing run, not a result")
     for row in report["rows"]:
         print(
             f"{row['setup']:<36} {row['method']:<15} acc {row['test accuracy (%)']:>6} %  top "
             f"{row['ours: top singular value']:>8} (paper {row['paper: top']})  "
             f"others {row['ours: sum of the others']:>8}"
         )
+    for claim in report["claims"]:
+        print(f"{'holds' if claim['holds'] else 'does not hold'}: {claim['claim']}")
     out = Path(cfg.out)
     print(f"written: {out / ('flattening_' + cfg.study + '.md')} and {', '.join(report['figures'])}")
 

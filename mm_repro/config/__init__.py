@@ -22,6 +22,7 @@ from mm_repro.config.train import (
     DEVICES,
     LOGGER_MODES,
     NOT_MIXING,
+    OPTIMIZERS,
     PAIRINGS,
     PAPER_DIR,
     PRECISIONS,
@@ -32,13 +33,13 @@ from mm_repro.config.train import (
     MethodConfig,
     ModelConfig,
     ProtocolConfig,
-    ScheduleConfig,
     TrainConfig,
     TrainRunConfig,
     compose_train,
     config_groups,
     dirname_excludes,
     group_options,
+    image_shape,
 )
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "FLATTENING_STUDIES",
     "LOGGER_MODES",
     "NOT_MIXING",
+    "OPTIMIZERS",
     "PAIRINGS",
     "PAPER_DIR",
     "PRECISIONS",
@@ -65,7 +67,6 @@ __all__ = [
     "MethodConfig",
     "ModelConfig",
     "ProtocolConfig",
-    "ScheduleConfig",
     "SpiralConfig",
     "StudyConfig",
     "SyntheticConfig",
@@ -80,6 +81,7 @@ __all__ = [
     "config_groups",
     "dirname_excludes",
     "group_options",
+    "image_shape",
     "rule",
     "to_schema",
 ]

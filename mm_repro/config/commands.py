@@ -77,7 +77,6 @@ class SpiralConfig:
 class StudyConfig:
     study: str = rule("section3_2", choices=FLATTENING_STUDIES)
     out: str = "results/flattening"
-    data: str = rule("mnist", choices=("mnist", "generated"))  # generated: random images, for timing, never a result
     dataset_root: str = "data"
     download: bool = True
     epochs: int = rule(10, ge=1)
@@ -87,7 +86,10 @@ class StudyConfig:
     weight_decay: float = rule(1e-4, ge=0)
     dropout: float = rule(0.5, ge=0, lt=1)
     svd_per_class: int = rule(1000, ge=2)  # test images per class whose hidden states are decomposed
-    seed: int = rule(0, ge=0, lt=SEED_LIMIT)
+    width: int = rule(1024, ge=2)  # the width of the 1024-unit layers (the paper's); tests use narrow nets
+    optimizer: str = rule("adam", choices=("adam", "sgd"))  # UNCONFIRMED; sgd: the official SGD at `lr`
+    svd_split: str = rule("test", choices=("test", "train"))  # whose hidden states are decomposed (UNCONFIRMED)
+    seeds: list[int] = rule(factory=lambda: [0], ge=0, lt=SEED_LIMIT - 64, nonempty=True)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 

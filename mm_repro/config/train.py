@@ -33,6 +33,7 @@ DATASETS = {
     "mnist": {"classes": 10, "train": 60_000, "test": 10_000, "shape": (1, 28, 28)},
 }
 
+OPTIMIZERS = ("sgd", "adam")  # sgd: the official SGD (momentum, Nesterov); adam: the MNIST nets'
 PAIRINGS = ("permutation", "flip")
 NOT_MIXING = ("erm", "cutout")  # methods with one-hot targets and no mixing point
 PRECISIONS = ("fp32", "bf16", "fp16")  # training.step.PRECISION_DTYPES maps them to dtypes
@@ -65,7 +66,13 @@ RESUME_FREE_KEYS = (
 # (train.epochs, train.milestones, method.layers, method.alpha, dataset.per_class_cap), which are compared and grouped
 # on; the tables themselves are not part of a run's setup, so that a table gaining an entry (a dataset's own schedule)
 # leaves every recorded run resumable and grouped as before. protocol.name stays part of it.
-DERIVED_KEYS = ("protocol.schedules", "protocol.manifold_layers", "protocol.svhn_per_class_cap", "protocol.datasets")
+DERIVED_KEYS = (
+    "protocol.schedules",
+    "protocol.manifold_layers",
+    "protocol.svhn_per_class_cap",
+    "protocol.datasets",
+    "model.manifold_layers",  # reaches a run through method.layers
+)
 
 # Keys added to the config after runs were recorded without them, each with the value that means "as before": a run
 # whose config lacks one resumes, and groups in `tables`, as if it held that value (records.result.setup_of,
@@ -76,7 +83,14 @@ ADDED_KEYS = {
     "model.stem_stride": 1,
     "model.dropout": 0.0,
     "method.block_gradient": False,
+    "dataset.classes": None,
+    "train.optimizer": "sgd",
 }
+
+
+def image_shape(dataset: Any) -> tuple[int, int, int]:
+    """One image's (channels, height, width) of the configured dataset (the generated one is CIFAR-shaped)."""
+    return DATASETS.get(dataset.name, {}).get("shape", (3, 32, 32))
 
 
 def compose_train(overrides: list[str]) -> DictConfig:
@@ -115,6 +129,7 @@ class DatasetConfig:
     stem_stride: int = 1  # what model.stem_stride defaults to for this dataset
     train_size: int = 0  # synthetic only
     test_size: int = 0  # synthetic only
+    classes: list[int] | None = None  # only these labels, in train and test (Figure 5's digits 0-4); null: all
 
 
 @dataclass
@@ -124,7 +139,8 @@ class ModelConfig:
     width: int = 64
     bn_init: str = "uniform"  # uniform (PyTorch <= 1.1, the official code's era) | ones (today's PyTorch)
     stem_stride: int = 1  # the first convolution's stride; conf/model takes it from the dataset (Tiny-ImageNet: 2)
-    dropout: float = 0.0  # dropout probability before the final linear layer (our choice; official: none)
+    dropout: float = 0.0  # PreAct/WRN: before the final linear layer; MLP: after each hidden layer but the bottleneck
+    manifold_layers: list[int] = field(default_factory=list)  # the eligible set S manifold mixup takes by default
 
 
 @dataclass
@@ -138,15 +154,11 @@ class MethodConfig:
 
 
 @dataclass
-class ScheduleConfig:
-    epochs: int = 2000
-    milestones: list[int] = field(default_factory=list)
-
-
-@dataclass
 class ProtocolConfig:
     name: str = "official"
-    schedules: dict[str, ScheduleConfig] = field(default_factory=dict)
+    # per model family: epochs, milestones and, where the family trains otherwise than the official SGD, its optimizer,
+    # lr and weight_decay (the MNIST nets: Adam); read through train.yaml's interpolations, so left untyped here
+    schedules: dict[str, Any] = field(default_factory=dict)
     manifold_layers: dict[str, list[int]] = field(default_factory=dict)
     svhn_per_class_cap: int | None = None
     datasets: dict[str, Any] = field(default_factory=dict)  # a dataset's own schedule and alpha (Tiny-ImageNet)
@@ -157,6 +169,7 @@ class TrainConfig:
     epochs: int = 2000
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
+    optimizer: str = "sgd"  # sgd (official) | adam (the MNIST nets of the small experiments; conf/protocol)
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True

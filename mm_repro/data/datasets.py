@@ -23,6 +23,8 @@ from torchvision.datasets.utils import download_and_extract_archive, download_ur
 from mm_repro.config import DatasetConfig
 from mm_repro.data.download import ensure
 from mm_repro.data.loader import crop_flip
+from mm_repro.data.mnist import ensure_files as ensure_mnist
+from mm_repro.data.mnist import read_mnist
 from mm_repro.data.tiny_imagenet import ensure_files as ensure_tiny_imagenet
 from mm_repro.data.tiny_imagenet import read_tiny_imagenet
 from mm_repro.data.types import Arrays, Splits
@@ -161,6 +163,12 @@ def random_split(images: int, seed: int) -> Arrays:
     )
 
 
+def only_classes(split: Arrays, classes: list[int]) -> Arrays:
+    """The images of `split` whose label is one of `classes` (their labels kept as they are)."""
+    keep = torch.isin(split.labels, torch.tensor(classes))
+    return Arrays(split.images[keep], split.labels[keep])
+
+
 def cap_per_class(split: Arrays, cap: int, seed: int) -> Arrays:
     """At most `cap` images per class, drawn with the run's seed (the official SVHN runs cap at 7325)."""
     rng = np.random.default_rng(seed)
@@ -193,6 +201,9 @@ def hold_out_per_class(split: Arrays, per_class: int, seed: int) -> tuple[Arrays
 def _read(cfg: DatasetConfig, root: Path) -> tuple[Arrays, Arrays]:
     if cfg.name == "synthetic":
         return make_synthetic(cfg.num_classes, cfg.train_size, cfg.test_size)
+    if cfg.name == "mnist":
+        ensure_mnist(root, cfg.download)
+        return read_mnist(root)
     if cfg.name == "tiny_imagenet":
         ensure_tiny_imagenet(root, cfg.download)
         return read_tiny_imagenet(root)
@@ -214,6 +225,8 @@ def load_splits(cfg: DatasetConfig, seed: int = 0) -> Splits:
                 f"dataset {cfg.name} ({split_name} split in {root.resolve()}): label {bad} found; labels must lie in "
                 f"0..{cfg.num_classes - 1} (dataset.num_classes={cfg.num_classes})"
             )
+    if cfg.classes is not None:  # only these labels (Figure 5's digits 0-4), in both splits
+        train, test = only_classes(train, cfg.classes), only_classes(test, cfg.classes)
     valid = None
     if cfg.valid_per_class:
         train, valid = hold_out_per_class(train, cfg.valid_per_class, seed)

@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mm_repro import records
+from mm_repro.config import image_shape
 from mm_repro.data import Splits, fingerprint, load_splits
 from mm_repro.errors import UserError
 from mm_repro.models import build_from
@@ -64,7 +65,7 @@ def load_run(run_dir: Path, device: torch.device, dataset_root: str | None = Non
             f"run={run_dir}: checkpoints/best.pt holds epoch {checkpoint.get('epoch')}, but the run's best test error "
             f"was at epoch {result['best']['epoch']} (result.json); it is not the best model: use checkpoint=last"
         )
-    model = build_from(cfg.model, cfg.dataset.num_classes).to(device)
+    model = build_from(cfg.model, cfg.dataset.num_classes, image_shape(cfg.dataset)).to(device)
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:

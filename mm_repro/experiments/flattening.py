@@ -1,162 +1,181 @@
-"""`python -m mm_repro flattening study=NAME`: the paper's flattening experiments on MNIST with fully-connected nets,
-on a CPU (mm_repro.models.mlp). Each study trains its nets from the same seed and data, then takes, per class, the
-singular values of the hidden states of the test images at the layer the paper uses (measures.singular_values, in
-float64), and writes a table beside the paper's numbers (`flattening_<study>.md/.csv`, `.json`) and its figures.
+"""`python -m mm_repro flattening study=NAME seeds=[0,1,2]`: the paper's flattening experiments on real MNIST with
+fully-connected nets, on a CPU.
 
-Studies (the paper's sizes where it gives them; the rest is our choice, README "Protocols"):
-- `section3_2`: 784-1024-1024-1024-10, LeakyReLU; no regularization, weight decay, dropout, input mixup, manifold
-  mixup (mixing at the first hidden layer, where the singular values are taken). Paper: the largest singular value
-  and the sum of the others, averaged over classes.
-- `figure5` (App. B): 784-1024-1024-2-1024-1024-10, a linear 2-D bottleneck, manifold mixup there; trained on digits
-  0-4 (top row) and on all digits (bottom row); the bottleneck states of the test images, No Mixup / IM / MM.
-- `appendix_g` (Figures 9-12): 3 x 1024, a 12- or 30-unit bottleneck, 4 x 1024 (Figures 9, 10), or 1024, 30, 4 x 1024
-  (Figure 11); manifold mixup at the bottleneck, alpha 2; the mean first singular value per class at the bottleneck;
-  Figure 12: one SVD over every class together (the 12-unit nets).
+Reproduces: section 3.2 (5 nets: no regularization, weight decay, dropout, input mixup, manifold mixup at the first
+hidden layer; the paper's largest singular value and sum of the others at that layer, averaged over classes), Figure
+5 of Appendix B (the 2-D bottleneck states of the test images, trained on digits 0-4 and on all digits), and Figures
+9-12 of Appendix G (the mean first singular value per class at a 12- or 30-unit bottleneck; Figure 12 over every
+class together). What to expect, from the paper: manifold mixup leaves the smallest sum of the other singular values
+(section 3.2: 40.98 against 66.89-78.67) and the mixup nets a smaller first singular value than the baseline
+(Figures 9-11).
 
-Training, not given by the paper (UNCONFIRMED): Adam, lr 1e-3, batch 100, BCE on softmax (as the official code),
-`epochs` epochs; weight decay 1e-4; dropout 0.5 after each hidden layer but the bottleneck; alpha 2.
-`data=generated` trains on random images of MNIST's shape (for timing the study; never a result).
+Each net of a study and seed is a `train` run (the same builders, step, loop and records as `python -m mm_repro
+train dataset=mnist model=mlp_...`: conf/model/mlp_*.yaml, conf/dataset/mnist.yaml, the `mlp` family's protocol),
+written under `<out>/runs/<net>/seed<seed>/`, so a killed study resumes where it stopped and each net can be
+evaluated and tabulated like any run. Then, per class, the singular values of the test images' hidden states at the
+layer the paper uses (evaluation.measures.singular_values, float64), from the run's final checkpoint; the table
+holds the mean and sample std over seeds beside the paper's numbers, and `claims` says which of the paper's
+orderings hold on ours.
+
+Training, not given by the paper (UNCONFIRMED, README): Adam, lr 1e-3, batch 100, 10 epochs, BCE on softmax (the
+official loss), alpha 2 for input and manifold mixup, weight decay 1e-4 and dropout 0.5 for those nets of section
+3.2, inputs normalised with MNIST's mean and std, up to 1000 test images per class in each SVD. The switches the
+paper's text allows: `optimizer=sgd lr=0.1`, `epochs=N`, `svd_split=train`, `svd_per_class=N`. Runtime on this
+project's 2-core CPU VM: the section3_2 study, one seed, about 4 minutes (README).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
-from mm_repro.config import FLATTENING_STUDIES, StudyConfig
+from mm_repro.config import StudyConfig, compose_train, image_shape
 from mm_repro.console import progress
-from mm_repro.data import mnist
-from mm_repro.errors import UserError
+from mm_repro.data import DeviceLoader, load_splits
 from mm_repro.evaluation.measures import singular_values
-from mm_repro.experiments.flattening_report import PAPER, plot_study, table_rows, write_table
-from mm_repro.files import write_json
-from mm_repro.method.losses import LOSSES
-from mm_repro.method.mixing import MixSpec
-from mm_repro.models.mlp import MLP
+from mm_repro.experiments.flattening_report import PAPER, claims, plot_study, table_rows, write_table
+from mm_repro.files import read_json, write_json
+from mm_repro.models import MLP_NETS, build_from
+from mm_repro.records import CHECKPOINT, RESULT, load_checkpoint
+from mm_repro.records.provenance import provenance, start_record
 from mm_repro.records.tracking import open_tracker
-from mm_repro.training.randomness import RunRandom, init_model
-from mm_repro.training.step import MixedForward, TrainStep
+from mm_repro.training.checks import validate_train
+from mm_repro.training.loop import run as train_run
+from mm_repro.training.run import Job
 
-STUDIES = FLATTENING_STUDIES
-H = 1024
+METHODS = {  # a net's method in the paper's words -> `train`'s method and the regularizer it adds
+    "baseline": ("erm", {}),
+    "weight_decay": ("erm", {"train.weight_decay": "weight_decay"}),
+    "dropout": ("erm", {"model.dropout": "dropout"}),
+    "input_mixup": ("mixup", {}),
+    "manifold_mixup": ("manifold", {}),
+}
 
 
 @dataclass(frozen=True)
 class Net:
-    """One net of a study: its name, widths, bottleneck, the layer measured, its method and its classes."""
+    """One net of a study: its model (conf/model), the layer measured, its method and the digits it trains on."""
 
-    name: str
-    widths: tuple[int, ...]
-    bottleneck: int | None
+    model: str
     measured: int
-    method: str  # baseline | weight_decay | dropout | input_mixup | manifold_mixup
-    classes: tuple[int, ...] = tuple(range(10))
+    method: str  # a key of METHODS
+    classes: tuple[int, ...] | None = None  # None: all ten digits
     setup: str = ""
+
+    @property
+    def slug(self) -> str:
+        return f"{self.model}-{self.method}" + (f"-digits{''.join(map(str, self.classes))}" if self.classes else "")
 
 
 def nets_of(study: str) -> list[Net]:
-    methods = ("baseline", "input_mixup", "manifold_mixup")
+    """The nets of a study, in the paper's order."""
+    three = ("baseline", "input_mixup", "manifold_mixup")
     if study == "section3_2":
-        five = ("baseline", "weight_decay", "dropout", "input_mixup", "manifold_mixup")
-        return [Net(m, (H, H, H), None, 1, m) for m in five]
+        return [Net("mlp_section3_2", 1, m, setup="784-1024-1024-1024-10") for m in METHODS]
     if study == "figure5":
-        return [
-            Net(f"{m} {name}", (H, H, 2, H, H), 3, 3, m, classes, name)
-            for name, classes in (("digits 0-4", tuple(range(5))), ("all digits", tuple(range(10))))
-            for m in methods
-        ]
+        digits = (("digits 0-4", (0, 1, 2, 3, 4)), ("all digits", None))
+        return [Net("mlp_figure5", 3, m, classes, name) for name, classes in digits for m in three]
     setups = {
-        "figure9 (12 units after 3 layers)": ((H, H, H, 12, H, H, H, H), 4),
-        "figure10 (30 units after 3 layers)": ((H, H, H, 30, H, H, H, H), 4),
-        "figure11 (30 units after 1 layer)": ((H, 30, H, H, H, H), 2),
+        "figure9 (12 units after 3 layers)": "mlp_appendix_g12",
+        "figure10 (30 units after 3 layers)": "mlp_appendix_g30",
+        "figure11 (30 units after 1 layer)": "mlp_appendix_g30_early",
     }
-    return [Net(f"{m} {s}", w, b, b, m, setup=s) for s, (w, b) in setups.items() for m in methods]
+    return [Net(model, MLP_NETS[model][1], m, setup=s) for s, model in setups.items() for m in three]
 
 
-def load_data(cfg: StudyConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Train and test images as float [0, 1] (N, 784) and their labels."""
-    if cfg.data == "generated":
-        g = torch.Generator().manual_seed(cfg.seed)
-        make = lambda n: (torch.rand(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g))
-        return (*make(60000), *make(10000))
-    if cfg.data != "mnist":
-        raise UserError(f"data={cfg.data!r} is not allowed; choose mnist or generated (random images, for timing)")
-    root = Path(cfg.dataset_root)
-    mnist.ensure_files(root, cfg.download)
-    train, test = mnist.read_mnist(root)
-    return (train.images.flatten(1).float() / 255, train.labels, test.images.flatten(1).float() / 255, test.labels)
-
-
-def train_net(net: Net, cfg: StudyConfig, x: torch.Tensor, y: torch.Tensor) -> MLP:
-    """Adam on BCE of softmax; input mixup mixes at 0, manifold mixup at the measured layer (the bottleneck)."""
-    keep = torch.isin(y, torch.tensor(net.classes))
-    x, y = x[keep], y[keep]
-    dropout = cfg.dropout if net.method == "dropout" else 0.0
-    model = init_model(lambda: MLP(784, list(net.widths), 10, net.bottleneck, dropout=dropout), cfg.seed)
-    rng = RunRandom(cfg.seed, torch.device("cpu"))
-    decay = cfg.weight_decay if net.method == "weight_decay" else 0.0
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=decay)
-    layers = {"input_mixup": (0,), "manifold_mixup": (net.measured,)}.get(net.method)
-    spec = MixSpec(cfg.alpha, layers) if layers else None
-    step = TrainStep(MixedForward(model), optimizer, LOSSES["bce_softmax"], 10, spec, "fp32", rng)
-    model.train()
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(y), generator=rng.torch)
-        for i in range(0, len(y) - 1, cfg.batch_size):  # a batch of one cannot be mixed
-            idx = order[i : i + cfg.batch_size]
-            if len(idx) > 1:
-                step.step(x[idx], y[idx])
-    return model.eval()
+def train_net(net: Net, cfg: StudyConfig, seed: int, out: Path) -> Path:
+    """Train (or resume, or find complete) the net's run for `seed` through `train`'s path; its run directory."""
+    method, extra = METHODS[net.method]
+    overrides = [
+        "dataset=mnist",
+        f"dataset.root={cfg.dataset_root}",
+        f"dataset.download={cfg.download}",
+        f"model={net.model}",
+        f"model.width={cfg.width}",
+        f"method={method}",
+        f"train.epochs={cfg.epochs}",
+        f"train.batch_size={cfg.batch_size}",
+        f"train.lr={cfg.lr}",
+        f"train.optimizer={cfg.optimizer}",
+        f"seed={seed}",
+        "logger=none",
+        "device=cpu",
+    ]
+    if method != "erm":
+        overrides.append(f"method.alpha={cfg.alpha}")
+    overrides += [f"{key}={getattr(cfg, value)}" for key, value in extra.items()]
+    if net.classes:
+        overrides.append(f"dataset.classes=[{','.join(map(str, net.classes))}]")
+    node = compose_train(overrides)
+    config = OmegaConf.to_container(node, resolve=True)
+    run_dir = out / "runs" / net.slug / f"seed{seed}"
+    train_run(Job(validate_train(node), run_dir, config, hydra_files={"config.yaml": OmegaConf.create(config)}))
+    return run_dir
 
 
 @torch.no_grad()
-def measure(model: MLP, net: Net, cfg: StudyConfig, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-    keep = torch.cat([torch.nonzero(y == c).flatten()[: cfg.svd_per_class] for c in net.classes])
-    h = model.forward_until(x[keep], net.measured)
-    labels = y[keep]
-    per_class = [singular_values(h[labels == c]) for c in net.classes]
-    accuracy = float((model(x[torch.isin(y, torch.tensor(net.classes))]).argmax(1) == y[torch.isin(
-        y, torch.tensor(net.classes))]).float().mean() * 100)  # fmt: skip
+def measure(run_dir: Path, net: Net, cfg: StudyConfig) -> dict[str, Any]:
+    """The trained net's final test accuracy (its result.json) and, per class, the singular values of the hidden
+    states of its test (or, `svd_split=train`, training) images at the measured layer, up to `svd_per_class` images
+    per class."""
+    run = validate_train(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    model = build_from(run.model, run.dataset.num_classes, image_shape(run.dataset))
+    model.load_state_dict(load_checkpoint(run_dir / CHECKPOINT)["model"])
+    model.eval()
+    splits = load_splits(run.dataset, run.seed)
+    images = splits.test if cfg.svd_split == "test" else splits.train
+    loader = DeviceLoader(images, run.dataset, 1000, torch.device("cpu"), train=False)
+    x, y = (torch.cat(parts) for parts in zip(*loader.batches(loader.order()), strict=True))
+    test = result_of(run_dir)["final"]["test_error"]
+    classes = sorted(set(y.tolist()))
+    keep = torch.cat([torch.nonzero(y == c).flatten()[: cfg.svd_per_class] for c in classes])
+    h, labels = model.forward_until(x[keep], net.measured).flatten(1), y[keep]
+    per_class = [singular_values(h[labels == c]) for c in classes]
     out = {
-        "net": asdict(net),
-        "test_accuracy": accuracy,
+        "test_accuracy": 100.0 - test,
         "mean_top": float(np.mean([s[0] for s in per_class])),
         "mean_rest": float(np.mean([s[1:].sum() for s in per_class])),
         "spectra": [s[:32].tolist() for s in per_class],
         "all_classes_spectrum": singular_values(h)[:32].tolist(),
     }
-    if h.shape[1] == 2:
-        out["bottleneck_states"] = {"points": h[:2000].tolist(), "labels": labels[:2000].tolist()}
+    if h.shape[1] == 2:  # Figure 5's picture: up to 200 test images of each digit
+        shown = torch.cat([torch.nonzero(labels == c).flatten()[:200] for c in classes])
+        out["bottleneck_states"] = {"points": h[shown].tolist(), "labels": labels[shown].tolist()}
     return out
 
 
-def run_study(cfg: StudyConfig) -> dict:
-    """Train and measure every net of the study; write the table, JSON and figures into cfg.out."""
+def result_of(run_dir: Path) -> dict:
+    return read_json(run_dir / RESULT)
 
-    x, y, xt, yt = load_data(cfg)
+
+def run_study(cfg: StudyConfig) -> dict:
+    """Train and measure every net of the study for every seed; write the table, JSON and figures into cfg.out."""
+    start = start_record()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    tracker = open_tracker(cfg.logger, out, json.loads(json.dumps(asdict(cfg))), f"flattening-{cfg.study}")
+    tracker = open_tracker(cfg.logger, out, asdict(cfg), f"flattening-{cfg.study}")
     results = []
     try:
-        for i, net in enumerate(bar := progress(nets_of(cfg.study), desc=f"flattening {cfg.study}", unit="net")):
-            bar.set_postfix_str(net.name)
-            result = measure(train_net(net, cfg, x, y), net, cfg, xt, yt)
-            results.append(result)
-            tracker.log({"test_accuracy": result["test_accuracy"], "mean_top": result["mean_top"]}, step=i)
+        pairs = [(net, seed) for seed in cfg.seeds for net in nets_of(cfg.study)]
+        for i, (net, seed) in enumerate(bar := progress(pairs, desc=f"flattening {cfg.study}", unit="net")):
+            bar.set_postfix_str(f"{net.slug}, seed {seed}")
+            run_dir = train_net(net, cfg, seed, out)
+            results.append({"net": asdict(net), "seed": seed, "run": str(run_dir), **measure(run_dir, net, cfg)})
+            tracker.log({"test_accuracy": results[-1]["test_accuracy"], "mean_top": results[-1]["mean_top"]}, step=i)
         report = {
             "study": cfg.study,
             "config": asdict(cfg),
-            "generated_data": cfg.data == "generated",
+            "provenance": provenance(start, torch.device("cpu")),
             "results": results,
             "paper": PAPER[cfg.study],
         }
         report["rows"] = table_rows(report)
+        report["claims"] = claims(report)
         report["figures"] = plot_study(report, out)
         write_table(report, out)
         write_json(out / f"flattening_{cfg.study}.json", report)

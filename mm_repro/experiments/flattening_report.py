@@ -1,5 +1,6 @@
 """What `flattening` writes: the paper's numbers (section 3.2's text; Appendix G's mean first singular values), the
-table of ours beside them, and the figures (Figure 5's bottleneck panels; the spectra of Figures 9-12)."""
+table of ours beside them (mean ± sample std over seeds), which of the paper's claims hold on ours, and the figures
+(Figure 5's bottleneck panels; the spectra of Figures 9-12)."""
 
 from __future__ import annotations
 
@@ -29,47 +30,117 @@ PAPER: dict[str, dict] = {
 MISSING = "—"
 
 
-def _paper(study: str, setup: str, method: str, key: str) -> str:
+def _paper(study: str, setup: str, method: str, key: str) -> float | None:
     if study == "section3_2":
-        value = PAPER[study].get(method, {}).get(key)
-    elif study == "appendix_g" and key == "top":
-        value = PAPER[study].get(setup, {}).get(method)
-    else:
-        value = None
-    return MISSING if value is None else f"{value:g}"
+        return PAPER[study].get(method, {}).get(key)
+    if study == "appendix_g" and key == "top":
+        return PAPER[study].get(setup, {}).get(method)
+    return None
+
+
+def _spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
+def groups(report: dict) -> dict[tuple[str, str], list[dict]]:
+    """The results of each net (setup, method), over its seeds, in the study's order."""
+    out: dict[tuple[str, str], list[dict]] = {}
+    for r in report["results"]:
+        out.setdefault((r["net"]["setup"], r["net"]["method"]), []).append(r)
+    return out
 
 
 def table_rows(report: dict) -> list[dict]:
     rows = []
-    for r in report["results"]:
-        net = r["net"]
+    for (setup, method), rs in groups(report).items():
+        paper_top, paper_rest = (_paper(report["study"], setup, method, k) for k in ("top", "rest"))
         rows.append(
             {
-                "setup": net["setup"] or "784-1024-1024-1024-10",
-                "method": net["method"],
-                "layer": net["measured"],
-                "test accuracy (%)": f"{r['test_accuracy']:.2f}",
-                "ours: top singular value": f"{r['mean_top']:.2f}",
-                "paper: top": _paper(report["study"], net["setup"], net["method"], "top"),
-                "ours: sum of the others": f"{r['mean_rest']:.2f}",
-                "paper: others": _paper(report["study"], net["setup"], net["method"], "rest"),
+                "setup": setup,
+                "method": method,
+                "layer": rs[0]["net"]["measured"],
+                "seeds": len(rs),
+                "test accuracy (%)": _spread([r["test_accuracy"] for r in rs]),
+                "ours: top singular value": _spread([r["mean_top"] for r in rs]),
+                "paper: top": MISSING if paper_top is None else f"{paper_top:g}",
+                "ours: sum of the others": _spread([r["mean_rest"] for r in rs]),
+                "paper: others": MISSING if paper_rest is None else f"{paper_rest:g}",
             }
         )
     return rows
 
 
+def _order(values: dict[str, float]) -> list[str]:
+    return sorted(values, key=values.get, reverse=True)
+
+
+def claims(report: dict) -> list[dict]:
+    """The paper's claims of this study, each with the paper's numbers, ours (means over seeds) and whether it holds
+    on ours: the orderings of section 3.2 and of Figures 9-11, and the claim each study is quoted for."""
+    means = {key: {m: float(np.mean([r[m] for r in rs])) for m in ("mean_top", "mean_rest")} for key, rs in
+             groups(report).items()}  # fmt: skip
+    out = []
+    if report["study"] == "section3_2":
+        for key, word in (("top", "largest singular value"), ("rest", "sum of the other singular values")):
+            ours = {method: means[(setup, method)][f"mean_{key}"] for setup, method in means}
+            paper = {method: PAPER["section3_2"][method][key] for method in ours}
+            out.append(
+                {
+                    "claim": f"the order of the methods by their {word} (largest first)",
+                    "paper": _order(paper),
+                    "ours": _order(ours),
+                    "holds": _order(paper) == _order(ours),
+                }
+            )
+        rest = {method: means[(setup, method)]["mean_rest"] for setup, method in means}
+        out.append(
+            {
+                "claim": "manifold mixup leaves the smallest sum of the other singular values (it flattens most)",
+                "paper": PAPER["section3_2"]["manifold_mixup"]["rest"],
+                "ours": round(rest["manifold_mixup"], 2),
+                "holds": min(rest, key=rest.get) == "manifold_mixup",
+            }
+        )
+    if report["study"] == "appendix_g":
+        for setup, paper in PAPER["appendix_g"].items():
+            ours = {method: means[(s, method)]["mean_top"] for s, method in means if s == setup}
+            out.append(
+                {
+                    "claim": f"{setup}: the order of the mean first singular value (largest first)",
+                    "paper": _order(paper),
+                    "ours": _order(ours),
+                    "holds": _order(paper) == _order(ours),
+                }
+            )
+            out.append(
+                {
+                    "claim": f"{setup}: both mixups below the baseline",
+                    "paper": {k: v for k, v in paper.items()},
+                    "ours": {k: round(v, 2) for k, v in ours.items()},
+                    "holds": max(ours, key=ours.get) == "baseline",
+                }
+            )
+    return out
+
+
 def write_table(report: dict, out: Path) -> None:
-    c = report["config"]
-    warning = (
-        "**Generated data (random images of MNIST's shape): a timing run, not a result.**\n\n"
-        if report["generated_data"]
-        else ""
+    c, made = report["config"], report["provenance"]
+    seeds = ", ".join(map(str, c["seeds"]))
+    note = (
+        f"Ours: mean ± sample std over seeds {seeds}; {c['epochs']} epochs of Adam (lr {c['lr']}, batch "
+        f"{c['batch_size']}) on the real MNIST; per class, the singular values of the hidden states of up to "
+        f"{c['svd_per_class']} test images at the layer shown, averaged over the classes. The paper's own training "
+        "is not stated (README 'Protocols'). "
+        f"`{made['command']}` on {made['device']}, torch {made['torch_version']}, {made['wall_seconds'] / 60:.1f} min, "
+        f"commit {made['git_commit']}."
     )
-    note = warning + (
-        f"Ours: seed {c['seed']}, {c['epochs']} epochs of Adam (lr {c['lr']}, batch {c['batch_size']}); per class, the "
-        f"singular values of the hidden states of up to {c['svd_per_class']} test images at the layer shown, averaged "
-        "over the classes. The paper's own setup is not fully stated (README 'Protocols')."
-    )
+    if report["claims"]:
+        note += "\n\nThe paper's claims on ours:\n\n" + "\n".join(
+            f"- {'holds' if c['holds'] else 'does not hold'}: {c['claim']} (paper: {c['paper']}; ours: {c['ours']})"
+            for c in report["claims"]
+        )
     writer.write_table(
         out / f"flattening_{report['study']}", f"Flattening study `{report['study']}`", note, report["rows"]
     )
@@ -81,12 +152,11 @@ def plot_study(report: dict, out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tag = " (generated data: not a result)" if report["generated_data"] else ""
-    results = report["results"]
-    setups = list(dict.fromkeys(r["net"]["setup"] for r in results))
+    first = [r for r in report["results"] if r["seed"] == report["config"]["seeds"][0]]  # a picture: one seed
+    setups = list(dict.fromkeys(r["net"]["setup"] for r in first))
     name = f"flattening_{report['study']}.png"
     if report["study"] == "figure5":
-        methods = list(dict.fromkeys(r["net"]["method"] for r in results))
+        methods = list(dict.fromkeys(r["net"]["method"] for r in first))
         fig, axes = plt.subplots(
             len(setups),
             len(methods),
@@ -94,7 +164,7 @@ def plot_study(report: dict, out: Path) -> list[str]:
             squeeze=False,
             layout="constrained",
         )
-        for r in results:
+        for r in first:
             ax = axes[setups.index(r["net"]["setup"])][methods.index(r["net"]["method"])]
             points = np.asarray(r["bottleneck_states"]["points"])
             shown = ax.scatter(*points.T, c=r["bottleneck_states"]["labels"], cmap="tab10", vmin=0, vmax=9, s=3)
@@ -102,25 +172,30 @@ def plot_study(report: dict, out: Path) -> list[str]:
             ax.set_xlabel("bottleneck unit 1")
             ax.set_ylabel("bottleneck unit 2")
         fig.colorbar(shown, ax=axes, label="digit", ticks=range(10))
-        fig.suptitle(f"Figure 5: 2-D bottleneck states of test images{tag}", fontsize=10)
+        fig.suptitle(f"Figure 5: 2-D bottleneck states of MNIST test images (seed {first[0]['seed']})", fontsize=10)
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
         return [name]
+    results = report["results"]
     panels = setups + (["figure12 (all classes, 12 units)"] if report["study"] == "appendix_g" else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False, layout="constrained")
     for ax, panel in zip(axes[0], panels, strict=True):
         every = panel.startswith("figure12")
         source = setups[0] if every else panel
-        for r in (r for r in results if r["net"]["setup"] == source):
-            spectrum = np.asarray(r["all_classes_spectrum"]) if every else np.mean(r["spectra"], axis=0)
-            ax.plot(np.arange(1, len(spectrum) + 1), spectrum, marker=".", label=r["net"]["method"])
+        methods = dict.fromkeys(r["net"]["method"] for r in results if r["net"]["setup"] == source)
+        for method in methods:
+            rs = [r for r in results if r["net"]["setup"] == source and r["net"]["method"] == method]
+            spectra = [np.asarray(r["all_classes_spectrum"]) if every else np.mean(r["spectra"], axis=0) for r in rs]
+            spectrum = np.mean(spectra, axis=0)
+            ax.plot(np.arange(1, len(spectrum) + 1), spectrum, marker=".", label=f"{method} (n={len(rs)})")
         ax.set_yscale("log")
         ax.set_xlabel("singular value index")
         ax.set_ylabel("singular value" + ("" if every else " (mean over classes)"))
-        ax.set_title(panel or f"layer {results[0]['net']['measured']}", fontsize=9)
+        ax.set_title(panel if panel else f"layer {results[0]['net']['measured']}", fontsize=9)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Flattening study {report['study']}: singular values of the hidden states{tag}", fontsize=10)
-    fig.tight_layout()
+    seeds = len(report["config"]["seeds"])
+    fig.suptitle(f"Flattening study {report['study']}: singular values of MNIST test images' hidden states, mean over "
+                 f"{seeds} seed(s)", fontsize=10)  # fmt: skip
     fig.savefig(out / name, dpi=110)
     plt.close(fig)
     return [name]

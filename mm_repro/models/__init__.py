@@ -1,43 +1,78 @@
-"""Model registry: `build(name, num_classes, **options)` and the names users type (`model=...`)."""
+"""Model registry: the names users type (`model=...`), each with its family (which picks the protocol's schedule,
+conf/protocol), its mixing points and its builder; `build` and `build_from` make one for a dataset's image shape
+(PreAct and WRN take the image's channels; the fully-connected nets its pixels)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from mm_repro.models.mlp import MLP
 from mm_repro.models.preact_resnet import PreActResNet, preactresnet
-from mm_repro.models.staged import BN_INITS, StagedNet
+from mm_repro.models.staged import BN_INITS
 from mm_repro.models.wide_resnet import WideResNet
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model name's family (which picks the protocol's schedule, conf/protocol), its class and its builder
-    `(num_classes, width, bn_init) -> model`."""
+    """A model name's family, its mixing points (0 = input, i = the output of stage or hidden layer i) and its builder
+    `(num_classes, image_shape, width, options) -> model`."""
 
     family: str
-    net: type[StagedNet]
-    builder: Callable[..., StagedNet]
+    points: tuple[int, ...]
+    builder: Callable[..., nn.Module]
+    default_width: int
 
+
+def _staged(make: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    return lambda c, shape, width, o: make(c, width=width, in_channels=shape[0], **o)
+
+
+def _mlp(widths: list[int], bottleneck: int | None) -> Callable[..., nn.Module]:
+    """A fully-connected net of the small experiments: the 1024-unit layers take model.width, a bottleneck keeps its
+    size; dropout after each hidden layer but the bottleneck (models.mlp)."""
+
+    def make(c: int, shape: tuple[int, ...], width: int, o: dict) -> nn.Module:
+        sized = [width if w == 1024 else w for w in widths]
+        return MLP(math.prod(shape), sized, c, bottleneck, dropout=o["dropout"])
+
+    return make
+
+
+H = 1024
+MLP_NETS = {  # name: (hidden widths, the linear bottleneck layer); conf/model/<name>.yaml says which figure each is
+    "mlp_section3_2": ([H, H, H], None),
+    "mlp_figure5": ([H, H, 2, H, H], 3),
+    "mlp_appendix_g12": ([H, H, H, 12, H, H, H, H], 4),
+    "mlp_appendix_g30": ([H, H, H, 30, H, H, H, H], 4),
+    "mlp_appendix_g30_early": ([H, 30, H, H, H, H], 2),
+}
 
 REGISTRY: dict[str, ModelSpec] = {
     **{
-        f"preactresnet{d}": ModelSpec("preact", PreActResNet, lambda c, d=d, **o: preactresnet(d, c, **o))
+        f"preactresnet{d}": ModelSpec(
+            "preact", PreActResNet.points(), _staged(lambda c, d=d, **o: preactresnet(d, c, **o)), 64
+        )
         for d in (18, 34, 50, 101, 152)
     },
-    "wrn28_10": ModelSpec("wrn", WideResNet, lambda c, **o: WideResNet(28, 10, c, **o)),
-    "wrn28_2": ModelSpec("wrn", WideResNet, lambda c, **o: WideResNet(28, 2, c, **o)),
+    "wrn28_10": ModelSpec("wrn", WideResNet.points(), _staged(lambda c, **o: WideResNet(28, 10, c, **o)), 16),
+    "wrn28_2": ModelSpec("wrn", WideResNet.points(), _staged(lambda c, **o: WideResNet(28, 2, c, **o)), 16),
+    **{
+        name: ModelSpec("mlp", tuple(range(len(widths) + 1)), _mlp(widths, bottleneck), H)
+        for name, (widths, bottleneck) in MLP_NETS.items()
+    },
 }
 
 BN_INIT_NAMES = tuple(BN_INITS)
 
 
 def mixing_points(name: str) -> tuple[int, ...]:
-    """The mixing points of model `name` (0 = input, i = output of stage i), from its class."""
-    return REGISTRY[name].net.points()
+    """The mixing points of model `name` (0 = input, i = output of stage or hidden layer i)."""
+    return REGISTRY[name].points
 
 
 def build(
@@ -47,20 +82,25 @@ def build(
     bn_init: str = "uniform",
     stem_stride: int = 1,
     dropout: float = 0.0,
-) -> StagedNet:
-    """Build model `name` for `num_classes` classes; `width` is the initial channels (the family's default if None),
-    `stem_stride` the first convolution's stride, `dropout` the probability before the final linear layer."""
+    image_shape: tuple[int, ...] = (3, 32, 32),
+) -> nn.Module:
+    """Build model `name` for `num_classes` classes and images of `image_shape` (channels, height, width); `width`
+    is the initial channels of PreAct/WRN or the hidden width of a fully-connected net (the family's default if
+    None), `stem_stride` the first convolution's stride, `dropout` see ModelConfig."""
     if name not in REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
-    options = {"bn_init": bn_init, "stem_stride": stem_stride, "dropout": dropout}
-    if width is not None:
-        options["width"] = width
-    return REGISTRY[name].builder(num_classes, **options)
+    spec = REGISTRY[name]
+    options: dict[str, Any] = {"dropout": dropout}
+    if spec.family != "mlp":
+        options.update(bn_init=bn_init, stem_stride=stem_stride)
+    return spec.builder(num_classes, tuple(image_shape), width or spec.default_width, options)
 
 
-def build_from(model: Any, num_classes: int) -> StagedNet:
-    """The model a run's `model` config (config.ModelConfig) describes."""
-    return build(model.name, num_classes, model.width, model.bn_init, model.stem_stride, model.dropout)
+def build_from(model: Any, num_classes: int, image_shape: tuple[int, ...]) -> nn.Module:
+    """The model a run's `model` config (config.ModelConfig) describes, for images of `image_shape`."""
+    return build(
+        model.name, num_classes, model.width, model.bn_init, model.stem_stride, model.dropout, tuple(image_shape)
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

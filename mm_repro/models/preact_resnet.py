@@ -102,11 +102,12 @@ class PreActResNet(StagedNet):
         bn_init: str = "uniform",
         stem_stride: int = 1,
         dropout: float = 0.0,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         self.norm, self.dropout = BN_INITS[bn_init], dropout
         self.in_planes = width
-        self.conv1 = nn.Conv2d(3, width, 3, stride=stem_stride, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=stem_stride, padding=1, bias=False)
         self.layer1 = self._make_layer(block, width, num_blocks[0], stride=1)
         self.layer2 = self._make_layer(block, width * 2, num_blocks[1], stride=2)
         self.layer3 = self._make_layer(block, width * 4, num_blocks[2], stride=2)
@@ -121,7 +122,7 @@ class PreActResNet(StagedNet):
         return nn.Sequential(*layers)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        h = F.avg_pool2d(h, 4)  # official: no BN-ReLU before pooling
+        h = F.avg_pool2d(h, h.shape[-1])  # the whole final map (4 x 4 officially); no BN-ReLU before it, as official
         return self.linear(self.drop(h.flatten(1)))
 
 

@@ -52,13 +52,14 @@ class WideResNet(StagedNet):
         bn_init: str = "uniform",
         stem_stride: int = 1,
         dropout: float = 0.0,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         self.norm, self.dropout = BN_INITS[bn_init], dropout
         n = (depth - 4) // 6
         stages = [width, width * widen_factor, 2 * width * widen_factor, 4 * width * widen_factor]
         self.in_planes = stages[0]
-        self.conv1 = nn.Conv2d(3, stages[0], 3, stride=stem_stride, padding=1, bias=True)
+        self.conv1 = nn.Conv2d(in_channels, stages[0], 3, stride=stem_stride, padding=1, bias=True)
         self.layer1 = self._wide_layer(stages[1], n, stride=1)
         self.layer2 = self._wide_layer(stages[2], n, stride=2)
         self.layer3 = self._wide_layer(stages[3], n, stride=2)
@@ -73,5 +74,5 @@ class WideResNet(StagedNet):
         return nn.Sequential(*layers)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        h = F.avg_pool2d(F.relu(self.bn1(h)), 8)
+        h = F.avg_pool2d(F.relu(self.bn1(h)), h.shape[-1])  # the whole final map: 8 x 8 officially, 7 x 7 on MNIST
         return self.linear(self.drop(h.flatten(1)))

@@ -35,6 +35,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from omegaconf import OmegaConf, open_dict, read_write
 
 from mm_repro import records
+from mm_repro.config import image_shape
 from mm_repro.errors import UserError
 from mm_repro.models import build_from
 from mm_repro.sweeps.jobs import job_from_hydra, record_failure, record_success, sweep_group
@@ -58,8 +59,15 @@ def saved_point(job: Job) -> tuple[int, int]:
 
 def trains_alone(c: Any) -> bool:
     """Runs whose step the pack does not fuse: cutout (a hole in the input), a gradient blocked at k, dropout (its
-    mask would come from the pack's shared generator), and a validation split (a held-out set of the run's own)."""
-    return c.method.name == "cutout" or c.method.block_gradient or c.model.dropout > 0 or c.dataset.valid_per_class > 0
+    mask would come from the pack's shared generator), a validation split (a held-out set of the run's own), and an
+    optimizer other than the official SGD (the pack's update is SGD's)."""
+    return (
+        c.method.name == "cutout"
+        or c.method.block_gradient
+        or c.model.dropout > 0
+        or c.dataset.valid_per_class > 0
+        or c.train.optimizer != "sgd"
+    )
 
 
 def pack_key(job: Job) -> str:
@@ -83,7 +91,7 @@ def memory_cap(job: Job) -> int:
     if job.cfg.device == "cpu" or not torch.cuda.is_available():
         return sys.maxsize
     c = job.cfg
-    model = build_from(c.model, c.dataset.num_classes)
+    model = build_from(c.model, c.dataset.num_classes, image_shape(c.dataset))
     activations = 0
 
     def count(module: Any, inputs: Any, output: Any) -> None:

@@ -73,7 +73,7 @@ def build_model(cfg: TrainRunConfig, device: torch.device, image_shape: tuple[in
     """The run's model on `device`, initial weights from its seed, checked against the data's image shape, in
     channels_last where chosen."""
     c = cfg
-    model = init_model(lambda: build_from(c.model, c.dataset.num_classes), c.seed)
+    model = init_model(lambda: build_from(c.model, c.dataset.num_classes, image_shape), c.seed)
     check_fits(model, cfg, image_shape)
     channels_last = uses_channels_last(c.train.channels_last, device, model)
     refuse_onednn_bug(
@@ -83,10 +83,16 @@ def build_model(cfg: TrainRunConfig, device: torch.device, image_shape: tuple[in
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def optimizer_for(params: Any, cfg: TrainRunConfig, device: torch.device) -> torch.optim.SGD:
+def in_channels_last(model: nn.Module) -> bool:
+    """Does the model compute in channels_last (its first convolution's layout)? A net without one never does."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv is not None and conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def optimizer_for(params: Any, cfg: TrainRunConfig, device: torch.device) -> torch.optim.Optimizer:
     t = cfg.train
     fused = device.type == "cuda" if t.fused is None else t.fused
-    return build_optimizer(params, t.lr, t.momentum, t.weight_decay, t.nesterov, fused)
+    return build_optimizer(params, t.lr, t.momentum, t.weight_decay, t.nesterov, fused, t.optimizer)
 
 
 def compiler(cfg: TrainRunConfig, points: int) -> Any:
@@ -168,7 +174,7 @@ def build_trainer(jobs: list[Any], rngs: list[RunRandom], world: distributed.Wor
     lead = jobs[0].cfg
     local_batch = lead.train.batch_size // world.size
     models = [build_model(job.cfg, device, tuple(splits[job.run_dir].train.images.shape[1:])) for job in jobs]
-    channels_last = models[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)  # the layout chosen
+    channels_last = in_channels_last(models[0])  # the layout chosen
     by_split: dict[int, DeviceLoader] = {}
     loaders = []
     for job in jobs:

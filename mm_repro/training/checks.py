@@ -13,6 +13,7 @@ from mm_repro.config import (
     DEVICES,
     LOGGER_MODES,
     NOT_MIXING,
+    OPTIMIZERS,
     PAIRINGS,
     PRECISIONS,
     SEED_LIMIT,
@@ -22,6 +23,7 @@ from mm_repro.config import (
     check_number,
     choose,
     group_options,
+    image_shape,
     to_schema,
 )
 from mm_repro.errors import UserError
@@ -84,7 +86,7 @@ def _check_schedule(t: TrainConfig) -> None:
     check_number("train.momentum", t.momentum, 0.0, strict=False)
     check_number("train.weight_decay", t.weight_decay, 0.0, strict=False)
     check_number("train.checkpoint_seconds", t.checkpoint_seconds, 0.0, strict=False)
-    if t.nesterov and t.momentum == 0:
+    if t.optimizer == "sgd" and t.nesterov and t.momentum == 0:
         raise UserError("train.nesterov=true needs train.momentum > 0 (got 0); set a momentum or train.nesterov=false")
     outside = [m for m in t.milestones if not 0 < m < t.epochs]
     if outside:
@@ -98,8 +100,17 @@ def _check_schedule(t: TrainConfig) -> None:
 def _check_data(d: DatasetConfig) -> None:
     """The values the device loader would broadcast or pad with: one mean and one positive std per channel, a
     non-negative crop padding."""
-    if len(d.mean) != 3 or len(d.std) != 3:
-        raise UserError(f"dataset.mean={d.mean} and dataset.std={d.std} need one value per channel (3 each)")
+    channels = image_shape(d)[0]
+    if len(d.mean) != channels or len(d.std) != channels:
+        raise UserError(
+            f"dataset.mean={d.mean} and dataset.std={d.std} need one value per channel ({channels} each for {d.name})"
+        )
+    if d.classes is not None:
+        outside = [c for c in d.classes if not 0 <= c < d.num_classes]
+        if len(set(d.classes)) < 2 or outside or len(set(d.classes)) != len(d.classes):
+            raise UserError(
+                f"dataset.classes={d.classes} must list 2 or more distinct labels in 0..{d.num_classes - 1} (null: all)"
+            )
     for i, std in enumerate(d.std):
         check_number(f"dataset.std[{i}]", std, 0.0, strict=True)
     for i, mean in enumerate(d.mean):
@@ -122,6 +133,7 @@ def validate_train(cfg: DictConfig | dict) -> TrainRunConfig:
     choose("device", run.device, DEVICES)
     choose("train.compile_mode", run.train.compile_mode, COMPILE_MODES)
     choose("logger.mode", run.logger.mode, LOGGER_MODES)
+    choose("train.optimizer", run.train.optimizer, OPTIMIZERS)
     _check_data(run.dataset)
     if not 0 <= run.seed < SEED_LIMIT - 64:
         raise UserError(f"seed={run.seed} is out of range; a seed must lie in 0..{SEED_LIMIT - 65}")
