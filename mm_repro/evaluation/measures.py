@@ -204,9 +204,10 @@ def knn_errors(
 
 @torch.no_grad()
 def features_before_head(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """The input of the final linear layer (the pooled features) for every batch."""
+    """The input of the final linear layer (the pooled features; the last hidden layer of an MLP) for every batch."""
     seen: list[torch.Tensor] = []
-    hook = model.linear.register_forward_pre_hook(lambda m, args: seen.append(args[0].flatten(1)))
+    final = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]  # every model registers its head last
+    hook = final.register_forward_pre_hook(lambda m, args: seen.append(args[0].flatten(1)))
     try:
         for x, _ in batches:
             model(x)
