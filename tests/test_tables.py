@@ -406,3 +406,16 @@ def test_the_sweep_summary_sets_runs_at_chance_apart_as_tables_does(tmp_path):
     text = sweep_summary(sorted(tmp_path.iterdir()))
     assert "2 at chance" in text and "are not averaged here, as in `tables`" in text
     assert "erm" not in text.split("are not averaged")[1] and "n=1: test error final 3.00" in text
+
+
+def test_a_sweep_cell_shows_its_methods_on_one_axis(tmp_path):
+    runs = tmp_path / "runs"
+    for method in ("erm", "mixup", "manifold"):
+        for seed in (0, 1):
+            run_dir = _record(runs, f"{method}{seed}", method, seed, 3.0, 2.5, 0.1)
+            _with_metrics(run_dir, 3, 3.0 + seed, 2, 2.5)
+    made = make_tables([runs], tmp_path / "out", ["table1_cifar10"])
+    (figure,) = (tmp_path / "out" / "comparisons").glob("*.png")
+    index = (tmp_path / "out" / "comparisons" / "index.md").read_text()
+    assert figure.name in index and "No Mixup (2), Input Mixup (α = 1) (2), Manifold Mixup (α = 2) (2)" in index
+    assert made["scan"].records and figure.stat().st_size > 20_000

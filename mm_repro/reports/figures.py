@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mm_repro.files import atomic_write
 from mm_repro.records.scan import Record
 from mm_repro.reports.cells import LABEL_KEYS, by_setup, matches, mean_std, method_label, short_key
+from mm_repro.reports.curves import loss_curve
 
 
 def cell_group(row: dict, records: list[Record]) -> list[Record]:
@@ -87,21 +87,6 @@ def _plot_layers(ax: Any, spec: dict, records: list[Record], dataset: str) -> No
     ax.legend(fontsize=7)
 
 
-def loss_curve(records: list[Record], key: str = "train_loss") -> tuple[list[int], list[float], list[float]]:
-    """Epochs, mean and sample std (0 for one run) of `key` (a metrics.jsonl column) over the runs, at the epochs
-    every run has."""
-    curves = [{r["epoch"]: r[key] for r in record.metrics if key in r} for record in records if record.metrics]
-    if not curves:
-        return [], [], []
-    epochs = sorted(set.intersection(*(set(c) for c in curves)))
-    means, stds = [], []
-    for e in epochs:
-        mean, std, _ = mean_std([c[e] for c in curves])
-        means.append(mean)
-        stds.append(std or 0.0)
-    return epochs, means, stds
-
-
 def _plot_training_loss(ax: Any, spec: dict, records: list[Record]) -> None:
     """Figures 6 and 7: one curve per row and setup, mean over seeds with a band of one std."""
     drawn = 0
@@ -160,44 +145,4 @@ def plot_figures(specs: list[dict], records: list[Record], out: Path) -> list[Pa
         figure.tight_layout()
         figure.savefig(path, dpi=120)
         plt.close(figure)
-    return written
-
-
-def plot_learning_curves(records: list[Record], out: Path) -> list[Path]:
-    """One figure per setup group of runs (as summary.md groups them): test error and training loss against epoch,
-    mean and a one-std band over seeds; curves/index.md says which file is which group."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    folder = out / "curves"
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in [*folder.glob("[0-9][0-9][0-9]-*.png"), folder / "index.md"]:  # ours, of an earlier scan
-        old.unlink(missing_ok=True)
-    written, index = [], ["| file | runs | setup | n |", "|---|---|---|---|"]
-    for i, (label, group) in enumerate(by_setup(records).items()):
-        run = group[0].run
-        if not loss_curve(group, "test_error")[0]:  # no metrics.jsonl to draw from (a copied result.json, say)
-            continue
-        name = f"{i:03d}-{run['dataset']}-{run['model']}-{run['method']}.png"
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
-        for ax, key, what in zip(axes, ("test_error", "train_loss"), ("test error (%)", "training loss"), strict=True):
-            epochs, means, stds = loss_curve(group, key)
-            (line,) = ax.plot(epochs, means, label=f"mean over {len(group)} seed(s)")
-            low = [m - d for m, d in zip(means, stds, strict=True)]
-            high = [m + d for m, d in zip(means, stds, strict=True)]
-            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.25, label="± 1 std")
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel(what)
-            ax.legend(fontsize=7)
-        fig.suptitle(f"{run['dataset']} {run['model']} {run['method']} [{label or 'one setup'}], n = {len(group)}",
-                     fontsize=9)  # fmt: skip
-        fig.savefig(folder / name, dpi=100)
-        plt.close(fig)
-        written.append(folder / name)
-        index.append(f"| {name} | {run['dataset']} {run['model']} {run['method']} | {label} | {len(group)} |")
-    atomic_write(folder / "index.md", ("\n".join(index) + "\n").encode())
     return written

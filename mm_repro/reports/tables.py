@@ -30,7 +30,8 @@ from mm_repro.reports.cells import (
     method_label,
     metric_values,
 )
-from mm_repro.reports.figures import plot_figures, plot_learning_curves
+from mm_repro.reports.curves import plot_comparisons, plot_learning_curves
+from mm_repro.reports.figures import plot_figures
 
 
 def selections_for(spec: dict, records: list[Record], report: list[str] | None) -> tuple[str, ...]:
@@ -145,4 +146,5 @@ def make_tables(
     if figures:
         plot_figures(specs, scanned.records, out)
         plot_learning_curves(scanned.records, out)
+        plot_comparisons(scanned.records, out)
     return {"scan": scanned, "tables": rendered, "unmatched": unmatched}

@@ -1,0 +1,153 @@
+"""Learning curves from each run's metrics.jsonl: one figure per setup group (`curves/`), and for each cell of a sweep
+the methods on one axis (`comparisons/`): test error and training loss against epoch, mean and a one-std band over
+seeds, the LR milestones marked. `tables` draws both, with an index.md that says which file is which."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mm_repro.files import atomic_write
+from mm_repro.records.scan import Record
+from mm_repro.reports.cells import LABEL_KEYS, by_setup, mean_std, method_label, short_key
+
+
+def loss_curve(records: list[Record], key: str = "train_loss") -> tuple[list[int], list[float], list[float]]:
+    """Epochs, mean and sample std (0 for one run) of `key` (a metrics.jsonl column) over the runs, at the epochs
+    every run has."""
+    curves = [{r["epoch"]: r[key] for r in record.metrics if key in r} for record in records if record.metrics]
+    if not curves:
+        return [], [], []
+    epochs = sorted(set.intersection(*(set(c) for c in curves)))
+    means, stds = [], []
+    for e in epochs:
+        mean, std, _ = mean_std([c[e] for c in curves])
+        means.append(mean)
+        stds.append(std or 0.0)
+    return epochs, means, stds
+
+
+def plot_learning_curves(records: list[Record], out: Path) -> list[Path]:
+    """One figure per setup group of runs (as summary.md groups them): test error and training loss against epoch,
+    mean and a one-std band over seeds; curves/index.md says which file is which group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    folder = out / "curves"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in [*folder.glob("[0-9][0-9][0-9]-*.png"), folder / "index.md"]:  # ours, of an earlier scan
+        old.unlink(missing_ok=True)
+    written, index = [], ["| file | runs | setup | n |", "|---|---|---|---|"]
+    for i, (label, group) in enumerate(by_setup(records).items()):
+        run = group[0].run
+        if not loss_curve(group, "test_error")[0]:  # no metrics.jsonl to draw from (a copied result.json, say)
+            continue
+        name = f"{i:03d}-{run['dataset']}-{run['model']}-{run['method']}.png"
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+        for ax, key, what in zip(axes, ("test_error", "train_loss"), ("test error (%)", "training loss"), strict=True):
+            epochs, means, stds = loss_curve(group, key)
+            (line,) = ax.plot(epochs, means, label=f"mean over {len(group)} seed(s)")
+            low = [m - d for m, d in zip(means, stds, strict=True)]
+            high = [m + d for m, d in zip(means, stds, strict=True)]
+            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.25, label="± 1 std")
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(what)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{run['dataset']} {run['model']} {run['method']} [{label or 'one setup'}], n = {len(group)}",
+                     fontsize=9)  # fmt: skip
+        fig.savefig(folder / name, dpi=100)
+        plt.close(fig)
+        written.append(folder / name)
+        index.append(f"| {name} | {run['dataset']} {run['model']} {run['method']} | {label} | {len(group)} |")
+    atomic_write(folder / "index.md", ("\n".join(index) + "\n").encode())
+    return written
+
+
+# The keys that make a run's method: a comparison's lines differ by them, its cell by everything else.
+METHOD_SETUP = ("method.name", "method.alpha", "method.layers", "method.pairing", "method.block_gradient",
+                "method.cutout")  # fmt: skip
+
+
+def comparison_cells(records: list[Record]) -> dict[str, list[Record]]:
+    """Runs by cell: the same setup and data but for their method keys; only cells with two methods or more."""
+    cells: dict[str, list[Record]] = {}
+    for record in records:
+        setup = {k: v for k, v in record.setup.items() if k not in METHOD_SETUP}
+        key = json.dumps({"setup": setup, "data": record.data}, sort_keys=True, default=str)
+        cells.setdefault(key, []).append(record)
+    return {k: v for k, v in cells.items() if len({r.setup.get("method.name") for r in v}) > 1 or len(by_setup(v)) > 1}
+
+
+ORDER = ("erm", "cutout", "mixup", "manifold")  # the comparison's lines: the baseline first
+
+
+def _method_name(record: Record) -> str:
+    run = record.run
+    row = {"method": run["method"], "alpha": run.get("alpha"), "setup": {}}
+    if record.setup.get("method.block_gradient"):
+        row["setup"]["method.block_gradient"] = True
+    name = method_label(row)
+    if run["method"] == "manifold" and run.get("layers"):
+        name += f", S = {{{', '.join(map(str, run['layers']))}}}"
+    return name
+
+
+def _method_rank(record: Record) -> tuple:
+    run = record.run
+    rank = ORDER.index(run["method"]) if run["method"] in ORDER else len(ORDER)
+    return rank, run.get("alpha") or 0.0, _method_name(record)
+
+
+def plot_comparisons(records: list[Record], out: Path) -> list[Path]:
+    """For each cell of a sweep, its methods on one axis: test error and training loss against epoch, mean and a
+    one-std band over seeds, the LR milestones as dotted lines; comparisons/index.md names the files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    folder = out / "comparisons"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in [*folder.glob("[0-9][0-9][0-9]-*.png"), folder / "index.md"]:  # ours, of an earlier scan
+        old.unlink(missing_ok=True)
+    written, index = [], ["| file | cell | methods (n) |", "|---|---|---|"]
+    for i, cell in enumerate(comparison_cells(records).values()):
+        run = cell[0].run
+        lines = {}
+        for record in sorted(cell, key=_method_rank):
+            lines.setdefault(_method_name(record), []).append(record)
+        lines = {name: group for name, group in lines.items() if loss_curve(group, "test_error")[0]}
+        if len(lines) < 2:
+            continue
+        name = f"{i:03d}-{run['dataset']}-{run['model']}.png"
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+        for ax, key, what in zip(axes, ("test_error", "train_loss"), ("test error (%)", "training loss"), strict=True):
+            for label, group in lines.items():
+                epochs, means, stds = loss_curve(group, key)
+                (line,) = ax.plot(epochs, means, label=f"{label} (n={len(group)})")
+                low = [max(m - d, 0.0) for m, d in zip(means, stds, strict=True)]
+                high = [m + d for m, d in zip(means, stds, strict=True)]
+                ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
+            for milestone in cell[0].setup.get("train.milestones") or []:
+                ax.axvline(milestone, color="grey", linestyle=":", linewidth=1)
+            ax.set_xlabel("epoch" + (" (dotted: LR x gamma)" if cell[0].setup.get("train.milestones") else ""))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(what)
+            ax.set_ylim(bottom=0)
+            ax.legend(fontsize=7)
+        setup = cell[0].setup
+        common = ", ".join(f"{short_key(k)}={setup.get(k)}" for k in LABEL_KEYS if k in setup)
+        fig.suptitle(f"{run['dataset']} {run['model']}: the methods compared\n{common}; mean ± 1 std over seeds",
+                     fontsize=9)  # fmt: skip
+        fig.savefig(folder / name, dpi=100)
+        plt.close(fig)
+        written.append(folder / name)
+        methods = ", ".join(f"{label} ({len(group)})" for label, group in lines.items())
+        index.append(f"| {name} | {run['dataset']} {run['model']} {common} | {methods} |")
+    atomic_write(folder / "index.md", ("\n".join(index) + "\n").encode())
+    return written
