@@ -3,6 +3,7 @@ per-class singular-value spectra at each mixing point of flattening) and the sum
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,26 +16,26 @@ def plot_reliability(calibration: dict, path: Path, run: str = "") -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig, ax = plt.subplots(figsize=(5, 5), layout="constrained")
     table = calibration["table"]
     width = 1 / calibration["bins"]
-    ax.bar(
+    bars = ax.bar(
         [b["lower"] for b in table],
         [b["accuracy"] for b in table],
         width,
         align="edge",
         edgecolor="k",
-        label="accuracy",
+        label="accuracy (number: test images in the bin)",
     )
+    ax.bar_label(bars, labels=[str(b["count"]) for b in table], fontsize=6, padding=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.08)
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
-    ax.set_title(
-        f"{run}\nECE = {100 * calibration['ece']:.2f} %" if run else f"ECE = {100 * calibration['ece']:.2f} %",
-        fontsize=8,
-    )
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    title = f"{run}: ECE = {100 * calibration['ece']:.2f} %" if run else f"ECE = {100 * calibration['ece']:.2f} %"
+    ax.set_title(textwrap.fill(title, 60), fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path.name
@@ -60,7 +61,7 @@ def plot_spectra(flat: dict, path: Path, run: str = "") -> str:
     shown = min(len(labels), 20)  # CIFAR-100 has 100 classes: name the first 20
     extra = f" (first {shown} of {len(labels)})" if shown < len(labels) else ""
     if run:
-        fig.suptitle(run, fontsize=8)
+        fig.suptitle(textwrap.fill(run, 40 * len(points)), fontsize=8)
     fig.tight_layout()
     fig.legend(
         handles[:shown],

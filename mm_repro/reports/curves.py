@@ -5,11 +5,17 @@ seeds, the LR milestones marked. `tables` draws both, with an index.md that says
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 from mm_repro.files import atomic_write
 from mm_repro.records.scan import Record
 from mm_repro.reports.cells import LABEL_KEYS, by_setup, mean_std, method_label, short_key
+
+
+def wrap(text: str, width: int) -> str:
+    """A title in lines of at most `width` characters, so that it fits its figure (never clipped at the edges)."""
+    return textwrap.fill(text, width)
 
 
 def loss_curve(records: list[Record], key: str = "train_loss") -> tuple[list[int], list[float], list[float]]:
@@ -57,8 +63,8 @@ def plot_learning_curves(records: list[Record], out: Path) -> list[Path]:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(what)
             ax.legend(fontsize=7)
-        fig.suptitle(f"{run['dataset']} {run['model']} {run['method']} [{label or 'one setup'}], n = {len(group)}",
-                     fontsize=9)  # fmt: skip
+        title = f"{run['dataset']} {run['model']} {run['method']} [{label or 'one setup'}], n = {len(group)}"
+        fig.suptitle(wrap(title, 120), fontsize=9)
         fig.savefig(folder / name, dpi=100)
         plt.close(fig)
         written.append(folder / name)
@@ -142,8 +148,8 @@ def plot_comparisons(records: list[Record], out: Path) -> list[Path]:
             ax.legend(fontsize=7)
         setup = cell[0].setup
         common = ", ".join(f"{short_key(k)}={setup.get(k)}" for k in LABEL_KEYS if k in setup)
-        fig.suptitle(f"{run['dataset']} {run['model']}: the methods compared\n{common}; mean ± 1 std over seeds",
-                     fontsize=9)  # fmt: skip
+        title = f"{run['dataset']} {run['model']}: the methods compared; {common}; mean ± 1 std over seeds"
+        fig.suptitle(wrap(title, 120), fontsize=9)
         fig.savefig(folder / name, dpi=100)
         plt.close(fig)
         written.append(folder / name)

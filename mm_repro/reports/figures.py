@@ -9,7 +9,7 @@ from typing import Any
 
 from mm_repro.records.scan import Record
 from mm_repro.reports.cells import LABEL_KEYS, by_setup, matches, mean_std, method_label, short_key
-from mm_repro.reports.curves import loss_curve
+from mm_repro.reports.curves import loss_curve, wrap
 
 
 def cell_group(row: dict, records: list[Record]) -> list[Record]:
@@ -39,6 +39,14 @@ def _ours_label(spec: dict, records: list[Record]) -> str:
     return f"ours: {' | '.join(sorted(setups))}; n = {n} per cell"
 
 
+def _clipped(means: list[float], stds: list[float]) -> list[list[float]]:
+    """One-std error bars of accuracies, clipped to what an accuracy can be (0..100 %)."""
+    return [
+        [min(s, m) for m, s in zip(means, stds, strict=True)],
+        [min(s, 100 - m) for m, s in zip(means, stds, strict=True)],
+    ]
+
+
 def _plot_alpha(ax: Any, spec: dict, records: list[Record]) -> None:
     for method, colour in (("mixup", "tab:blue"), ("manifold", "tab:red")):
         rows = [r for r in spec["rows"] if r["method"] == method]
@@ -50,7 +58,7 @@ def _plot_alpha(ax: Any, spec: dict, records: list[Record]) -> None:
             ax.errorbar(
                 [a for a, _ in ours],
                 [m for _, (m, _, _) in ours],
-                yerr=[sd or 0.0 for _, (_, sd, _) in ours],
+                yerr=_clipped([m for _, (m, _, _) in ours], [sd or 0.0 for _, (_, sd, _) in ours]),
                 fmt="s-",
                 color=colour,
                 capsize=3,
@@ -58,7 +66,7 @@ def _plot_alpha(ax: Any, spec: dict, records: list[Record]) -> None:
             )
     ax.set_xlabel("α")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Table 6: CIFAR-10, PreActResNet18\n{_ours_label(spec, records)}", fontsize=8)
+    ax.set_title(wrap(f"Table 6: CIFAR-10, PreActResNet18. {_ours_label(spec, records)}", 70), fontsize=8)
     ax.legend(fontsize=7)
 
 
@@ -72,18 +80,16 @@ def _plot_layers(ax: Any, spec: dict, records: list[Record], dataset: str) -> No
         [i + 0.2 for i in x],
         [o[0] for o in ours],
         0.4,
-        yerr=[o[1] or 0 for o in ours],
+        yerr=_clipped([o[0] for o in ours], [o[1] or 0 for o in ours]),
         capsize=2,
         label="ours (final)",
         color="tab:red",
     )
     ax.set_xticks(list(x), [r["label"] for r in rows], rotation=45, fontsize=7)
-    shown = [o[0] - (o[1] or 0) for o in ours if o[2]] + [o[0] + (o[1] or 0) for o in ours if o[2]]
-    low, high = min(paper + shown), max(paper + shown)
-    ax.set_ylim(max(0.0, low - 3), min(100.0, high + 3))  # our bars are inside the axes, however far from the paper
+    ax.set_ylim(0, 100)  # bars start at zero: a bar's height is its accuracy, never exaggerated by a cut axis
     ax.set_xlabel("eligible layers S")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Table 5: {dataset}, PreActResNet18\n{_ours_label({'rows': rows}, records)}", fontsize=8)
+    ax.set_title(wrap(f"Table 5: {dataset}, PreActResNet18. {_ours_label({'rows': rows}, records)}", 60), fontsize=8)
     ax.legend(fontsize=7)
 
 
@@ -112,7 +118,9 @@ def _plot_training_loss(ax: Any, spec: dict, records: list[Record]) -> None:
     ax.set_ylabel("training loss (BCE on softmax, mixed targets)")
     shown = [r for r in records if any(matches(row, r) for row in spec["rows"])]
     common = ", ".join(f"{short_key(k)}={shown[0].setup.get(k)}" for k in LABEL_KEYS if shown) if shown else ""
-    ax.set_title(f"{spec['title']}\nours: mean ± 1 std over seeds{'; ' + common if common else ''}", fontsize=9)
+    ax.set_title(
+        wrap(f"{spec['title']} Ours: mean ± 1 std over seeds{'; ' + common if common else ''}", 80), fontsize=8
+    )
     if drawn:
         ax.legend(fontsize=7)
 
@@ -127,22 +135,21 @@ def plot_figures(specs: list[dict], records: list[Record], out: Path) -> list[Pa
     written = []
     by_name = {s["table"]: s for s in specs}
     if "table6_alpha" in by_name:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig, ax = plt.subplots(figsize=(6, 4.2), layout="constrained")
         _plot_alpha(ax, by_name["table6_alpha"], records)
         written.append(out / "table6_alpha.png")
     if "table5_layers" in by_name:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
         for ax, dataset in zip(axes, ("cifar10", "cifar100"), strict=True):
             _plot_layers(ax, by_name["table5_layers"], records, dataset)
         written.append(out / "table5_layers.png")
     for spec in specs:
         if spec.get("figure") == "training_loss":
-            fig, ax = plt.subplots(figsize=(6, 4))
+            fig, ax = plt.subplots(figsize=(7, 4.6), layout="constrained")
             _plot_training_loss(ax, spec, records)
             written.append(out / f"{spec['table']}.png")
     for path, number in zip(written, plt.get_fignums(), strict=True):
         figure = plt.figure(number)
-        figure.tight_layout()
         figure.savefig(path, dpi=120)
         plt.close(figure)
     return written
