@@ -18,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mm_repro import records
 from mm_repro.errors import Diverged, Preempted, UserError
+from mm_repro.models import build
 from mm_repro.records.scan import scan
 from mm_repro.reports.tables import make_tables
 from mm_repro.sweeps.packed import plan_packs
@@ -604,3 +605,37 @@ def test_a_resume_compares_every_key_that_changes_numbers_and_only_those():
         found = config_changes(old, new)
         assert [k for k, *_ in found] == ([key] if changed else []), key
     assert config_changes(old, old) == []
+
+
+def test_torch_load_opens_a_checkpoint_and_mm_repro_still_checks_it(tmp_path):
+    run_dir = tmp_path / "run"
+    train_module.train_jobs([_job(run_dir, "method=manifold")])
+    for name in (records.CHECKPOINT, records.BEST_CHECKPOINT):
+        state = torch.load(run_dir / name, weights_only=True)  # what any PyTorch user does
+        assert state["format"] == 2 and "conv1.weight" in state["model"]
+    model = init_model(lambda: build("preactresnet18", 10, 4), 0)
+    model.load_state_dict(torch.load(run_dir / records.BEST_CHECKPOINT, weights_only=True)["model"])
+    path = run_dir / records.CHECKPOINT
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # one flipped bit inside the zip torch.load would read
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(UserError, match="does not match its checksum"):
+        records.load_checkpoint(path)
+
+
+def test_a_run_written_by_9e24e2f_still_loads_and_finishes(tmp_path):
+    # checkpoints of the earlier format: a text header line with the payload's sha256 (tests/data/run_at_9e24e2f)
+    run_dir = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "data" / "run_at_9e24e2f", run_dir)
+    (run_dir / "README.md").unlink()
+    last = records.load_checkpoint(run_dir / records.CHECKPOINT)
+    assert last["epoch"] == 2 and "format" not in last
+    assert (
+        records.checkpoint_digest(run_dir / records.CHECKPOINT)
+        == json.loads((run_dir / records.RESULT).read_text())["checkpoint_sha256"]
+    )
+    (run_dir / records.RESULT).unlink()  # as if killed after its last checkpoint: the rerun writes its result
+    node = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    config = OmegaConf.to_container(node, resolve=True)
+    (result,) = train_module.train_jobs([Job(validate_train(node), run_dir, config)])
+    assert result["epochs"] == 2 and result["final"]["test_error"] == last["metrics"][-1]["test_error"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,56 +29,78 @@ from mm_repro.errors import UserError
 from mm_repro.files import atomic_write
 from mm_repro.records.result import flatten, is_free
 
-# A checkpoint file is one header line, `mm_repro-checkpoint <sha256 of the payload>`, then the payload (what
-# torch.save wrote). The digest is checked on every load, so a file damaged on disk or in a copy is refused by name,
-# and it names the checkpoint: result.json and eval.json record it, and `tables`/`evaluate` compare it with the
-# file's header (reading one line, not the whole file). Files without the header (written before the header existed)
-# still load, unchecked.
-CHECKPOINT_MAGIC = b"mm_repro-checkpoint "
+# A checkpoint is the zip file torch.save writes, so that `torch.load(path, weights_only=True)` opens it (format 2;
+# `state["format"]`). Its checksum (the sha256 of the zip up to its comment) is in the zip's comment at the end of
+# the file, `mm_repro-checkpoint v2 sha256=<hex>`, which readers of the zip ignore: mm_repro checks it on every load,
+# so a file damaged on disk or in a copy is refused by name, and it names the checkpoint (result.json and eval.json
+# record it; `tables` and `evaluate` read it from the file's last bytes, not the whole file). Files of format 1 (a
+# text header line with the sha256 of the payload, up to 9e24e2f) and headerless ones (earlier still) keep loading.
+CHECKPOINT_FORMAT = 2
+COMMENT = b"mm_repro-checkpoint v2 sha256="
+CHECKPOINT_MAGIC = b"mm_repro-checkpoint "  # format 1's header line
+EOCD = b"PK\x05\x06"  # a zip's end-of-central-directory record; its comment length is at offset 20
+TAIL = 22 + len(COMMENT) + 64
 
 
 def save_checkpoint(path: Path, state: dict) -> str:
-    """Write `state` to `path` atomically, with its checksum; returns the checksum (the checkpoint's name)."""
+    """Write `state` to `path` atomically, with its checksum in the zip's comment; returns the checksum (the
+    checkpoint's name)."""
     buffer = io.BytesIO()
-    torch.save(state, buffer)
-    payload = buffer.getbuffer()
-    digest = hashlib.sha256(payload).hexdigest()
-    atomic_write(path, CHECKPOINT_MAGIC + digest.encode() + b"\n" + bytes(payload))
+    torch.save({**state, "format": CHECKPOINT_FORMAT}, buffer)
+    data = buffer.getvalue()
+    end = data.rfind(EOCD) + 20  # torch writes no comment: the record ends with its (zero) length
+    digest = hashlib.sha256(data[:end]).hexdigest()
+    comment = COMMENT + digest.encode()
+    atomic_write(path, data[:end] + struct.pack("<H", len(comment)) + comment)
     return digest
 
 
 def checkpoint_digest(path: Path) -> str:
-    """The checksum in a checkpoint's header (the sha256 of the whole file for one written without a header)."""
+    """The checksum a checkpoint names itself by: its zip comment's (format 2), its header's (format 1), or the
+    sha256 of the whole file (a file of neither)."""
     with open(path, "rb") as f:
         head = f.read(len(CHECKPOINT_MAGIC) + 65)
         if head.startswith(CHECKPOINT_MAGIC):
             return head[len(CHECKPOINT_MAGIC) : len(CHECKPOINT_MAGIC) + 64].decode("ascii", "replace")
-        digest = hashlib.sha256(head)
+        f.seek(0, 2)
+        f.seek(max(f.tell() - TAIL, 0))
+        tail = f.read()
+        if COMMENT in tail:
+            return tail[tail.index(COMMENT) + len(COMMENT) :][:64].decode("ascii", "replace")
+        f.seek(0)
+        digest = hashlib.sha256()
         for chunk in iter(lambda: f.read(1 << 24), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def _checkpoint_payload(path: Path) -> bytes | Path:
-    """The payload of a checkpoint with a header, checked against its checksum; a headerless file as its path."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data.startswith(CHECKPOINT_MAGIC):
-        return path
-    header, _, payload = data.partition(b"\n")
-    digest = header[len(CHECKPOINT_MAGIC) :].decode("ascii", "replace")
-    if hashlib.sha256(payload).hexdigest() != digest:
+def _verified(path: Path) -> tuple[bytes, bool]:
+    """The bytes torch.load reads, checked against the checksum the file holds, and whether they are of format 2
+    (safe to load with weights_only: tensors, numbers and strings only)."""
+    data = Path(path).read_bytes()
+    if data.startswith(CHECKPOINT_MAGIC):  # format 1
+        header, _, payload = data.partition(b"\n")
+        digest = header[len(CHECKPOINT_MAGIC) :].decode("ascii", "replace")
+        if hashlib.sha256(payload).hexdigest() != digest:
+            raise ValueError(f"its content does not match its checksum {digest[:12]}... (damaged on disk or in a copy)")
+        return payload, False
+    at = data.rfind(COMMENT)
+    if at < 0:  # headerless: written before checksums existed
+        return data, False
+    end = data.rfind(EOCD, 0, at) + 20
+    digest = data[at + len(COMMENT) :].decode("ascii", "replace")
+    if end < 20 or hashlib.sha256(data[:end]).hexdigest() != digest:
         raise ValueError(f"its content does not match its checksum {digest[:12]}... (damaged on disk or in a copy)")
-    return payload
+    return data, True
 
 
 def load_checkpoint(path: Path, resumable: bool = True) -> dict:
-    """Load a checkpoint written by `save_checkpoint`; an unreadable or damaged one is a one-line `UserError`.
-    `resumable`: it must hold what a resume needs (checkpoints/last.pt); best.pt holds the model only."""
+    """Load a checkpoint written by `save_checkpoint` (or an earlier format); an unreadable or damaged one is a
+    one-line `UserError`. `resumable`: it must hold what a resume needs (checkpoints/last.pt); best.pt holds the model
+    and its identity only."""
     try:
-        payload = _checkpoint_payload(path)
-        source = io.BytesIO(payload) if isinstance(payload, bytes) else payload
-        state = torch.load(source, map_location="cpu", weights_only=False)
+        data, current = _verified(path)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=current)
         if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
             raise ValueError("not an mm_repro checkpoint")
     except Exception as exc:  # torch.load raises many types on a damaged file

@@ -31,9 +31,11 @@ class RunRandom:
         self.torch.manual_seed(seed)
 
     def state(self) -> dict:
+        """The streams' states, as tensors, numbers and strings only (what torch.load(weights_only=True) reads)."""
+        name, keys, pos, has_gauss, cached = self.numpy.get_state()
         return {
             "python": self.python.getstate(),
-            "numpy": self.numpy.get_state(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
             "torch": self.torch.get_state(),
             "device_type": self.device.type,
         }
@@ -45,7 +47,9 @@ class RunRandom:
                 f"{self.device.type}; resume with device={state['device_type']}, or pass train.resume=false"
             )
         self.python.setstate(state["python"])
-        self.numpy.set_state(state["numpy"])
+        name, keys, *rest = state["numpy"]  # keys: a tensor (format 2) or numpy's own array (earlier checkpoints)
+        keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys
+        self.numpy.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
         self.torch.set_state(state["torch"])
 
 
