@@ -26,7 +26,7 @@ LAYERS = [
     ("training",),  # the step, the trainers, the loop, a run's session and ownership
     ("sweeps", "reports", "evaluation", "bench"),  # launchers and packs; readers of records; one run's evaluation
     ("experiments",),  # the self-contained experiments (they use evaluation's measures)
-    ("commands",),  # one object per command: its schema, what it runs and prints
+    ("commands", "api"),  # one object per command: its schema, what it runs and prints; the Python API
     ("cli",),  # argv, the Hydra app, one line per failure
     ("__main__",),
 ]

@@ -52,7 +52,7 @@ def load_run(run_dir: Path, device: torch.device, dataset_root: str | None = Non
         cfg.dataset.root = dataset_root
     path = run_dir / (records.BEST_CHECKPOINT if which == "best" else records.CHECKPOINT)
     if which == "best":
-        _check_best(run_dir, result)
+        check_best(run_dir, result)
     if not path.exists():
         raise UserError(
             f"run={run_dir} has no {path.relative_to(run_dir)} (written from this version on); use checkpoint=last"
@@ -99,7 +99,7 @@ def check_same_data(run_dir: Path, result: dict, splits: Splits, names: tuple[st
     return found
 
 
-def _check_best(run_dir: Path, result: dict) -> None:
+def check_best(run_dir: Path, result: dict) -> None:
     """best.pt must be the checkpoint result.json names as the best epoch's model (`best_checkpoint`, recorded from
     this version on); a result without that key is checked by best.pt's epoch alone (load_run)."""
     if "best_checkpoint" not in result:

@@ -1,0 +1,114 @@
+"""mm_repro from Python: a small API beside the CLI (which stays the primary interface). docs/api.md shows each
+function in use; tests/test_api.py runs those examples exactly as printed.
+
+- `build_model(name, num_classes, ...)`: a model of the registry (`model=` names), as `train` builds it.
+- `load_model(run_dir, checkpoint="last"|"best")`: a finished run's model, in eval mode, and its checked config.
+  Checkpoints are plain torch.save files: `torch.load(path, weights_only=True)["model"]` works too.
+- `Staged(stage, stage, ...)`: any model given as its stages in order (the first takes the input, the last gives
+  logits), with the mixing points manifold mixup needs (0 = the input, i = the output of stage i).
+- `ManifoldMixup(alpha, layers, num_classes)`: the official mixing step for one's own training loop: draw k, lam and
+  the partners, mix the hidden states at k and the one-hot targets alike, and the loss (BCE on softmax, as the
+  official code) on the mixed batch. `layers=(0,)` is input mixup.
+- `tables(run_dirs)`: every paper table's rows and the summary's rows for a list of run directories, computed as
+  `python -m mm_repro tables` computes them, without writing anything.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from mm_repro.config import TrainRunConfig, image_shape
+from mm_repro.evaluation.loading import check_best
+from mm_repro.files import read_json
+from mm_repro.method import mixing
+from mm_repro.method.losses import LOSSES
+from mm_repro.models import build as build_model
+from mm_repro.models import build_from
+from mm_repro.records import BEST_CHECKPOINT, CHECKPOINT, RESULT, load_checkpoint
+from mm_repro.records.scan import scan
+from mm_repro.reports.cells import load_specs
+from mm_repro.reports.summary import summary_rows
+from mm_repro.reports.tables import build_rows
+from mm_repro.training.checks import validate_train
+from mm_repro.training.step import MixedForward, one_hot
+
+__all__ = ["ManifoldMixup", "Staged", "build_model", "load_model", "tables"]
+
+
+def load_model(run_dir: str | Path, checkpoint: str = "last") -> tuple[nn.Module, TrainRunConfig]:
+    """The model of a finished run (`checkpoint`: "last", the final epoch's weights, or "best", the best test
+    error's, when result.json names best.pt as that epoch's model) in eval mode on the CPU, and the run's config."""
+    run_dir = Path(run_dir)
+    cfg = validate_train(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    if checkpoint == "best":
+        check_best(run_dir, read_json(run_dir / RESULT))
+    path = run_dir / (BEST_CHECKPOINT if checkpoint == "best" else CHECKPOINT)
+    model = build_from(cfg.model, cfg.dataset.num_classes, image_shape(cfg.dataset))
+    model.load_state_dict(load_checkpoint(path, resumable=False)["model"])
+    return model.eval(), cfg
+
+
+class Staged(nn.Module):
+    """A model given as its stages, in order: `forward_until(x, k)` runs the first k, `forward_from(h, k)` the rest,
+    so that manifold mixup can mix at any point between two stages (0: the input)."""
+
+    def __init__(self, *stages: nn.Module) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+
+    @property
+    def mixing_points(self) -> tuple[int, ...]:
+        return tuple(range(len(self.stages)))
+
+    def forward_until(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        for stage in self.stages[:k]:
+            x = stage(x)
+        return x
+
+    def forward_from(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        for stage in self.stages[k:]:
+            h = stage(h)
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_from(x, 0)
+
+
+class ManifoldMixup:
+    """The official mixing step for one's own loop (method.mixing; training.step.MixedForward): per batch one mixing
+    point k uniform over `layers`, one lam ~ Beta(alpha, alpha) and one permutation, drawn from this object's own
+    streams (seeded by `seed`), in the official order; the hidden states at k and the one-hot targets mixed alike,
+    gradients through both members of each pair; the loss on the soft targets (`loss`: bce_softmax, the official one,
+    or soft_ce). The model must expose `forward_until` and `forward_from` (every mm_repro model does; wrap any other
+    in `Staged`)."""
+
+    def __init__(
+        self, alpha: float, layers: Sequence[int], num_classes: int, seed: int = 0, loss: str = "bce_softmax"
+    ) -> None:
+        self.spec = mixing.MixSpec(float(alpha), tuple(layers))
+        self.num_classes, self.loss_fn = num_classes, LOSSES[loss]
+        self.python, self.numpy = random.Random(seed), np.random.RandomState(seed)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The mixed batch's loss (backward it, then step the optimizer)."""
+        d = mixing.draw(self.spec, len(y), self.python, self.numpy)
+        lam = torch.tensor(d.lam, dtype=torch.float32, device=x.device)
+        index = torch.as_tensor(d.index, device=x.device)
+        logits, targets = MixedForward(model)(x, one_hot(y, self.num_classes), d.k, lam, index)
+        return self.loss_fn(logits, targets)
+
+
+def tables(run_dirs: Sequence[str | Path], include_chance: bool = False) -> dict[str, list[dict]]:
+    """Each paper table's rows (ours beside the paper's, as `tables` writes them) and, under "summary", one row per
+    setup of every complete run; runs set apart (failed, repeated, stale, ...) are in no row."""
+    scanned = scan([Path(d) for d in run_dirs], include_chance)
+    rows = {spec["table"]: build_rows(spec, scanned.records) for spec in load_specs()}
+    rows["summary"] = summary_rows(scanned.records)
+    return rows

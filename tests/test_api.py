@@ -1,0 +1,47 @@
+"""The Python API (docs/api.md), tested as users call it: every example of docs/api.md runs, exactly as printed, in
+a directory that holds a finished run at runs/my-run; and the mixing step it offers is the official one."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from conftest import tiny_job
+
+from mm_repro import api
+from mm_repro.training.loop import train_jobs
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "api.md"
+
+
+def test_every_example_of_the_api_page_runs_as_printed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    train_jobs([tiny_job(Path("runs/my-run"), "dataset.train_size=400", "train.epochs=4", "model.width=8")])
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+    assert len(blocks) == 4
+    for block in blocks:
+        exec(compile(block, str(DOC), "exec"), {})
+    printed = capsys.readouterr().out
+    assert "preactresnet18 manifold best epoch" in printed and "synthetic preactresnet18 manifold 1" in printed
+
+
+def test_the_mixing_step_is_the_official_draw_and_mix():
+    # the draws in the official order and streams (python's randint for k, numpy's beta then permutation), the
+    # hidden state at k mixed with its partners, the targets alike
+    net = api.Staged(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    seen = []
+    net.stages[1].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    x, y = torch.randn(5, 3, 2, 2), torch.tensor([0, 1, 2, 3, 0])
+    mixup = api.ManifoldMixup(alpha=2.0, layers=[1], num_classes=4, seed=3)
+    loss = mixup.loss(net, x, y)
+    rng = np.random.RandomState(3)
+    lam = float(np.float32(rng.beta(2.0, 2.0)))
+    index = torch.as_tensor(rng.permutation(5))
+    h = x.flatten(1)
+    torch.testing.assert_close(seen[0], h * lam + h[index] * (1 - lam))
+    targets = torch.nn.functional.one_hot(y, 4).float()
+    mixed = targets * lam + targets[index] * (1 - lam)
+    expected = torch.nn.functional.binary_cross_entropy(torch.softmax(net.stages[1](seen[0]), 1), mixed)
+    torch.testing.assert_close(loss, expected)
