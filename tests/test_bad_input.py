@@ -75,8 +75,9 @@ def test_a_bad_value_is_one_line_and_exit_2_for_every_command(cli, args, message
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (("model.stem_stride=64",), "model=preactresnet18 (width 4, stem_stride 64) cannot take the synthetic images"),
-        (("model=wrn28_2", "model.stem_stride=40"), "cannot take the synthetic images of shape (3, 32, 32)"),
+        (("model.stem_stride=64",), "model.stem_stride=64 is larger than the synthetic images (32 x 32)"),
+        (("model=wrn28_2", "model.stem_stride=40"), "model.stem_stride=40 is larger than the synthetic images"),
+        (("model=mlp_section3_2",), "model=mlp_section3_2 takes 1 x 28 x 28 images (MNIST's"),
     ],
 )
 def test_a_model_that_cannot_take_the_data_is_refused_before_a_run_directory_exists(cli, extra, message):

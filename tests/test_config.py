@@ -16,17 +16,22 @@ DATASETS = ["cifar10", "cifar100", "svhn", "synthetic"]
 METHODS = ["erm", "mixup", "manifold"]
 
 
-@pytest.mark.parametrize("dataset", DATASETS)
-@pytest.mark.parametrize("model", sorted(REGISTRY))
+PAIRS = [(d, m) for m in sorted(REGISTRY) for d in (["mnist"] if m.startswith("mlp") else [*DATASETS, "mnist"])]
+
+
+@pytest.mark.parametrize(("dataset", "model"), PAIRS)  # the paper's MNIST nets take MNIST's images only
 @pytest.mark.parametrize("method", METHODS)
 def test_every_dataset_model_method_composes_and_validates(dataset, model, method):
     run = validate_train(compose_train(f"dataset={dataset}", f"model={model}", f"method={method}"))
     assert (run.dataset.name, run.model.name, run.method.name) == (dataset, model, method)
     assert run.dataset.num_classes == (100 if dataset == "cifar100" else 10)
-    preact = model.startswith("preact")
-    assert run.train.epochs == (2000 if preact else 400)
-    assert run.train.milestones == ([500, 1000, 1500] if preact else [200, 300])
-    assert run.method.layers == {"erm": [], "mixup": [0], "manifold": [0, 1, 2]}[method]
+    family = REGISTRY[model].family
+    assert run.train.epochs == {"preact": 2000, "wrn": 400, "mlp": 10}[family]
+    assert run.train.milestones == {"preact": [500, 1000, 1500], "wrn": [200, 300], "mlp": []}[family]
+    assert run.train.optimizer == ("adam" if family == "mlp" else "sgd")
+    mlp_layer = {"mlp_section3_2": 1, "mlp_figure5": 3, "mlp_appendix_g30_early": 2}.get(model, 4)  # the paper's
+    manifold = [mlp_layer] if family == "mlp" else [0, 1, 2]
+    assert run.method.layers == {"erm": [], "mixup": [0], "manifold": manifold}[method]
 
 
 def test_defaults_are_the_official_protocol():
@@ -130,7 +135,9 @@ def test_each_options_list_is_written_once():
     assert group_options("model") == tuple(sorted(REGISTRY))
     assert set(group_options("method")) == {"erm", "mixup", "manifold", "cutout"}
     assert "synthetic" in group_options("dataset")
-    with pytest.raises(UserError, match="dataset='imagenet' is not allowed; choose one of cifar10, cifar100, svhn"):
+    with pytest.raises(
+        UserError, match="dataset='imagenet' is not allowed; choose one of cifar10, cifar100, mnist, svhn"
+    ):
         validate_train({**OmegaConf.to_container(compose_train()), "dataset": {"name": "imagenet"}})
 
 
@@ -173,7 +180,7 @@ def test_train_help_says_what_every_key_means(tmp_path):
     lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
     for key in keys:
         assert key in lines and len(lines[key].split()) > 2, key  # the key and a few words on it
-    assert "dataset: cifar10, cifar100, svhn, synthetic" in proc.stdout
+    assert "dataset: cifar10, cifar100, mnist, svhn, synthetic" in proc.stdout
 
 
 @pytest.mark.parametrize("experiment", ["table1_cifar100", "table2_svhn", "smoke"])

@@ -81,12 +81,15 @@ def test_the_reader_of_mixing_point_k_sees_the_mix():
 
 
 def test_the_studies_have_the_papers_nets():
-    appendix_g = {n.setup: n.widths for n in nets_of("appendix_g")}
-    assert appendix_g["figure9 (12 units after 3 layers)"] == (1024, 1024, 1024, 12, 1024, 1024, 1024, 1024)
-    assert appendix_g["figure11 (30 units after 1 layer)"] == (1024, 30, 1024, 1024, 1024, 1024)
+    from mm_repro.models import build
+
+    widths = {n.setup: build(n.model, 10, image_shape=(1, 28, 28)).widths for n in nets_of("appendix_g")}
+    assert widths["figure9 (12 units after 3 layers)"] == [1024, 1024, 1024, 12, 1024, 1024, 1024, 1024]
+    assert widths["figure11 (30 units after 1 layer)"] == [1024, 30, 1024, 1024, 1024, 1024]
     figure5 = nets_of("figure5")
-    assert {n.widths for n in figure5} == {(1024, 1024, 2, 1024, 1024)} and {n.bottleneck for n in figure5} == {3}
-    assert {n.classes for n in figure5} == {tuple(range(5)), tuple(range(10))}
+    assert {n.model for n in figure5} == {"mlp_figure5"} and {n.measured for n in figure5} == {3}
+    assert {n.classes for n in figure5} == {(0, 1, 2, 3, 4), None}
+    assert build("mlp_figure5", 10, image_shape=(1, 28, 28)).bottleneck == 3
     assert [n.method for n in nets_of("section3_2")] == [
         "baseline", "weight_decay", "dropout", "input_mixup", "manifold_mixup"
     ]  # fmt: skip

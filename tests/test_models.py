@@ -36,10 +36,13 @@ def test_forward_until_then_from_equals_forward_for_every_mixing_point(name):
     x = torch.randn(3, 3, 32, 32)
     full = model(x)
     assert full.shape == (3, 10)
+    widths = len(model.widths) if REGISTRY[name].family == "mlp" else None  # the fully-connected nets: one per layer
     assert (
         tuple(model.mixing_points)
         == mixing_points(name)
-        == {"preact": (0, 1, 2, 3, 4), "wrn": (0, 1, 2, 3)}[REGISTRY[name].family]
+        == {"preact": (0, 1, 2, 3, 4), "wrn": (0, 1, 2, 3), "mlp": tuple(range((widths or 0) + 1))}[
+            REGISTRY[name].family
+        ]
     )
     for k in model.mixing_points:
         torch.testing.assert_close(model.forward_from(model.forward_until(x, k), k), full, rtol=0, atol=0)

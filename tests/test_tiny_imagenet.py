@@ -144,7 +144,7 @@ def test_the_stride_2_model_equals_the_official_one_output_for_output():
     from data.official.record import fill, fixed_input
 
     recorded = _official()
-    model = build_from(validate_train(compose_train("dataset=tiny_imagenet")).model, 200)
+    model = build_from(validate_train(compose_train("dataset=tiny_imagenet")).model, 200, (3, 64, 64))
     fill(model, 1)
     x = fixed_input((2, 3, 64, 64), 2)
     with torch.no_grad():

@@ -26,6 +26,7 @@ class ModelSpec:
     points: tuple[int, ...]
     builder: Callable[..., nn.Module]
     default_width: int
+    image_shape: tuple[int, ...] | None = None  # the images it is defined for (the MNIST nets); None: any
 
 
 def _staged(make: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -62,7 +63,7 @@ REGISTRY: dict[str, ModelSpec] = {
     "wrn28_10": ModelSpec("wrn", WideResNet.points(), _staged(lambda c, **o: WideResNet(28, 10, c, **o)), 16),
     "wrn28_2": ModelSpec("wrn", WideResNet.points(), _staged(lambda c, **o: WideResNet(28, 2, c, **o)), 16),
     **{
-        name: ModelSpec("mlp", tuple(range(len(widths) + 1)), _mlp(widths, bottleneck), H)
+        name: ModelSpec("mlp", tuple(range(len(widths) + 1)), _mlp(widths, bottleneck), H, (1, 28, 28))
         for name, (widths, bottleneck) in MLP_NETS.items()
     },
 }

@@ -74,5 +74,5 @@ class WideResNet(StagedNet):
         return nn.Sequential(*layers)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        h = F.avg_pool2d(F.relu(self.bn1(h)), h.shape[-1])  # the whole final map: 8 x 8 officially, 7 x 7 on MNIST
+        h = F.avg_pool2d(F.relu(self.bn1(h)), min(8, h.shape[-1]))  # official 8 (the 8 x 8 map); MNIST's is 7 x 7
         return self.linear(self.drop(h.flatten(1)))

@@ -74,6 +74,19 @@ def _check_model(run: TrainRunConfig) -> None:
             f"model.stem_stride={model.stem_stride}: the first convolution's stride must be >= 1 (1: 32 x 32 data, "
             "2: Tiny-ImageNet as the official code)"
         )
+    shape, needs = image_shape(run.dataset), REGISTRY[model.name].image_shape
+    if needs and tuple(needs) != tuple(shape):
+        raise UserError(
+            f"model={model.name} takes {' x '.join(map(str, needs))} images (MNIST's: the paper's net of "
+            f"784 inputs); dataset={run.dataset.name} has {' x '.join(map(str, shape))}: choose dataset=mnist, or a "
+            "PreAct or WRN model"
+        )
+    side = min(shape[1:])
+    if model.stem_stride > side and REGISTRY[model.name].family != "mlp":
+        raise UserError(
+            f"model.stem_stride={model.stem_stride} is larger than the {run.dataset.name} images ({side} x {side}): "
+            "the first convolution would see one pixel; 1 for 32 x 32 data, 2 for Tiny-ImageNet (official)"
+        )
     if not 0 <= model.dropout < 1 or not math.isfinite(model.dropout):
         raise UserError(f"model.dropout={model.dropout} must be a probability in [0, 1) (0: no dropout)")
     if run.dataset.valid_per_class < 0:
