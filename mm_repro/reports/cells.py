@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from mm_repro.config import ADDED_KEYS, PAPER_DIR
@@ -132,6 +133,14 @@ def load_specs(names: list[str] | None = None) -> list[dict]:
             raise UserError(f"tables={unknown[0]!r} is not a table; choose from {', '.join(known)}")
         specs = [s for s in specs if s["table"] in names]
     return specs
+
+
+def shown(path: Path | str) -> str:
+    """A path as a table lists it: relative to the working directory when it lies below it (a committed table then
+    names no one's home directory), else as it is."""
+    text = str(path)
+    here = str(Path.cwd().resolve())
+    return text[len(here) + 1 :] if text.startswith(here + "/") else text
 
 
 def by_setup(records: list[Record]) -> dict[str, list[Record]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mm_repro.records.scan import Record, scan
 from mm_repro.reports import writer
-from mm_repro.reports.cells import MISSING, by_setup, load_specs, matches, mean_std
+from mm_repro.reports.cells import MISSING, by_setup, load_specs, matches, mean_std, shown
 
 
 def _cell(values: list[float]) -> str:
@@ -54,7 +54,7 @@ def to_markdown(rows: list[dict], unmatched: list[Record]) -> str:
     if rows:
         lines += writer.markdown(rows)
     if unmatched:
-        lines += ["", f"Runs that fit no paper table: {len(unmatched)}", *[f"- {r.path}" for r in unmatched]]
+        lines += ["", f"Runs that fit no paper table: {len(unmatched)}", *[f"- {shown(r.path)}" for r in unmatched]]
     return "\n".join(lines) + "\n"
 
 

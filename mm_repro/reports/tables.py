@@ -29,6 +29,7 @@ from mm_repro.reports.cells import (
     mean_std,
     method_label,
     metric_values,
+    shown,
 )
 from mm_repro.reports.curves import plot_comparisons, plot_learning_curves
 from mm_repro.reports.figures import plot_figures
@@ -101,7 +102,7 @@ def to_markdown(spec: dict, rows: list[dict], scanned: Scan) -> str:
     ]
     for title, entries in scanned.apart():
         if entries:
-            lines += ["", f"{title}: {len(entries)}", *[f"- {p}" for p in entries]]
+            lines += ["", f"{title}: {len(entries)}", *[f"- {shown(p)}" for p in entries]]
     return "\n".join(lines) + "\n"
 
 
