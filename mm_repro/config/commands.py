@@ -81,7 +81,7 @@ class StudyConfig:
     download: bool = True
     epochs: int = rule(10, ge=1)
     batch_size: int = rule(100, ge=2)
-    lr: float = rule(1e-3, gt=0)
+    lr: float = rule(1e-4, gt=0)
     alpha: float = rule(2.0, gt=0)
     weight_decay: float = rule(1e-4, ge=0)
     dropout: float = rule(0.5, ge=0, lt=1)

@@ -81,7 +81,16 @@ def claims(report: dict) -> list[dict]:
     on ours: the orderings of section 3.2 and of Figures 9-11, and the claim each study is quoted for."""
     means = {key: {m: float(np.mean([r[m] for r in rs])) for m in ("mean_top", "mean_rest")} for key, rs in
              groups(report).items()}  # fmt: skip
-    out = []
+    collapsed = [f"{r['net']['method']} {r['net']['setup']} seed {r['seed']}" for r in report["results"]
+                 if r["test_accuracy"] < 15.0]  # fmt: skip
+    out = [  # a net that collapsed to chance (its softmax saturated) has no meaningful spectrum
+        {
+            "claim": "every net trained (none at chance level: test accuracy below 15 %)",
+            "paper": "(implied)",
+            "ours": collapsed or "all trained",
+            "holds": not collapsed,
+        }
+    ]
     if report["study"] == "section3_2":
         for key, word in (("top", "largest singular value"), ("rest", "sum of the other singular values")):
             ours = {method: means[(setup, method)][f"mean_{key}"] for setup, method in means}
