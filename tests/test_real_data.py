@@ -1,14 +1,14 @@
 """Real data: the whole pipeline learns the real MNIST through the CLI, as a user runs it (`train dataset=mnist`), to an
 error a broken pipeline cannot reach, and manifold mixup learns it too.
 
-The budget: section 3.2's fully-connected net at width 256, one epoch of Adam (the mlp family's protocol), about 25 s
-a run on one core. Measured on the 2-core CPU VM (torch 2.14.1, OMP_NUM_THREADS=1, seeds 0, 1, 2): ERM 3.81, 3.79,
-3.97 % test error; manifold mixup 3.53, 3.55, 3.67 %; input mixup 4.12 % (seed 0). The thresholds leave a margin of
-about a point: ERM below 5 %, manifold mixup below 5 % and at most a point above ERM of the same seed. What each
+The budget: section 3.2's fully-connected net at width 256, one epoch of Adam at lr 1e-4 (the mlp family's protocol),
+about 25 s a run on one core. Measured on the 2-core CPU VM (torch 2.14.1, OMP_NUM_THREADS=1, seeds 0, 1, 2): ERM
+7.56, 7.56, 7.77 % test error; manifold mixup 7.97, 8.29, 7.74 %. The thresholds leave a margin of about two points:
+ERM below 10 %, manifold mixup below 10 % and at most 1.5 points above ERM of the same seed. What each
 broken pipeline gave, one line changed each (2026-12-04, the same machine; both tests fail unless said): each label
-one image off (np.roll in the reader), 88.6 %; inputs divided by 255 twice, 88.7 %; the targets mixed with 1 - lam
-while the hidden states mix with lam, 11.7 % for manifold mixup (the ERM test passes, as it should); a loader that
-repeats its first batch, 25.6 % and 33.0 %.
+one image off (np.roll in the reader), 88.0 and 88.6 %; inputs divided by 255 twice, 88.7 %; the targets mixed with
+1 - lam while the hidden states mix with lam, 10.3 % for manifold mixup against 7.6 % for ERM (the ERM test passes, as
+it should); a loader that repeats its first batch, 25.0 and 28.8 %.
 
 The files are found through MM_DATA_DIR (CI points it at ../shared/data) or downloaded where there is a network;
 where neither works the tests skip and say why."""
@@ -56,11 +56,11 @@ def _train(root: Path, tmp_path: Path, method: str, seed: int = 0) -> dict:
 def test_the_pipeline_learns_the_real_mnist(mnist_root, tmp_path):
     result = _train(mnist_root, tmp_path, "erm")
     assert result["data"]["train"].startswith("60000 images") and result["data"]["test"].startswith("10000 images")
-    assert result["final"]["test_error"] < 5.0, result["final"]  # measured 3.8-4.0 %; a broken pipeline: 25-89 %
+    assert result["final"]["test_error"] < 10.0, result["final"]  # measured 7.6-7.8 %
 
 
 def test_manifold_mixup_learns_the_real_mnist_as_well_as_erm(mnist_root, tmp_path):
     erm = _train(mnist_root, tmp_path, "erm", seed=1)["final"]["test_error"]
     manifold = _train(mnist_root, tmp_path, "manifold", seed=1)
     assert manifold["setup"]["method.layers"] == [1]  # mixing at the first hidden layer, as section 3.2
-    assert manifold["final"]["test_error"] < min(5.0, erm + 1.0), (manifold["final"], erm)
+    assert manifold["final"]["test_error"] < min(10.0, erm + 1.5), (manifold["final"], erm)
