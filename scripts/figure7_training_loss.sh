@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Figure 7: training loss against epochs for mixing at single layers, input mixup and the gradient-blocked variant;
-# then the figure (results/tables/figure7_training_loss.png) and its table of final losses
+# then the figure (runs/tables/figure7_training_loss.png) and its table of final losses
 # Usage: scripts/figure7_training_loss.sh [basic|local|slurm] [extra hydra overrides, e.g. seed=0,1,2]
 source "$(dirname "$0")/_sweep.sh"
 sweep figure7_training_loss "$@"

@@ -196,3 +196,37 @@ def test_a_wheel_carries_the_configs_and_the_papers_numbers_and_runs_outside_the
     )  # fmt: skip
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "name: synthetic" in shown.stdout and not list(elsewhere.iterdir())
+
+
+def test_no_command_writes_into_the_checkout_by_default():
+    # every output directory a command defaults to lies under runs/, which git ignores; results/ changes only when a
+    # user names it (out=results/...)
+    import dataclasses
+
+    from mm_repro.commands import COMMANDS
+
+    defaults = {
+        name: f.default
+        for name, c in COMMANDS.items()
+        for f in dataclasses.fields(c.schema)
+        if f.name == "out" and isinstance(f.default, str)
+    }
+    assert set(defaults) == {"tables", "spiral", "bench", "flattening", "synthetic"}
+    assert all(out.startswith("runs/") for out in defaults.values()), defaults
+    assert "/runs/" in (REPO / ".gitignore").read_text().split()
+
+
+def test_a_committed_json_is_byte_for_byte_what_the_command_writes():
+    # results/ holds JSON as mm_repro.files.write_json writes it: rerunning a command with the same numbers changes
+    # no byte of the committed file
+    import json
+
+    from mm_repro.files import write_json
+
+    committed = [p for p in (REPO / "results").rglob("*.json") if "paper" not in p.parts]
+    assert committed
+    for path in committed:
+        copy = Path(os.environ.get("TMPDIR", "/tmp")) / f"mm_repro-json-{os.getpid()}.json"
+        write_json(copy, json.loads(path.read_text()))
+        assert copy.read_bytes() == path.read_bytes(), path
+        copy.unlink()

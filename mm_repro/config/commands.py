@@ -27,7 +27,7 @@ SYNTHETIC_TASKS = ("A", "B", "C")  # App. A's tasks: experiments.synthetic.TASKS
 @dataclass
 class TablesConfig:
     runs: Any = "runs"  # a directory or a list of directories
-    out: str = "results/tables"
+    out: str = "runs/tables"
     tables: Any = None  # null: every table; or a list of names (results/paper/<name>.json)
     figures: bool = True
     include_chance: bool = False  # true: runs whose final error is at chance level enter the cells too
@@ -60,7 +60,7 @@ class EvalConfig:
 
 @dataclass
 class SpiralConfig:
-    out: str = "results/spiral"
+    out: str = "runs/spiral"
     points: int = rule(1000, ge=2)  # per class
     steps: int = rule(3000, ge=1)
     alpha: float = rule(2.0, gt=0)
@@ -76,7 +76,7 @@ class SpiralConfig:
 @dataclass
 class StudyConfig:
     study: str = rule("section3_2", choices=FLATTENING_STUDIES)
-    out: str = "results/flattening"
+    out: str = "runs/flattening"
     dataset_root: str = "data"
     download: bool = True
     epochs: int = rule(10, ge=1)
@@ -96,7 +96,7 @@ class StudyConfig:
 @dataclass
 class SyntheticConfig:
     task: str = rule("C", choices=SYNTHETIC_TASKS)
-    out: str = "results/synthetic"
+    out: str = "runs/synthetic"
     steps: int = rule(1000, ge=1)
     lr: float = rule(1e-4, gt=0)
     test_batches: int = rule(20, ge=1)
@@ -112,7 +112,7 @@ class BenchConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     protocol: dict = field(default_factory=dict)
-    out: str = "results/bench"
+    out: str = "runs/bench"
     batch_size: int = rule(100, ge=2)
     precision: str = rule("fp32", choices=PRECISIONS)
     compile: bool = False
