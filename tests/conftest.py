@@ -265,3 +265,14 @@ def tiny_job(run_dir: Path, *overrides: str):
     node = compose_train(*base, *overrides)
     config = OmegaConf.to_container(node, resolve=True)
     return Job(validate_train(node), run_dir, config, hydra_files={"config.yaml": OmegaConf.create(config)})
+
+
+def sweep_counts(stdout: str) -> dict[str, int]:
+    """The counts of the `sweep summary:` line a multirun prints at its end ({'complete runs': 1, 'at chance': 1,
+    'failed': 0, ...}); a tiny run is often at chance, which the summary counts apart from the complete runs."""
+    (line,) = [x for x in stdout.splitlines() if x.startswith("sweep summary: ")]
+    counts = {}
+    for part in line.removeprefix("sweep summary: ").split(", "):
+        number, label = part.split(" ", 1)
+        counts[label] = int(number)
+    return counts

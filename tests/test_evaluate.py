@@ -174,7 +174,7 @@ def test_evaluate_the_directory_train_made_then_tables_shows_it(cifar100_root, t
     assert tables.returncode == 0, tables.stderr
     ours = f"{result['deformations']['rotation_20']['accuracy']:.2f}"
     row = next(line for line in tables.stdout.splitlines() if "Manifold Mixup" in line and "Rotation U(−20°" in line)
-    assert f"| 1 | 60.08 | {ours} |" in row
+    assert f"| 1 | — | 60.08 | {ours} |" in row  # n, not evaluated, paper, ours
 
 
 @pytest.mark.slow

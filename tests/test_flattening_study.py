@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,7 +105,10 @@ def test_the_flattening_command_end_to_end_on_idx_files(tmp_path, study):
     proc = run_cli("flattening", *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / f"flattening_{study}.json").read_text())
-    assert len(report["results"]) == len(nets_of(study)) and not report["generated_data"]
+    assert len(report["results"]) == len(nets_of(study))
+    for r in report["results"]:  # each net a train run on the IDX files written above
+        dataset = json.loads((Path(r["run"]) / "result.json").read_text())["config"]["dataset"]
+        assert dataset["name"] == "mnist" and Path(dataset["root"]) == root
     markdown = (out / f"flattening_{study}.md").read_text()
     if study == "section3_2":
         assert "| 51.73 |" in markdown and "| 40.98 |" in markdown  # the paper's numbers beside ours

@@ -140,7 +140,8 @@ def test_slurm_launcher_composes(tmp_path):
     [
         pytest.param(
             ["dataset=imagenet"],
-            "dataset='imagenet' is not an option; choose one of: cifar10, cifar100, svhn, synthetic, tiny_imagenet",
+            "dataset='imagenet' is not an option; choose one of: cifar10, cifar100, mnist, svhn, synthetic, "
+            "tiny_imagenet",
             marks=pytest.mark.slow,
         ),
         (["method=cutmix"], "method='cutmix' is not an option; choose one of: cutout, erm, manifold, mixup"),

@@ -17,7 +17,7 @@ from mm_repro.config import CONF_DIR
 from mm_repro.records.scan import scan
 from mm_repro.reports.cells import load_specs, mean_std
 from mm_repro.reports.tables import make_tables
-from tests.conftest import TINY, data_args, run_cli
+from tests.conftest import TINY, data_args, run_cli, sweep_counts
 
 
 def _record(root: Path, name: str, method: str, seed: int, final: float, best: float, nll: float, **run) -> Path:
@@ -254,8 +254,10 @@ def test_tiny_real_multirun_becomes_table_1a(cifar10_root, tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "sweep summary: 6 complete runs" in proc.stdout  # printed when the multirun ends
-    assert "cifar10 preactresnet18 manifold [" in proc.stdout and "n=2: test error final" in proc.stdout
+    counts = sweep_counts(proc.stdout)  # printed when the multirun ends
+    assert counts["complete runs"] + counts.get("at chance", 0) == 6 and counts["failed"] == counts["incomplete"] == 0
+    averaged = sum(int(x.split(" n=")[1].split(":")[0]) for x in proc.stdout.splitlines() if "test error final" in x)
+    assert averaged == counts["complete runs"]  # each run not at chance is in one setup's line
     out = tmp_path / "tables"
     proc = run_cli("tables", f"runs={sweep}", f"out={out}", "include_chance=true", cwd=tmp_path)  # 1 tiny epoch
     assert proc.returncode == 0, proc.stderr

@@ -40,11 +40,15 @@ def rule(
     return field(default=default, metadata=limits)
 
 
-def _number_problem(value: Any) -> str | None:
+BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
+
+def _number_problem(value: Any, limits: dict) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     if isinstance(value, float) and not math.isfinite(value):
-        return "must be a finite number"
+        bounds = " and ".join(f"{text} {limits[name]:g}" for name, text in BOUNDS if limits.get(name) is not None)
+        return "must be a finite number" + (f" {bounds}" if bounds else "")
     if isinstance(value, float) and abs(value) > FLOAT32_MAX:
         return f"is out of float32's range (|x| <= {FLOAT32_MAX:.3g}): torch would compute with inf"
     if isinstance(value, int) and abs(value) > INT64_MAX:
@@ -85,7 +89,7 @@ def check_values(obj: Any, prefix: str = "") -> None:
                         f"{key}={item!r} is not allowed; choose one of {', '.join(map(str, limits['choices']))}"
                     )
         for item in items:
-            problem = _number_problem(item) or _bound_problem(item, limits)
+            problem = _number_problem(item, limits) or _bound_problem(item, limits)
             if problem:
                 each = " (each value)" if isinstance(value, list | tuple) else ""
                 raise UserError(f"{key}={value!r}{each} {problem}")

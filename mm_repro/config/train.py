@@ -168,12 +168,12 @@ class ProtocolConfig:
 class TrainConfig:
     epochs: int = 2000
     milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
+    gamma: float = rule(0.1, gt=0)
     optimizer: str = "sgd"  # sgd (official) | adam (the MNIST nets of the small experiments; conf/protocol)
-    lr: float = 0.1
-    momentum: float = 0.9
+    lr: float = rule(0.1, gt=0)
+    momentum: float = rule(0.9, ge=0)
     nesterov: bool = True
-    weight_decay: float = 1e-4
+    weight_decay: float = rule(1e-4, ge=0)
     batch_size: int = 100
     eval_batch_size: int = 500
     loss: str = "bce_softmax"
@@ -184,7 +184,7 @@ class TrainConfig:
     compile_backend: str = "inductor"  # torch.compile backend; aot_eager / eager help debug a compile problem
     channels_last: bool | None = None  # null: wherever it is safe (CUDA, and the CPU unless oneDNN bug #6035 bites)
     fused: bool | None = None  # fused SGD (one kernel for the update); null: on CUDA only
-    checkpoint_seconds: float = 300.0  # a checkpoint at an epoch's end once this much wall time has passed
+    checkpoint_seconds: float = rule(300.0, ge=0)  # a checkpoint at an epoch's end once this much wall time has passed
     checkpoint_every: int | None = None  # also every N epochs, if set
 
 
