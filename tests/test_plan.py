@@ -58,6 +58,18 @@ def test_plan_says_what_it_lacks_and_names_refused_jobs(tmp_path):
     assert none.returncode == 0 and "no bench figures under" in none.stdout
 
 
+def test_plan_without_bench_figures_gives_the_docs_estimate_labelled_as_one(tmp_path):
+    # Table 1(a)'s PreActResNet-18: 2000 epochs of CIFAR-10's 50k images at the assumed 20k img/s = 1.4 h, as
+    # docs/reproducing.md's table assumes (its ~90 GPU-hours for the table's 45 runs)
+    one = ["plan", "experiment=table1_cifar10", "model=preactresnet18", "method=erm", "seed=0"]
+    proc = run_cli(*one, f"bench={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "device job 1: 1 run(s), 2000 epochs left: ~1.4 GPU-hours, ESTIMATE at an assumed 20000 img/s" in proc.stdout
+    assert "estimated: ~1.4 GPU-hours at assumed speeds (an ESTIMATE" in proc.stdout
+    cpu = run_cli(*one, "device=cpu", f"bench={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert "estimated: no estimate (no bench figures under" in cpu.stdout  # no speed is assumed for a CPU
+
+
 @pytest.mark.slow
 def test_plan_reads_a_finished_run_as_complete(tmp_path):
     args = [*SWEEP, "dataset.train_size=200", "dataset.test_size=50", "train.epochs=1", "seed=0"]

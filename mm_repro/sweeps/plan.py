@@ -11,7 +11,9 @@ complete) and estimates its hours from the user's own `bench` figures (bench-<de
 with `ours_images_per_second` for a run alone and, for a pack of n, `packed_images_per_second` when the figure was
 measured with `pack=n` (else n runs' time alone: no packing gain is assumed). A figure matches a job when the device
 (cuda first for `device=auto`), model, width, batch size, precision and compile flag agree, and the dataset has the
-32 x 32 RGB images `bench` times. Nothing is trained, and nothing is written.
+32 x 32 RGB images `bench` times. Where no figure matches, the estimate falls back to ASSUMED_SPEEDS, the guessed
+speeds behind docs/reproducing.md's GPU-hour table, and says so on its line. Nothing is trained, and nothing is
+written.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ from mm_repro.training.ownership import completed
 from mm_repro.training.run import Job
 
 BENCH_SHAPED = ("cifar10", "cifar100", "svhn", "synthetic")  # 32 x 32 RGB images, the shape `bench` times
+
+
+# Assumed training-step speeds (images/s) for the official fp32, batch-100 protocol on one modern GPU: guesses built
+# from docs/performance.md, never measured with this code; docs/reproducing.md's GPU-hour table is made from them.
+ASSUMED_SPEEDS = {"preactresnet18": 20_000, "preactresnet34": 10_000, "preactresnet50": 6_000, "wrn28_10": 3_000}
+ASSUMED = "GPU-hours at assumed speeds"
 
 
 @dataclass
@@ -191,6 +199,11 @@ def plan(config: Any, hydra_context: Any, job_overrides: list[list[str]]) -> lis
         match = figure_for(members[0], figures)
         if left == 0:
             estimate = "nothing to train"
+        elif match is None and members[0].cfg.model.name in ASSUMED_SPEEDS and members[0].cfg.device != "cpu":
+            rate = ASSUMED_SPEEDS[members[0].cfg.model.name]
+            hours, _ = pack_hours(members, left, {"ours_images_per_second": rate})
+            totals[ASSUMED] = totals.get(ASSUMED, 0.0) + hours
+            estimate = f"~{hours:.1f} GPU-hours, ESTIMATE at an assumed {rate} img/s (no bench figure; not measured)"
         elif match is None:
             unestimated += 1
             estimate = f"no bench figure for {setup_of(members[0])}"
@@ -208,7 +221,9 @@ def plan(config: Any, hydra_context: Any, job_overrides: list[list[str]]) -> lis
             own = [o for o in filter_overrides(p.overrides) if o not in shared]
             lines.append(f"  #{p.num} " + " ".join([*own, "refused, would fail at once:", p.refused]))
     total = ", ".join(f"~{h:.1f} {unit}" for unit, h in totals.items()) or "no estimate"
-    if not figures:
+    if ASSUMED in totals:
+        total += " (an ESTIMATE from docs/reproducing.md's guessed speeds, not measured; `bench` measures yours)"
+    elif not figures:
         total += f" (no bench figures under {config.bench}: run `python -m mm_repro bench device=cuda out=...` first)"
     elif unestimated:
         total += f"; {unestimated} device job(s) have no matching bench figure (bench model=... batch_size=... out=...)"
