@@ -94,6 +94,11 @@ def test_the_studies_have_the_papers_nets():
     assert [n.method for n in nets_of("section3_2")] == [
         "baseline", "weight_decay", "dropout", "input_mixup", "manifold_mixup"
     ]  # fmt: skip
+    ninth = nets_of("appendix_g", ["figure9"])  # figures=[figure9]: Figure 9's three nets (and Figure 12's SVD)
+    assert [(n.model, n.method) for n in ninth] == [
+        ("mlp_appendix_g12", m) for m in ("baseline", "input_mixup", "manifold_mixup")
+    ]  # fmt: skip
+    assert len(nets_of("appendix_g")) == 9
 
 
 @pytest.mark.slow

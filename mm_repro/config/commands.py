@@ -21,6 +21,7 @@ from mm_repro.config.train import (
 
 EVALUATIONS = ("fgsm", "pgd", "knn", "deformations", "calibration", "flattening")  # evaluation.evaluate.EVALUATIONS
 FLATTENING_STUDIES = ("section3_2", "figure5", "appendix_g")  # experiments.flattening.nets_of
+APPENDIX_G_FIGURES = ("figure9", "figure10", "figure11")  # its setups, by the figure that shows each
 SYNTHETIC_TASKS = ("A", "B", "C")  # App. A's tasks: experiments.synthetic.TASKS
 
 
@@ -89,6 +90,8 @@ class StudyConfig:
     width: int = rule(1024, ge=2)  # the width of the 1024-unit layers (the paper's); tests use narrow nets
     optimizer: str = rule("adam", choices=("adam", "sgd"))  # UNCONFIRMED; sgd: the official SGD at `lr`
     svd_split: str = rule("test", choices=("test", "train"))  # whose hidden states are decomposed (UNCONFIRMED)
+    # appendix_g only: the figures whose nets are trained (all three by default; Figure 12 reads Figure 9's nets)
+    figures: list[str] = rule(factory=lambda: list(APPENDIX_G_FIGURES), choices=APPENDIX_G_FIGURES, nonempty=True)
     seeds: list[int] = rule(factory=lambda: [0], ge=0, lt=SEED_LIMIT - 64, nonempty=True)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 

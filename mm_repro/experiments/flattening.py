@@ -17,13 +17,13 @@ layer the paper uses (evaluation.measures.singular_values, float64), from the ru
 holds the mean and sample std over seeds beside the paper's numbers, and `claims` says which of the paper's
 orderings hold on ours.
 
-Training, not given by the paper (UNCONFIRMED, README): Adam at lr 1e-4 (the official historical MNIST script's,
-simple_mnist_exp.py; at 1e-3 the ERM and dropout nets of section 3.2 collapse to chance within 2-3 epochs,
-measured), batch 100, 10 epochs, BCE on softmax (the official loss), alpha 2 for input and manifold mixup, weight
-decay 1e-4 and dropout 0.5 for those nets of section 3.2, inputs normalised with MNIST's mean and std, up to 1000
-test images per class in each SVD. The switches the paper's text allows: `optimizer=sgd lr=0.1`, `epochs=N`,
-`svd_split=train`, `svd_per_class=N`. Runtime on this project's 2-core CPU VM: the section3_2 study, one seed, about
-4 minutes (README).
+Training, not given by the paper (UNCONFIRMED, docs/reproducing.md): Adam at lr 1e-4 (the official historical
+MNIST script's, simple_mnist_exp.py; at 1e-3 the ERM and dropout nets of section 3.2 collapse to chance within 2-3
+epochs, measured), batch 100, 10 epochs, BCE on softmax (the official loss), alpha 2 for input and manifold mixup,
+weight decay 1e-4 and dropout 0.5 for those nets of section 3.2, inputs normalised with MNIST's mean and std, up to
+1000 test images per class in each SVD. The switches the paper's text allows: `optimizer=sgd lr=0.1`, `epochs=N`,
+`svd_split=train`, `svd_per_class=N`. Runtime on this project's 2-core CPU VM (one thread, another run beside
+it): 4.6-5.1 minutes per net of section3_2, about 25 minutes a seed (results/flattening/).
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ class Net:
         return f"{self.model}-{self.method}" + (f"-digits{''.join(map(str, self.classes))}" if self.classes else "")
 
 
-def nets_of(study: str) -> list[Net]:
-    """The nets of a study, in the paper's order."""
+def nets_of(study: str, figures: list[str] | tuple[str, ...] = ("figure9", "figure10", "figure11")) -> list[Net]:
+    """The nets of a study, in the paper's order (of appendix_g, those of `figures` only)."""
     three = ("baseline", "input_mixup", "manifold_mixup")
     if study == "section3_2":
         return [Net("mlp_section3_2", 1, m, setup="784-1024-1024-1024-10") for m in METHODS]
@@ -87,7 +87,8 @@ def nets_of(study: str) -> list[Net]:
         "figure10 (30 units after 3 layers)": "mlp_appendix_g30",
         "figure11 (30 units after 1 layer)": "mlp_appendix_g30_early",
     }
-    return [Net(model, MLP_NETS[model][1], m, setup=s) for s, model in setups.items() for m in three]
+    chosen = {s: model for s, model in setups.items() if s.split(" ")[0] in figures}
+    return [Net(model, MLP_NETS[model][1], m, setup=s) for s, model in chosen.items() for m in three]
 
 
 def train_net(net: Net, cfg: StudyConfig, seed: int, out: Path) -> Path:
@@ -163,7 +164,7 @@ def run_study(cfg: StudyConfig) -> dict:
     tracker = open_tracker(cfg.logger, out, asdict(cfg), f"flattening-{cfg.study}")
     results = []
     try:
-        pairs = [(net, seed) for seed in cfg.seeds for net in nets_of(cfg.study)]
+        pairs = [(net, seed) for seed in cfg.seeds for net in nets_of(cfg.study, cfg.figures)]
         for i, (net, seed) in enumerate(bar := progress(pairs, desc=f"flattening {cfg.study}", unit="net")):
             bar.set_postfix_str(f"{net.slug}, seed {seed}")
             run_dir = train_net(net, cfg, seed, out)

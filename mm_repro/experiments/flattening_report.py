@@ -4,6 +4,7 @@ table of ours beside them (mean ± sample std over seeds), which of the paper's 
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,8 @@ def claims(report: dict) -> list[dict]:
     if report["study"] == "appendix_g":
         for setup, paper in PAPER["appendix_g"].items():
             ours = {method: means[(s, method)]["mean_top"] for s, method in means if s == setup}
+            if not ours:  # a figure not asked for (figures=[...])
+                continue
             out.append(
                 {
                     "claim": f"{setup}: the order of the mean first singular value (largest first)",
@@ -141,7 +144,7 @@ def write_table(report: dict, out: Path) -> None:
         f"Ours: mean ± sample std over seeds {seeds}; {c['epochs']} epochs of Adam (lr {c['lr']}, batch "
         f"{c['batch_size']}) on the real MNIST; per class, the singular values of the hidden states of up to "
         f"{c['svd_per_class']} test images at the layer shown, averaged over the classes. The paper's own training "
-        "is not stated (README 'Protocols'). "
+        "is not stated (docs/reproducing.md, 'Protocols'). "
         f"`{made['command']}` on {made['device']}, torch {made['torch_version']}, {made['wall_seconds'] / 60:.1f} min, "
         f"commit {made['git_commit']}."
     )
@@ -186,11 +189,12 @@ def plot_study(report: dict, out: Path) -> list[str]:
         plt.close(fig)
         return [name]
     results = report["results"]
-    panels = setups + (["figure12 (all classes, 12 units)"] if report["study"] == "appendix_g" else [])
+    twelve = [s for s in setups if s.startswith("figure9")]  # Figure 12: one SVD over every class of Figure 9's nets
+    panels = setups + (["figure12 (all classes, 12 units)"] if report["study"] == "appendix_g" and twelve else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False, layout="constrained")
     for ax, panel in zip(axes[0], panels, strict=True):
         every = panel.startswith("figure12")
-        source = setups[0] if every else panel
+        source = twelve[0] if every else panel
         methods = dict.fromkeys(r["net"]["method"] for r in results if r["net"]["setup"] == source)
         for method in methods:
             rs = [r for r in results if r["net"]["setup"] == source and r["net"]["method"] == method]
@@ -203,8 +207,9 @@ def plot_study(report: dict, out: Path) -> list[str]:
         ax.set_title(panel if panel else f"layer {results[0]['net']['measured']}", fontsize=9)
         ax.legend(fontsize=7)
     seeds = len(report["config"]["seeds"])
-    fig.suptitle(f"Flattening study {report['study']}: singular values of MNIST test images' hidden states, mean over "
-                 f"{seeds} seed(s)", fontsize=10)  # fmt: skip
+    title = (f"Flattening study {report['study']}: singular values of MNIST test images' hidden states, mean over "
+             f"{seeds} seed(s)")  # fmt: skip
+    fig.suptitle(textwrap.fill(title, int(12 * 4.2 * len(panels))), fontsize=10)  # ~12 characters an inch: it fits
     fig.savefig(out / name, dpi=110)
     plt.close(fig)
     return [name]
