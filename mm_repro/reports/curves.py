@@ -33,6 +33,15 @@ def loss_curve(records: list[Record], key: str = "train_loss") -> tuple[list[int
     return epochs, means, stds
 
 
+def fresh_folder(out: Path, name: str) -> Path:
+    """out/name, emptied of the figures and index an earlier `tables` drew there (groups it no longer scans)."""
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in [*folder.glob("[0-9][0-9][0-9]-*.png"), folder / "index.md"]:
+        old.unlink(missing_ok=True)
+    return folder
+
+
 def plot_learning_curves(records: list[Record], out: Path) -> list[Path]:
     """One figure per setup group of runs (as summary.md groups them): test error and training loss against epoch,
     mean and a one-std band over seeds; curves/index.md says which file is which group."""
@@ -42,10 +51,7 @@ def plot_learning_curves(records: list[Record], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    folder = out / "curves"
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in [*folder.glob("[0-9][0-9][0-9]-*.png"), folder / "index.md"]:  # ours, of an earlier scan
-        old.unlink(missing_ok=True)
+    folder = fresh_folder(out, "curves")
     written, index = [], ["| file | runs | setup | n |", "|---|---|---|---|"]
     for i, (label, group) in enumerate(by_setup(records).items()):
         run = group[0].run
@@ -117,10 +123,7 @@ def plot_comparisons(records: list[Record], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    folder = out / "comparisons"
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in [*folder.glob("[0-9][0-9][0-9]-*.png"), folder / "index.md"]:  # ours, of an earlier scan
-        old.unlink(missing_ok=True)
+    folder = fresh_folder(out, "comparisons")
     written, index = [], ["| file | cell | methods (n) |", "|---|---|---|"]
     for i, cell in enumerate(comparison_cells(records).values()):
         run = cell[0].run
