@@ -3,7 +3,7 @@
 
 import errno
 
-# The exit codes of every command (README "Resuming and preemption"): 0 done, 1 unexpected (RunFailed), 2 bad input
+# The exit codes of every command (docs/trust.md): 0 done, 1 unexpected (RunFailed), 2 bad input
 # or a refused start (UserError), 3 diverged (Diverged), 75 stopped by a signal, resume to go on (Preempted).
 
 

@@ -4,11 +4,16 @@ to compose configs with Hydra's compose API and to run the CLI as a user does (s
 from __future__ import annotations
 
 import os
-import pickle
-import subprocess
-import sys
-import time
-from pathlib import Path
+
+# As `python -m mm_repro` does (mm_repro/__main__.py), before torch loads: in-process tests on a busy machine would
+# otherwise spin OpenMP threads against the other work (docs/using.md, "Threads on a CPU"). It changes no number.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pickle  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np
 import pytest

@@ -62,3 +62,24 @@ def test_a_documented_command_composes_and_passes_its_checks(page, line):
         validate_train(cfg)
     else:
         to_schema(cfg, COMMANDS[command].schema)
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_of_the_pages_resolves_anchors_included():
+    broken = []
+    for page in PAGES:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(#[^)\s]*)?\)", page.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            path = (page.parent / target).resolve() if target else page
+            if not path.exists():
+                broken.append(f"{page.relative_to(REPO)}: {target}")
+            elif anchor and path.suffix == ".md":
+                headings = re.findall(r"^#+ (.*)$", path.read_text(), re.M)
+                if anchor[1:] not in {_anchor(h) for h in headings}:
+                    broken.append(f"{page.relative_to(REPO)}: {target}{anchor}")
+    assert not broken

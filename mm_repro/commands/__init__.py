@@ -128,7 +128,7 @@ def command_help(command: str) -> str:
     for key in command_keys(command) if command != "plan" else ["bench"]:
         text = described.get(key) or groups.get(key.split(".")[0], "")
         lines.append(f"  {key:<28} {text}")
-    lines += ["", "README.md describes each command; --cfg job shows the composed config."]
+    lines += ["", "docs/using.md describes each command; --cfg job shows the composed config."]
     return "\n".join(lines)
 
 

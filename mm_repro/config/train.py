@@ -44,7 +44,7 @@ SEED_LIMIT = 2**32  # numpy's RandomState takes seeds in 0..2^32-1; a DDP rank u
 
 # Keys that change where or how fast a run trains, not its numbers (beyond floating-point rounding): they stay out of
 # the run directory's name (`dirname_excludes`), and a run may resume with other values for them.
-# Every other key is compared with the checkpoint's before a run resumes (README "Resuming and preemption").
+# Every other key is compared with the checkpoint's before a run resumes (docs/trust.md).
 RESUME_FREE_KEYS = (
     "logger",
     "device",

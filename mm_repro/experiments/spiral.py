@@ -3,7 +3,7 @@
 
 Two interleaved 2-D spirals, an MLP with a 2-D bottleneck in the middle, trained with and without manifold mixup at the
 bottleneck, from the same seed and the same data. The paper gives neither the network nor the data size
-(docs/protocol.md §5, UNCONFIRMED); our choice, documented in the README: 2 x 1000 points (radius 0.1..1, 1.75 turns,
+(docs/protocol.md §5, UNCONFIRMED); our choice (docs/reproducing.md): 2 x 1000 points (radius 0.1..1, 1.75 turns,
 noise 0.03), MLP 2-64-64-2(bottleneck)-64-64-2 with ReLU, Adam lr 3e-3, full batch, 3000 steps, alpha = 2.0.
 
 Figures: the decision boundary in input space (panels a/b); the class probability over the 2-D hidden space with the
@@ -49,7 +49,7 @@ def make_spirals(n: int, noise: float, generator: torch.Generator) -> tuple[torc
 
 
 BOTTLENECK = 3  # hidden layer 3 is the linear 2-D bottleneck
-# Figure 2's regularizers (the paper gives no strengths: ours, README "The 2-D spiral"), each alone, beside Figure 1's
+# Figure 2's regularizers (the paper gives no strengths: ours, docs/reproducing.md), each alone, beside Figure 1's
 # two nets: name -> (MLP options, Adam weight decay, mixing points).
 VARIANTS: dict[str, tuple[dict, float, tuple[int, ...] | None]] = {
     "ERM": ({}, 0.0, None),

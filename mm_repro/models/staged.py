@@ -53,7 +53,7 @@ class StagedNet(nn.Module):
     def drop(self, features: torch.Tensor) -> torch.Tensor:
         """Dropout with probability `dropout` on the pooled features, before the final linear layer: our choice for
         the paper's dropout baseline (the official `--dropout` flag, "dropout in final layer", is ignored by these
-        models; README "Protocols"). It draws from torch's default generator, seeded by the run's seed."""
+        models; docs/reproducing.md, "Protocols"). It draws from torch's default generator, seeded by the run's seed."""
         return F.dropout(features, self.dropout, self.training) if self.dropout else features
 
     def head(self, h: torch.Tensor) -> torch.Tensor:

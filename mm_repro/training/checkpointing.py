@@ -1,4 +1,4 @@
-"""When a session writes its runs' checkpoints (the time and epoch policy, README "Resuming and preemption"), and
+"""When a session writes its runs' checkpoints (the time and epoch policy, docs/trust.md), and
 the hand-over of their state to the background writer (records.checkpoint.CheckpointWriter)."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Reproduces the official Manifold Mixup protocol by default (docs/protocol.md §2
 the official `adjust_learning_rate`), batch 100, BCE on softmax. `train_jobs` trains one run, or several runs of a sweep
 packed on one device (mm_repro.training.trainers.packed), with the same loop: a single run is a pack of one.
 
-What a run can trust (README "Resuming and preemption"): one process per run directory (a lock); a resume refused
+What a run can trust (docs/trust.md): one process per run directory (a lock); a resume refused
 when the config changed; a checkpoint at least every `train.checkpoint_seconds`, at the end and on a stop signal
 (SIGTERM/SIGINT/SIGUSR1/SIGUSR2 finish the step, write it and exit 75); a resumed run ends bitwise where an unbroken
 one would on a deterministic CPU run; a non-finite loss or metric stops the run at the epoch's end with failure.json

@@ -1,4 +1,4 @@
-"""Stop signals (README "Resuming and preemption"): SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 end a run at the next step
+"""Stop signals (docs/trust.md): SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 end a run at the next step
 with its checkpoints written, and SLURM's time-limit warning is then handed to submitit, which requeues the job."""
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Horizontal fusion (HFTA, Wang et al., MLSys 2021, arXiv 2102.02344) trains the m
 too small to fill an accelerator (PreActResNet-18 at batch 100) then share it. We fuse with `torch.func`: the K
 models' parameters and buffers are stacked (`stack_module_state`) and one forward is `vmap`ped over them; PyTorch's
 batching rules turn the convolutions into one grouped convolution and BatchNorm into one over K x C channels, which
-is HFTA's fused operators without rewriting the model (docs/performance.md §5; our measurements and the choice: README
-"Packed sweeps").
+is HFTA's fused operators without rewriting the model (docs/performance.md §5; our measurements and the choice:
+docs/clusters.md, "Packed sweeps").
 
 Each run keeps what makes it itself: its initial weights (its seed), its random streams
 (mm_repro.training.randomness.RunRandom: epoch order, crops, flips, k, lam and partners, drawn by the same calls in the
