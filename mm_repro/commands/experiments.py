@@ -12,6 +12,11 @@ from mm_repro.experiments.spiral import run_spiral
 from mm_repro.experiments.synthetic import run_synthetic
 
 
+def _written(out: str, table: str, figures: list[str]) -> None:
+    """The closing line of an experiment: its table and figures, under `out`."""
+    print(f"written: {Path(out) / table} and {', '.join(figures)}")
+
+
 def spiral(cfg: Any) -> None:
     result = run_spiral(to_schema(cfg, SpiralConfig))
     for name, r in result["results"].items():
@@ -21,7 +26,7 @@ def spiral(cfg: Any) -> None:
             f"{100 * r['hidden_low_confidence_fraction']:5.1f} %"
         )
     print("paper's claims hold here:", ", ".join(f"{k}={v}" for k, v in result["claims"].items()))
-    print(f"written: {Path(cfg.out) / result['file']} and {', '.join(result['figures'])}")
+    _written(cfg.out, result["file"], result["figures"])
 
 
 def flattening(cfg: Any) -> None:
@@ -34,8 +39,7 @@ def flattening(cfg: Any) -> None:
         )
     for claim in report["claims"]:
         print(f"{'holds' if claim['holds'] else 'does not hold'}: {claim['claim']}")
-    out = Path(cfg.out)
-    print(f"written: {out / ('flattening_' + cfg.study + '.md')} and {', '.join(report['figures'])}")
+    _written(cfg.out, f"flattening_{cfg.study}.md", report["figures"])
 
 
 def synthetic(cfg: Any) -> None:
@@ -45,4 +49,4 @@ def synthetic(cfg: Any) -> None:
             f"task {row['task']} {row['model']:<32} accuracy {row['ours: test accuracy (%)']:>6} % "
             f"(paper {row['paper: test accuracy (%)']})  NLL {row['ours: test NLL']} (paper {row['paper: test NLL']})"
         )
-    print(f"written: {Path(cfg.out) / ('table8_task' + cfg.task + '.md')} and {', '.join(report['figures'])}")
+    _written(cfg.out, f"table8_task{cfg.task}.md", report["figures"])
