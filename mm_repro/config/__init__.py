@@ -2,6 +2,7 @@
 becomes one (schema). Leaves of the package: nothing here imports the rest of mm_repro but its errors."""
 
 from mm_repro.config.commands import (
+    APPENDIX_G_FIGURES,
     EVALUATIONS,
     FLATTENING_STUDIES,
     SYNTHETIC_TASKS,
@@ -50,6 +51,7 @@ __all__ = [
     "DERIVED_KEYS",
     "DEVICES",
     "EVALUATIONS",
+    "APPENDIX_G_FIGURES",
     "FLATTENING_STUDIES",
     "LOGGER_MODES",
     "NOT_MIXING",

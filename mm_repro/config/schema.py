@@ -40,14 +40,20 @@ def rule(
     return field(default=default, metadata=limits)
 
 
-BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+# A rule's bounds: its name in `rule`, how a message writes it, and when a value breaks it.
+BOUNDS = (
+    ("ge", ">=", lambda v, b: v < b),
+    ("gt", ">", lambda v, b: v <= b),
+    ("le", "<=", lambda v, b: v > b),
+    ("lt", "<", lambda v, b: v >= b),
+)
 
 
 def _number_problem(value: Any, limits: dict) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     if isinstance(value, float) and not math.isfinite(value):
-        bounds = " and ".join(f"{text} {limits[name]:g}" for name, text in BOUNDS if limits.get(name) is not None)
+        bounds = " and ".join(f"{text} {limits[name]:g}" for name, text, _ in BOUNDS if limits.get(name) is not None)
         return "must be a finite number" + (f" {bounds}" if bounds else "")
     if isinstance(value, float) and abs(value) > FLOAT32_MAX:
         return f"is out of float32's range (|x| <= {FLOAT32_MAX:.3g}): torch would compute with inf"
@@ -59,12 +65,7 @@ def _number_problem(value: Any, limits: dict) -> str | None:
 def _bound_problem(value: Any, limits: dict) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    for name, text, fails in (
-        ("ge", ">=", lambda v, b: v < b),
-        ("gt", ">", lambda v, b: v <= b),
-        ("le", "<=", lambda v, b: v > b),
-        ("lt", "<", lambda v, b: v >= b),
-    ):
+    for name, text, fails in BOUNDS:
         bound = limits.get(name)
         if bound is not None and fails(value, bound):
             return f"must be {text} {bound:g}"

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from mm_repro.config import StudyConfig, compose_train, image_shape
+from mm_repro.config import APPENDIX_G_FIGURES, StudyConfig, compose_train, image_shape
 from mm_repro.console import progress
 from mm_repro.data import DeviceLoader, load_splits
 from mm_repro.evaluation.measures import singular_values
@@ -74,7 +74,7 @@ class Net:
         return f"{self.model}-{self.method}" + (f"-digits{''.join(map(str, self.classes))}" if self.classes else "")
 
 
-def nets_of(study: str, figures: list[str] | tuple[str, ...] = ("figure9", "figure10", "figure11")) -> list[Net]:
+def nets_of(study: str, figures: list[str] | tuple[str, ...] = APPENDIX_G_FIGURES) -> list[Net]:
     """The nets of a study, in the paper's order (of appendix_g, those of `figures` only)."""
     three = ("baseline", "input_mixup", "manifold_mixup")
     if study == "section3_2":

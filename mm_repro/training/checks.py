@@ -94,11 +94,7 @@ def _check_model(run: TrainRunConfig) -> None:
 
 
 def _check_schedule(t: TrainConfig) -> None:
-    check_number("train.lr", t.lr, 0.0, strict=True)
-    check_number("train.gamma", t.gamma, 0.0, strict=True)
-    check_number("train.momentum", t.momentum, 0.0, strict=False)
-    check_number("train.weight_decay", t.weight_decay, 0.0, strict=False)
-    check_number("train.checkpoint_seconds", t.checkpoint_seconds, 0.0, strict=False)
+    """What the schema's rules cannot say (lr, gamma, momentum, weight decay and checkpoint_seconds carry theirs)."""
     if t.optimizer == "sgd" and t.nesterov and t.momentum == 0:
         raise UserError("train.nesterov=true needs train.momentum > 0 (got 0); set a momentum or train.nesterov=false")
     outside = [m for m in t.milestones if not 0 < m < t.epochs]
