@@ -132,3 +132,21 @@ def test_mnist_labels_outside_0_to_9_are_refused_not_dropped(tmp_path):
     write_idx(path, labels)
     with pytest.raises(UserError, match=re.escape(f"{path}: label 12 found; MNIST's labels are the digits 0..9")):
         mnist.read_mnist(tmp_path)
+
+
+@pytest.mark.parametrize(("optimizer", "split", "named"), [("adam", "test", "Adam"), ("sgd", "train", "SGD")])
+def test_the_tables_note_names_the_optimizer_and_the_split_the_study_used(tmp_path, optimizer, split, named):
+    from dataclasses import asdict
+
+    from mm_repro.config.commands import StudyConfig
+    from mm_repro.experiments.flattening_report import write_table
+
+    config = asdict(StudyConfig(optimizer=optimizer, svd_split=split, lr=0.1, svd_per_class=20))
+    made = {"command": "python -m mm_repro flattening", "device": "cpu", "torch_version": "2", "wall_seconds": 60,
+            "git_commit": "abc"}  # fmt: skip
+    report = {"study": "section3_2", "config": config, "provenance": made, "claims": [], "rows": [{"method": "x"}]}
+    write_table(report, tmp_path)
+    note = (tmp_path / "flattening_section3_2.md").read_text()
+    assert f"10 epochs of {named}" in note and "(lr 0.1, batch 100)" in note
+    assert f"up to 20 {split} images" in note
+    assert set(re.findall(r"Adam|SGD", note)) == {named}  # the other optimizer is never named

@@ -137,14 +137,18 @@ def claims(report: dict) -> list[dict]:
     return out
 
 
+# how the note under the table names the nets' optimizer (flattening optimizer=)
+OPTIMIZERS = {"adam": "Adam", "sgd": "SGD with Nesterov momentum 0.9"}
+
+
 def write_table(report: dict, out: Path) -> None:
     c, made = report["config"], report["provenance"]
     seeds = ", ".join(map(str, c["seeds"]))
     note = (
-        f"Ours: mean ± sample std over seeds {seeds}; {c['epochs']} epochs of Adam (lr {c['lr']}, batch "
-        f"{c['batch_size']}) on the real MNIST; per class, the singular values of the hidden states of up to "
-        f"{c['svd_per_class']} test images at the layer shown, averaged over the classes. The paper's own training "
-        "is not stated (docs/reproducing.md, 'Protocols'). "
+        f"Ours: mean ± sample std over seeds {seeds}; {c['epochs']} epochs of {OPTIMIZERS[c['optimizer']]} (lr "
+        f"{c['lr']}, batch {c['batch_size']}) on the real MNIST; per class, the singular values of the hidden states "
+        f"of up to {c['svd_per_class']} {c['svd_split']} images at the layer shown, averaged over the classes. The "
+        "paper's own training is not stated (docs/reproducing.md, 'Protocols'). "
         f"`{made['command']}` on {made['device']}, torch {made['torch_version']}, {made['wall_seconds'] / 60:.1f} min, "
         f"commit {made['git_commit']}."
     )
