@@ -169,6 +169,7 @@ def plot_study(report: dict, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     first = [r for r in report["results"] if r["seed"] == report["config"]["seeds"][0]]  # a picture: one seed
+    split = report["config"]["svd_split"]  # whose hidden states: test or training images
     setups = list(dict.fromkeys(r["net"]["setup"] for r in first))
     name = f"flattening_{report['study']}.png"
     if report["study"] == "figure5":
@@ -188,7 +189,7 @@ def plot_study(report: dict, out: Path) -> list[str]:
             ax.set_xlabel("bottleneck unit 1")
             ax.set_ylabel("bottleneck unit 2")
         fig.colorbar(shown, ax=axes, label="digit", ticks=range(10))
-        fig.suptitle(f"Figure 5: 2-D bottleneck states of MNIST test images (seed {first[0]['seed']})", fontsize=10)
+        fig.suptitle(f"Figure 5: 2-D bottleneck states of MNIST {split} images (seed {first[0]['seed']})", fontsize=10)
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
         return [name]
@@ -211,7 +212,7 @@ def plot_study(report: dict, out: Path) -> list[str]:
         ax.set_title(panel if panel else f"layer {results[0]['net']['measured']}", fontsize=9)
         ax.legend(fontsize=7)
     seeds = len(report["config"]["seeds"])
-    title = (f"Flattening study {report['study']}: singular values of MNIST test images' hidden states, mean over "
+    title = (f"Flattening study {report['study']}: singular values of MNIST {split} images' hidden states, mean over "
              f"{seeds} seed(s)")  # fmt: skip
     fig.suptitle(textwrap.fill(title, int(12 * 4.2 * len(panels))), fontsize=10)  # ~12 characters an inch: it fits
     fig.savefig(out / name, dpi=110)
