@@ -150,3 +150,20 @@ def test_the_tables_note_names_the_optimizer_and_the_split_the_study_used(tmp_pa
     assert f"10 epochs of {named}" in note and "(lr 0.1, batch 100)" in note
     assert f"up to 20 {split} images" in note
     assert set(re.findall(r"Adam|SGD", note)) == {named}  # the other optimizer is never named
+
+
+def test_a_net_at_chance_is_listed_in_the_study_never_averaged():
+    from mm_repro.experiments.flattening_report import claims, table_rows
+
+    def net(method, seed, top, at_chance=False):
+        return {"net": {"setup": "digits 0-4", "method": method, "measured": 3}, "seed": seed, "at_chance": at_chance,
+                "test_accuracy": 19.11 if at_chance else 99.0, "mean_top": top, "mean_rest": top / 10}  # fmt: skip
+
+    results = [net("baseline", 0, 100.0), net("baseline", 1, 9e4, at_chance=True), net("manifold_mixup", 0, 80.0)]
+    report = {"study": "figure5", "results": results}
+    rows = {r["method"]: r for r in table_rows(report)}
+    assert rows["baseline"]["seeds"] == "1 (1 at chance, not averaged)"
+    assert rows["baseline"]["ours: top singular value"] == "100.00"  # the diverged seed's 9e4 is not in it
+    assert rows["manifold_mixup"]["seeds"] == 1
+    (trained,) = claims(report)
+    assert not trained["holds"] and trained["ours"] == ["baseline digits 0-4 seed 1"]

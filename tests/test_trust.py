@@ -639,3 +639,20 @@ def test_a_run_written_by_9e24e2f_still_loads_and_finishes(tmp_path):
     config = OmegaConf.to_container(node, resolve=True)
     (result,) = train_module.train_jobs([Job(validate_train(node), run_dir, config)])
     assert result["epochs"] == 2 and result["final"]["test_error"] == last["metrics"][-1]["test_error"]
+
+
+def test_chance_is_counted_over_the_classes_a_run_kept():
+    from mm_repro.records.scan import at_chance
+
+    def result(error, classes=None):
+        dataset = {"name": "mnist", "num_classes": 10, "classes": classes}
+        return {
+            "run": {"dataset": "mnist", "num_classes": 10},
+            "config": {"dataset": dataset},
+            "final": {"test_error": error},
+        }
+
+    # Figure 5's digits 0-4 net that diverged in its third epoch (measured): one digit of five, 80.89 % error
+    assert at_chance(result(80.89, classes=[0, 1, 2, 3, 4]))
+    assert not at_chance(result(80.89))  # of ten digits, 80.89 % error is above chance (90 %)
+    assert at_chance(result(89.9)) and not at_chance(result(60.0, classes=[0, 1, 2, 3, 4]))

@@ -45,6 +45,7 @@ from mm_repro.files import read_json, write_json
 from mm_repro.models import MLP_NETS, build_from
 from mm_repro.records import CHECKPOINT, RESULT, load_checkpoint
 from mm_repro.records.provenance import provenance, start_record
+from mm_repro.records.scan import at_chance
 from mm_repro.records.tracking import open_tracker
 from mm_repro.training.checks import validate_train
 from mm_repro.training.loop import run as train_run
@@ -134,13 +135,15 @@ def measure(run_dir: Path, net: Net, cfg: StudyConfig) -> dict[str, Any]:
     images = splits.test if cfg.svd_split == "test" else splits.train
     loader = DeviceLoader(images, run.dataset, 1000, torch.device("cpu"), train=False)
     x, y = (torch.cat(parts) for parts in zip(*loader.batches(loader.order()), strict=True))
-    test = result_of(run_dir)["final"]["test_error"]
+    result = result_of(run_dir)
+    test = result["final"]["test_error"]
     classes = sorted(set(y.tolist()))
     keep = torch.cat([torch.nonzero(y == c).flatten()[: cfg.svd_per_class] for c in classes])
     h, labels = model.forward_until(x[keep], net.measured).flatten(1), y[keep]
     per_class = [singular_values(h[labels == c]) for c in classes]
     out = {
         "test_accuracy": 100.0 - test,
+        "at_chance": at_chance(result),  # `tables`' rule: such a net is listed, never averaged
         "mean_top": float(np.mean([s[0] for s in per_class])),
         "mean_rest": float(np.mean([s[1:].sum() for s in per_class])),
         "spectra": [s[:32].tolist() for s in per_class],

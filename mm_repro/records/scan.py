@@ -74,9 +74,18 @@ class Record:
         return json.dumps({"setup": self.setup, "data": self.data}, sort_keys=True, default=str)
 
     def at_chance(self) -> bool:
-        """Final test error within half a class of chance: >= 100 (1 - 1.5 / C) %, C the number of classes."""
-        classes = self.run.get("num_classes") or DATASETS.get(self.run["dataset"], {}).get("classes")
-        return bool(classes) and self.result["final"]["test_error"] >= 100 * (1 - 1.5 / classes)
+        return at_chance(self.result)
+
+
+def at_chance(result: dict) -> bool:
+    """A result.json's final test error within half a class of chance: >= 100 (1 - 1.5 / C) %, C the number of
+    classes the run was trained and tested on: those `dataset.classes` keeps (Figure 5's digits 0-4: 5, chance at 80 %
+    error), else the dataset's."""
+    config = result.get("config") if isinstance(result.get("config"), dict) else {}
+    kept = config.get("dataset", {}).get("classes") if isinstance(config.get("dataset"), dict) else None
+    run = result["run"]
+    classes = len(kept) if kept else run.get("num_classes") or DATASETS.get(run["dataset"], {}).get("classes")
+    return bool(classes) and result["final"]["test_error"] >= 100 * (1 - 1.5 / classes)
 
 
 @dataclass
