@@ -64,7 +64,8 @@ def table_rows(report: dict) -> list[dict]:
     rows = []
     for (setup, method), every in groups(report).items():
         paper_top, paper_rest = (_paper(report["study"], setup, method, k) for k in ("top", "rest"))
-        rs, apart = trained(every), len(every) - len(trained(every))
+        rs = trained(every)
+        apart = len(every) - len(rs)
         rows.append(
             {
                 "setup": setup,
@@ -88,8 +89,9 @@ def _order(values: dict[str, float]) -> list[str]:
 def claims(report: dict) -> list[dict]:
     """The paper's claims of this study, each with the paper's numbers, ours (means over seeds) and whether it holds
     on ours: the orderings of section 3.2 and of Figures 9-11, and the claim each study is quoted for."""
-    means = {key: {m: float(np.mean([r[m] for r in trained(rs)])) for m in ("mean_top", "mean_rest")}
-             for key, rs in groups(report).items() if trained(rs)}  # fmt: skip
+    kept = {key: trained(rs) for key, rs in groups(report).items()}
+    means = {key: {m: float(np.mean([r[m] for r in rs])) for m in ("mean_top", "mean_rest")} for key, rs in
+             kept.items() if rs}  # fmt: skip
     collapsed = [f"{r['net']['method']} {r['net']['setup']} seed {r['seed']}" for r in report["results"]
                  if r["at_chance"]]  # fmt: skip
     out = [  # a net that collapsed to chance (its softmax saturated) has no meaningful spectrum: not averaged
