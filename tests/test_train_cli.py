@@ -70,7 +70,7 @@ def test_three_epoch_run_on_real_format_files_writes_every_record(cifar10_root, 
     assert result["run"]["bn_init"] == "uniform" and result["run"]["experiment"] is None
     ckpt = load_checkpoint(run_dir / CKPT)
     assert ckpt["epoch"] == 3 and ckpt["position"] is None
-    assert set(ckpt["rng_ranks"][0]) == {"python", "numpy", "torch", "device_type"}
+    assert set(ckpt["rng_ranks"][0]) == {"python", "numpy", "torch", "noise", "device_type"}
     assert {"model", "optimizer", "scaler", "metrics", "config", "run_id", "data"} <= set(ckpt)
     assert ckpt["format"] == 2 and "rng" not in ckpt  # torch.load(weights_only=True) opens it; nothing never read
     # an epoch recorded after the last checkpoint (a killed session's) is dropped when the run resumes

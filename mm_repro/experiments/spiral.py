@@ -79,14 +79,15 @@ def train_spiral(x: torch.Tensor, y: torch.Tensor, cfg: SpiralConfig, variant: s
     onehot = F.one_hot(y, 2).float()
     net.train()
     for _ in range(cfg.steps):
-        if spec:
-            d = mixing.draw(spec, len(y), rng.python, rng.numpy)
-            h, t = mixing.mix(net.forward_until(x, d.k), onehot, d.lam, torch.from_numpy(d.index))
-            loss = F.cross_entropy(net.forward_from(h, d.k), t)
-        else:
-            loss = F.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
+        with rng.sampling():  # dropout and input noise draw from the net's own seeded stream
+            if spec:
+                d = mixing.draw(spec, len(y), rng.python, rng.numpy)
+                h, t = mixing.mix(net.forward_until(x, d.k), onehot, d.lam, torch.from_numpy(d.index))
+                loss = F.cross_entropy(net.forward_from(h, d.k), t)
+            else:
+                loss = F.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
         opt.step()
     return net.eval()
 

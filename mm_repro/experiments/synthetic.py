@@ -37,6 +37,7 @@ from mm_repro.records.provenance import provenance, start_record
 from mm_repro.records.tracking import open_tracker
 from mm_repro.reports.writer import write_table
 from mm_repro.training.devices import training_device
+from mm_repro.training.randomness import init_model
 
 TASKS = {  # (train angle ranges per class, test angle ranges per class); None: the class does not set the angle
     "A": (((-70.0, -50.0), (50.0, 80.0)), ((-30.0, -10.0), (10.0, 30.0))),
@@ -125,8 +126,7 @@ class SynthClassifier(nn.Module):
 
 def train_and_test(cfg: SyntheticConfig, method: str, seed: int, device: torch.device) -> dict:
     """Train one classifier with `method` from `seed`; its accuracy and NLL on the seed's fixed test set."""
-    torch.manual_seed(seed)
-    model = SynthClassifier().to(device)
+    model = init_model(SynthClassifier, seed).to(device)  # the seed's weights; the global generator untouched
     rng = random.Random(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     for _ in progress(range(cfg.steps), desc=f"task {cfg.task}, seed {seed}, {method} mixup", unit="step"):

@@ -53,7 +53,8 @@ class StagedNet(nn.Module):
     def drop(self, features: torch.Tensor) -> torch.Tensor:
         """Dropout with probability `dropout` on the pooled features, before the final linear layer: our choice for
         the paper's dropout baseline (the official `--dropout` flag, "dropout in final layer", is ignored by these
-        models; docs/reproducing.md, "Protocols"). It draws from torch's default generator, seeded by the run's seed."""
+        models; docs/reproducing.md, "Protocols"). It draws from torch's default generator, which a training step lends
+        the run's own noise stream (mm_repro.training.randomness.RunRandom.sampling)."""
         return F.dropout(features, self.dropout, self.training) if self.dropout else features
 
     def head(self, h: torch.Tensor) -> torch.Tensor:

@@ -139,6 +139,11 @@ def take_over(run: Run) -> None:
             step = (run.saved.get("position") or {}).get("step", 0)
             mid = f", at step {step} of epoch {run.saved['epoch'] + 1}" if step else ""
             run.say(f"resuming {run_dir} after epoch {run.saved['epoch']}{mid}")
+            if not run.rng.noise_restored and job.cfg.model.dropout > 0:
+                run.say(
+                    "warning: its checkpoint predates the saved noise stream (mm_repro <= 0.2.0): its dropout masks go "
+                    "on from the run's seed, not where they stopped, so this run is not the unbroken run's twin"
+                )
     distributed.barrier(run.world)
 
 

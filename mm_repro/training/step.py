@@ -124,10 +124,12 @@ class TrainStep:
         return self.loss_fn(logits, targets)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, layers: tuple[int, ...] | None = None) -> torch.Tensor:
-        """One SGD step; returns the batch's loss (a detached device tensor: no host sync)."""
-        loss = self.loss(x, y, layers)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        """One SGD step; returns the batch's loss (a detached device tensor: no host sync). What the model samples
+        (dropout) comes from the run's noise stream (RunRandom.sampling)."""
+        with self.rng.sampling():
+            loss = self.loss(x, y, layers)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach()
