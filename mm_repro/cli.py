@@ -26,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mm_repro import console
 from mm_repro.commands import COMMANDS, USAGE, Command, command_help, unknown_key_message
-from mm_repro.config import CONF_DIR, config_groups, group_options
+from mm_repro.config import CONF_DIR, config_groups, group_options, quoted
 from mm_repro.errors import Preempted, UserError, exit_code_of
 from mm_repro.sweeps import jobs
 
@@ -83,7 +83,7 @@ def quote_paths(args: list[str]) -> list[str]:
         plain = PLAIN_PATH.fullmatch(value) and "=" not in value
         is_list = key == "runs" and value.startswith("[")
         if key in PATH_KEYS and sep and value and not plain and not is_list and value[0] not in "'\"":
-            arg = f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+            arg = f"{key}={quoted(value)}"
         out.append(arg)
     return out
 

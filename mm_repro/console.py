@@ -47,14 +47,17 @@ def progress(
     unit: str = "it",
     unit_scale: float = 1.0,
     enabled: bool = True,
+    initial: int = 0,
 ) -> Any:
-    """A tqdm bar over `iterable` (or `total` steps, updated by hand): drawn on a terminal, a line every
-    MM_REPRO_PROGRESS_SECONDS in a log, nothing when not `enabled` (a DDP rank other than the first)."""
+    """A tqdm bar over `iterable` (or `total` steps, updated by hand, of which `initial` were done before): drawn on a
+    terminal, a line every MM_REPRO_PROGRESS_SECONDS in a log, nothing when not `enabled` (a DDP rank other than the
+    first)."""
     terminal = sys.stderr.isatty()
     interval = float(os.environ.get("MM_REPRO_PROGRESS_SECONDS", "60"))
     bar = _Bar(
         iterable,
         total=total,
+        initial=initial,
         desc=desc,
         unit=unit,
         unit_scale=unit_scale if unit_scale != 1.0 else False,

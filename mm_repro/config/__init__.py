@@ -41,6 +41,8 @@ from mm_repro.config.train import (
     dirname_excludes,
     group_options,
     image_shape,
+    paper_numbers,
+    quoted,
 )
 
 __all__ = [
@@ -84,6 +86,8 @@ __all__ = [
     "dirname_excludes",
     "group_options",
     "image_shape",
+    "paper_numbers",
+    "quoted",
     "rule",
     "to_schema",
 ]

@@ -23,6 +23,8 @@ EVALUATIONS = ("fgsm", "pgd", "knn", "deformations", "calibration", "flattening"
 FLATTENING_STUDIES = ("section3_2", "figure5", "appendix_g")  # experiments.flattening.nets_of
 APPENDIX_G_FIGURES = ("figure9", "figure10", "figure11")  # its setups, by the figure that shows each
 SYNTHETIC_TASKS = ("A", "B", "C")  # App. A's tasks: experiments.synthetic.TASKS
+SYNTHETIC_METHODS = ("none", "input", "factor")  # Table 8's rows: experiments.synthetic.METHODS
+STUDY_LAUNCHERS = ("local", "slurm", "basic")  # sweeps.study.LAUNCHERS
 
 
 @dataclass
@@ -75,7 +77,17 @@ class SpiralConfig:
 
 
 @dataclass
-class StudyConfig:
+class Launched:
+    """How a study's runs are launched (mm_repro.sweeps.study): Hydra's launcher, the runs at a time (null: one per
+    core) and extra launcher overrides (e.g. [hydra.launcher.partition=cpu] for SLURM)."""
+
+    launcher: str = rule("local", choices=STUDY_LAUNCHERS)
+    workers: int | None = rule(None, ge=1)
+    launcher_overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StudyConfig(Launched):
     study: str = rule("section3_2", choices=FLATTENING_STUDIES)
     out: str = "runs/flattening"
     dataset_root: str = "data"
@@ -92,19 +104,20 @@ class StudyConfig:
     svd_split: str = rule("test", choices=("test", "train"))  # whose hidden states are decomposed (UNCONFIRMED)
     # appendix_g only: the figures whose nets are trained (all three by default; Figure 12 reads Figure 9's nets)
     figures: list[str] = rule(factory=lambda: list(APPENDIX_G_FIGURES), choices=APPENDIX_G_FIGURES, nonempty=True)
-    seeds: list[int] = rule(factory=lambda: [0], ge=0, lt=SEED_LIMIT - 64, nonempty=True)
+    seeds: list[int] = rule(factory=lambda: [0], ge=0, lt=SEED_LIMIT - 64, nonempty=True, distinct=True)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 @dataclass
-class SyntheticConfig:
+class SyntheticConfig(Launched):
     task: str = rule("C", choices=SYNTHETIC_TASKS)
     out: str = "runs/synthetic"
     steps: int = rule(1000, ge=1)
     lr: float = rule(1e-4, gt=0)
     test_batches: int = rule(20, ge=1)
-    seeds: list[int] = rule(factory=lambda: [0], ge=0, lt=SEED_LIMIT, nonempty=True)
+    seeds: list[int] = rule(factory=lambda: [0], ge=0, lt=SEED_LIMIT, nonempty=True, distinct=True)
     device: str = rule("auto", choices=DEVICES)  # auto (CUDA when there is one) | cpu | cuda
+    method: str | None = rule(None, choices=SYNTHETIC_METHODS)  # one classifier's job (the study launches these)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 

@@ -30,11 +30,13 @@ def rule(
     lt: float | None = None,
     choices: tuple | None = None,
     nonempty: bool = False,
+    distinct: bool = False,
 ) -> Any:
     """A schema field with the values it allows (bounds on a number or on each number of a list, a set of choices, a
-    list that must not be empty): `to_schema` checks them for every command, so a value torch would reject later is
-    one line naming the key before anything runs."""
-    limits = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "nonempty": nonempty}
+    list that must not be empty, a list without repeats, such as seeds, whose repeat would count one run twice):
+    `to_schema` checks them for every command, so a value torch would reject later is one line naming the key before
+    anything runs."""
+    limits = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "nonempty": nonempty, "distinct": distinct}
     if factory is not None:
         return field(default_factory=factory, metadata=limits)
     return field(default=default, metadata=limits)
@@ -83,6 +85,8 @@ def check_values(obj: Any, prefix: str = "") -> None:
         items = value if isinstance(value, list | tuple) else [value]
         if limits.get("nonempty") and isinstance(value, list | tuple) and not value:
             raise UserError(f"{key}=[] must list at least one value")
+        if limits.get("distinct") and isinstance(value, list | tuple) and len(set(value)) != len(value):
+            raise UserError(f"{key}={list(value)} lists a value twice, which would count one run twice; list each once")
         if limits.get("choices") and value is not None:
             for item in items:
                 if item not in limits["choices"]:

@@ -22,6 +22,15 @@ _INSTALLED = (_PACKAGE / "conf").is_dir()  # a wheel's install carries conf/ and
 CONF_DIR = _PACKAGE / "conf" if _INSTALLED else _PACKAGE.parent / "conf"
 PAPER_DIR = _PACKAGE / "paper" if _INSTALLED else _PACKAGE.parent / "results" / "paper"  # one JSON file per table
 
+
+def paper_numbers(name: str) -> dict:
+    """The paper's numbers for one of the CPU experiments (results/paper/cpu/<name>.json: flattening, table8), read
+    as `tables` reads the GPU tables' (results/paper/*.json)."""
+    import json
+
+    return json.loads((PAPER_DIR / "cpu" / f"{name}.json").read_text())
+
+
 # What each dataset is: classes, training and test images, and one image's shape. conf/dataset/<name>.yaml sets the
 # same num_classes (a test keeps them equal); `plan` reads the training images, `tables` the classes of a legacy
 # record, `bench` CIFAR-10's split sizes.
@@ -91,6 +100,11 @@ ADDED_KEYS = {
 def image_shape(dataset: Any) -> tuple[int, int, int]:
     """One image's (channels, height, width) of the configured dataset (the generated one is CIFAR-shaped)."""
     return DATASETS.get(dataset.name, {}).get("shape", (3, 32, 32))
+
+
+def quoted(value: str) -> str:
+    """`value` as one quoted string of Hydra's override grammar (a path holding `=`, a comma, spaces or quotes)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def compose_train(overrides: list[str]) -> DictConfig:

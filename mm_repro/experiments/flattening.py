@@ -34,10 +34,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
-from mm_repro.config import APPENDIX_G_FIGURES, StudyConfig, compose_train, image_shape
-from mm_repro.console import progress
+from mm_repro.config import APPENDIX_G_FIGURES, StudyConfig, compose_train, image_shape, quoted
 from mm_repro.data import DeviceLoader, load_splits
 from mm_repro.evaluation.measures import singular_values
 from mm_repro.experiments.flattening_report import PAPER, claims, plot_study, table_rows, write_table
@@ -47,8 +46,9 @@ from mm_repro.records import CHECKPOINT, RESULT, load_checkpoint
 from mm_repro.records.provenance import provenance, start_record
 from mm_repro.records.scan import at_chance
 from mm_repro.records.tracking import open_tracker
+from mm_repro.sweeps.study import Launch, StudyJob, failed, launch
 from mm_repro.training.checks import validate_train
-from mm_repro.training.loop import run as train_run
+from mm_repro.training.ownership import completed
 from mm_repro.training.run import Job
 
 METHODS = {  # a net's method in the paper's words -> `train`'s method and the regularizer it adds
@@ -92,12 +92,12 @@ def nets_of(study: str, figures: list[str] | tuple[str, ...] = APPENDIX_G_FIGURE
     return [Net(model, MLP_NETS[model][1], m, setup=s) for s, model in chosen.items() for m in three]
 
 
-def train_net(net: Net, cfg: StudyConfig, seed: int, out: Path) -> Path:
-    """Train (or resume, or find complete) the net's run for `seed` through `train`'s path; its run directory."""
+def net_job(net: Net, cfg: StudyConfig, seed: int, out: Path) -> tuple[StudyJob, Job]:
+    """The net's `train` run for `seed`: the overrides that make it (as the study's sweep launches it) and its Job."""
     method, extra = METHODS[net.method]
     overrides = [
         "dataset=mnist",
-        f"dataset.root={cfg.dataset_root}",
+        f"dataset.root={quoted(cfg.dataset_root)}",
         f"dataset.download={cfg.download}",
         f"model={net.model}",
         f"model.width={cfg.width}",
@@ -116,10 +116,27 @@ def train_net(net: Net, cfg: StudyConfig, seed: int, out: Path) -> Path:
     if net.classes:
         overrides.append(f"dataset.classes=[{','.join(map(str, net.classes))}]")
     node = compose_train(overrides)
+    with open_dict(node):
+        node.experiment = None  # as a sweep's job records it (sweeps.jobs.job_from_hydra): no experiment file
     config = OmegaConf.to_container(node, resolve=True)
     run_dir = out / "runs" / net.slug / f"seed{seed}"
-    train_run(Job(validate_train(node), run_dir, config, hydra_files={"config.yaml": OmegaConf.create(config)}))
-    return run_dir
+    job = Job(validate_train(node), run_dir, config, hydra_files={"config.yaml": OmegaConf.create(config)})
+    return StudyJob(f"{net.slug}, seed {seed}", run_dir, overrides), job
+
+
+def train_nets(cfg: StudyConfig, pairs: list[tuple[Net, int]], out: Path) -> str:
+    """Every net of the study trained: those not yet complete as one sweep (mm_repro.sweeps.study), in parallel;
+    a finished one is reused, one of another config refused before anything runs. How the nets ran, in words."""
+    made = [net_job(net, cfg, seed, out) for net, seed in pairs]
+    todo = [study_job for study_job, job in made if completed(job) is None]
+    how = Launch(cfg.launcher, cfg.workers, tuple(cfg.launcher_overrides))
+    if not todo:
+        return "all reused (trained before)"
+    failures = launch("train", todo, out / "runs", how, f"flattening {cfg.study}", len(made))
+    if failures:
+        raise failed("nets", failures, len(made) - len(failures))
+    reused = len(made) - len(todo)
+    return f"{len(todo)} trained {how.describe()}" + (f", {reused} reused" if reused else "")
 
 
 @torch.no_grad()
@@ -143,6 +160,7 @@ def measure(run_dir: Path, net: Net, cfg: StudyConfig) -> dict[str, Any]:
     per_class = [singular_values(h[labels == c]) for c in classes]
     out = {
         "test_accuracy": 100.0 - test,
+        "test_images": len(splits.test.labels),
         "at_chance": at_chance(result),  # `tables`' rule: such a net is listed, never averaged
         "mean_top": float(np.mean([s[0] for s in per_class])),
         "mean_rest": float(np.mean([s[1:].sum() for s in per_class])),
@@ -168,15 +186,15 @@ def run_study(cfg: StudyConfig) -> dict:
     results = []
     try:
         pairs = [(net, seed) for seed in cfg.seeds for net in nets_of(cfg.study, cfg.figures)]
-        for i, (net, seed) in enumerate(bar := progress(pairs, desc=f"flattening {cfg.study}", unit="net")):
-            bar.set_postfix_str(f"{net.slug}, seed {seed}")
-            run_dir = train_net(net, cfg, seed, out)
+        trained_how = train_nets(cfg, pairs, out)
+        for i, (net, seed) in enumerate(pairs):
+            run_dir = out / "runs" / net.slug / f"seed{seed}"
             results.append({"net": asdict(net), "seed": seed, "run": str(run_dir), **measure(run_dir, net, cfg)})
             tracker.log({"test_accuracy": results[-1]["test_accuracy"], "mean_top": results[-1]["mean_top"]}, step=i)
         report = {
             "study": cfg.study,
             "config": asdict(cfg),
-            "provenance": provenance(start, torch.device("cpu")),
+            "provenance": {**provenance(start, torch.device("cpu")), "nets": trained_how},
             "results": results,
             "paper": PAPER[cfg.study],
         }
