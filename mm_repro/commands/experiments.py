@@ -10,11 +10,20 @@ from mm_repro.config import SpiralConfig, StudyConfig, SyntheticConfig, to_schem
 from mm_repro.experiments.flattening import run_study
 from mm_repro.experiments.spiral import run_spiral
 from mm_repro.experiments.synthetic import run_synthetic
+from mm_repro.reports import verdicts
 
 
 def _written(out: str, table: str, figures: list[str]) -> None:
     """The closing line of an experiment: its table and figures, under `out`."""
     print(f"written: {Path(out) / table} and {', '.join(figures)}")
+
+
+def _print_claims(claims: list[dict]) -> None:
+    """Each claim's verdict (reports.verdicts), then the count; the numbers behind each are in the report."""
+    for claim in claims:
+        print(f"{claim['verdict']}: {claim['claim']}")
+    if claims:
+        print(f"{verdicts.count(claims)} (rule {claims[0]['rule']}; the report gives each test)")
 
 
 def spiral(cfg: Any) -> None:
@@ -37,8 +46,7 @@ def flattening(cfg: Any) -> None:
             f"{row['ours: top singular value']:>8} (paper {row['paper: top']})  "
             f"others {row['ours: sum of the others']:>8}"
         )
-    for claim in report["claims"]:
-        print(f"{'holds' if claim['holds'] else 'does not hold'}: {claim['claim']}")
+    _print_claims(report["claims"])
     _written(cfg.out, f"flattening_{cfg.study}.md", report["figures"])
 
 

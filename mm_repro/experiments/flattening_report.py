@@ -9,24 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mm_repro.reports import writer
+from mm_repro.config import paper_numbers
+from mm_repro.reports import verdicts, writer
 
-# The paper's numbers, per study and method: section 3.2, (largest singular value, sum of the others); Appendix G,
-# the mean first singular value per figure (Figure 12 and Figure 5 print none).
+# The paper's numbers (results/paper/cpu/flattening.json): section 3.2, per method (largest singular value, sum of the
+# others); Appendix G, the mean first singular value per figure (Figure 12 and Figure 5 print none).
+_NUMBERS = paper_numbers("flattening")
 PAPER: dict[str, dict] = {
-    "section3_2": {
-        "baseline": {"top": 51.73, "rest": 78.67},
-        "weight_decay": {"top": 33.76, "rest": 73.36},
-        "dropout": {"top": 28.83, "rest": 77.47},
-        "input_mixup": {"top": 33.46, "rest": 66.89},
-        "manifold_mixup": {"top": 31.65, "rest": 40.98},
-    },
-    "figure5": {},
-    "appendix_g": {
-        "figure9 (12 units after 3 layers)": {"baseline": 50.08, "input_mixup": 37.17, "manifold_mixup": 43.44},
-        "figure10 (30 units after 3 layers)": {"baseline": 14.68, "input_mixup": 12.49, "manifold_mixup": 14.43},
-        "figure11 (30 units after 1 layer)": {"baseline": 33.64, "input_mixup": 27.60, "manifold_mixup": 24.60},
-    },
+    study: {key: value for key, value in _NUMBERS[study].items() if isinstance(value, dict)}
+    for study in ("section3_2", "figure5", "appendix_g")
 }
 MISSING = "—"
 
@@ -86,65 +77,69 @@ def _order(values: dict[str, float]) -> list[str]:
     return sorted(values, key=values.get, reverse=True)
 
 
+def by_seed(report: dict, setup: str, key: str) -> dict[str, dict[int, float]]:
+    """Each method's `key` (mean_top, mean_rest) by seed, over the seeds that trained (a net at chance is left out)."""
+    return {
+        method: {r["seed"]: r[key] for r in trained(rs)} for (s, method), rs in groups(report).items() if s == setup
+    }
+
+
 def claims(report: dict) -> list[dict]:
-    """The paper's claims of this study, each with the paper's numbers, ours (means over seeds) and whether it holds
-    on ours: the orderings of section 3.2 and of Figures 9-11, and the claim each study is quoted for."""
-    kept = {key: trained(rs) for key, rs in groups(report).items()}
-    means = {key: {m: float(np.mean([r[m] for r in rs])) for m in ("mean_top", "mean_rest")} for key, rs in
-             kept.items() if rs}  # fmt: skip
-    collapsed = [f"{r['net']['method']} {r['net']['setup']} seed {r['seed']}" for r in report["results"]
-                 if r["at_chance"]]  # fmt: skip
-    out = [  # a net that collapsed to chance (its softmax saturated) has no meaningful spectrum: not averaged
-        {
-            "claim": "every net trained (none at chance level: a test error within half a class of chance)",
-            "paper": "(implied)",
-            "ours": collapsed or "all trained",
-            "holds": not collapsed,
-        }
-    ]
+    """The paper's claims of this study, each decided on our seeds by the one rule (reports.verdicts): section 3.2's
+    orders and its headline (manifold mixup flattens most), Figure 5's (manifold mixup concentrates each class most)
+    and Figures 9-11's (the order of the first singular value; both mixups below the baseline)."""
+    setups = list(dict.fromkeys(setup for setup, _ in groups(report)))
+    out = []
     if report["study"] == "section3_2":
+        (setup,) = setups
+        paper = PAPER["section3_2"]
         for key, word in (("top", "largest singular value"), ("rest", "sum of the other singular values")):
-            ours = {method: means[(setup, method)][f"mean_{key}"] for setup, method in means}
-            paper = {method: PAPER["section3_2"][method][key] for method in ours}
-            out.append(
-                {
-                    "claim": f"the order of the methods by their {word} (largest first)",
-                    "paper": _order(paper),
-                    "ours": _order(ours),
-                    "holds": _order(paper) == _order(ours),
-                }
-            )
-        rest = {method: means[(setup, method)]["mean_rest"] for setup, method in means}
+            ranked = _order({m: v[key] for m, v in paper.items()})
+            out.append(verdicts.order(f"the order of the methods by their {word}, largest first", ranked,
+                                      by_seed(report, setup, f"mean_{key}"), paper=ranked))  # fmt: skip
         out.append(
-            {
-                "claim": "manifold mixup leaves the smallest sum of the other singular values (it flattens most)",
-                "paper": PAPER["section3_2"]["manifold_mixup"]["rest"],
-                "ours": round(rest["manifold_mixup"], 2),
-                "holds": min(rest, key=rest.get) == "manifold_mixup",
-            }
-        )
-    if report["study"] == "appendix_g":
-        for setup, paper in PAPER["appendix_g"].items():
-            ours = {method: means[(s, method)]["mean_top"] for s, method in means if s == setup}
-            if not ours:  # a figure not asked for (figures=[...])
-                continue
-            out.append(
-                {
-                    "claim": f"{setup}: the order of the mean first singular value (largest first)",
-                    "paper": _order(paper),
-                    "ours": _order(ours),
-                    "holds": _order(paper) == _order(ours),
-                }
+            verdicts.smallest(
+                "manifold mixup leaves the smallest sum of the other singular values (it flattens most)",
+                "manifold_mixup",
+                by_seed(report, setup, "mean_rest"),
+                paper=paper["manifold_mixup"]["rest"],
             )
+        )
+    if report["study"] == "figure5":
+        for setup in setups:
             out.append(
-                {
-                    "claim": f"{setup}: both mixups below the baseline",
-                    "paper": {k: v for k, v in paper.items()},
-                    "ours": {k: round(v, 2) for k, v in ours.items()},
-                    "holds": max(ours, key=ours.get) == "baseline",
-                }
+                verdicts.smallest(
+                    f"{setup}: manifold mixup concentrates each class most (the smallest per-class sum of the "
+                    "bottleneck's singular values after the first)",
+                    "manifold_mixup",
+                    by_seed(report, setup, "mean_rest"),
+                    paper="(Figure 5's picture; no number)",
+                )
+            )
+    if report["study"] == "appendix_g":
+        for setup in setups:
+            paper = PAPER["appendix_g"].get(setup)
+            values = by_seed(report, setup, "mean_top")
+            if paper is None:
+                continue
+            out.append(verdicts.order(f"{setup}: the order of the mean first singular value, largest first",
+                                      _order(paper), values, paper=_order(paper)))  # fmt: skip
+            out.append(
+                verdicts.all_below(
+                    f"{setup}: both mixups below the baseline",
+                    ["input_mixup", "manifold_mixup"],
+                    "baseline",
+                    values,
+                    paper=dict(paper),
+                )
             )
     return out
+
+
+def at_chance_nets(report: dict) -> list[str]:
+    """The nets (and seeds) at chance: listed in the table and the note, never averaged or tested."""
+    return [f"{r['net']['method']} {r['net']['setup']} seed {r['seed']}".replace("  ", " ") for r in report["results"]
+            if r["at_chance"]]  # fmt: skip
 
 
 # how the note under the table names the nets' optimizer (flattening optimizer=)
@@ -162,10 +157,15 @@ def write_table(report: dict, out: Path) -> None:
         f"`{made['command']}` on {made['device']}, torch {made['torch_version']}, {made['wall_seconds'] / 60:.1f} min, "
         f"commit {made['git_commit']}."
     )
+    if made.get("nets"):
+        note += f" Nets: {made['nets']}."
+    chance = at_chance_nets(report)
+    if chance:
+        note += f" At chance (listed, never averaged or tested): {', '.join(chance)}."
     if report["claims"]:
-        note += "\n\nThe paper's claims on ours:\n\n" + "\n".join(
-            f"- {'holds' if c['holds'] else 'does not hold'}: {c['claim']} (paper: {c['paper']}; ours: {c['ours']})"
-            for c in report["claims"]
+        note += (
+            f"\n\nThe paper's claims on ours ({verdicts.count(report['claims'])}; rule `{verdicts.RULE}`, "
+            "docs/trust.md 'Verdicts'):\n\n" + "\n".join(f"- {verdicts.describe(c)}" for c in report["claims"])
         )
     writer.write_table(
         out / f"flattening_{report['study']}", f"Flattening study `{report['study']}`", note, report["rows"]

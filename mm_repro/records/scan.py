@@ -77,15 +77,43 @@ class Record:
         return at_chance(self.result)
 
 
-def at_chance(result: dict) -> bool:
-    """A result.json's final test error within half a class of chance: >= 100 (1 - 1.5 / C) %, C the number of
-    classes the run was trained and tested on: those `dataset.classes` keeps (Figure 5's digits 0-4: 5, chance at 80 %
-    error), else the dataset's."""
+CHANCE_ALPHA = 0.001  # a run has learned when its accuracy is above chance at this one-sided p-value
+
+
+def test_images(result: dict) -> int | None:
+    """The number of test images a result was measured on (its data fingerprint, "N images, sha256 ..."), or None
+    for a record of a version that did not keep it."""
+    data = result.get("data") if isinstance(result.get("data"), dict) else {}
+    words = str(data.get("test", "")).split(" ", 1)
+    return int(words[0]) if words[0].isdigit() else None
+
+
+def classes_of(result: dict) -> int | None:
+    """The classes a run was trained and tested on: those `dataset.classes` keeps, else the dataset's."""
     config = result.get("config") if isinstance(result.get("config"), dict) else {}
     kept = config.get("dataset", {}).get("classes") if isinstance(config.get("dataset"), dict) else None
     run = result["run"]
-    classes = len(kept) if kept else run.get("num_classes") or DATASETS.get(run["dataset"], {}).get("classes")
-    return bool(classes) and result["final"]["test_error"] >= 100 * (1 - 1.5 / classes)
+    return len(kept) if kept else run.get("num_classes") or DATASETS.get(run["dataset"], {}).get("classes")
+
+
+def chance_level(accuracy: float, classes: int, images: int | None) -> bool:
+    """Is a test accuracy (%) over `images` test images of `classes` classes at chance? It is, unless a one-sided
+    binomial test of its correct answers against 1/C rejects chance at p < CHANCE_ALPHA: the same rule at 2 classes
+    or 200, and it knows that 60 % of 50 two-class images is chance while 60 % of 2000 is not. With the test set's
+    size unknown (a record of an older version), at chance unless above 1/C."""
+    if images is None or images < 1:
+        return accuracy <= 100.0 / classes
+    from scipy import stats
+
+    correct = round(images * accuracy / 100.0)
+    return bool(stats.binomtest(correct, images, 1.0 / classes, alternative="greater").pvalue >= CHANCE_ALPHA)
+
+
+def at_chance(result: dict) -> bool:
+    """A result.json's final test accuracy at chance by `chance_level`, over the classes the run kept (Figure 5's
+    digits 0-4: 5, chance 20 %) and its own test set."""
+    classes = classes_of(result)
+    return bool(classes) and chance_level(100.0 - result["final"]["test_error"], classes, test_images(result))
 
 
 @dataclass

@@ -65,8 +65,8 @@ def sweep_summary(run_dirs: list[Path]) -> str:
     lines = [f"sweep summary: {scanned.summary()}"]
     if scanned.at_chance:
         lines.append(
-            f"  {len(scanned.at_chance)} run(s) at chance level (final error within half a class of chance) are "
-            "not averaged here, as in `tables` (include_chance=true counts them there)"
+            f"  {len(scanned.at_chance)} run(s) at chance level (accuracy not above chance by a binomial test at p < "
+            "0.001) are not averaged here, as in `tables` (include_chance=true counts them there)"
         )
     if not rows:
         return "\n".join(lines)
