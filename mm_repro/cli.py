@@ -45,7 +45,7 @@ def _guarded(command: Command) -> Callable[[Any], None]:
         except Exception as exc:
             if os.environ.get("MM_REPRO_DEBUG") == "1":
                 raise
-            if command.name == "train":
+            if command.name == "train" or multirun:  # a job of any sweep may run in another process: a note
                 num = hc.job.num if multirun else 0
                 label = f"job {num} ({' '.join(hc.overrides.task)})"
                 jobs.record_failure(exc, Path(hc.runtime.output_dir), multirun, label, num)

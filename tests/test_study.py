@@ -116,3 +116,25 @@ def test_a_stopped_study_stops_every_net_and_resumes_where_they_stopped(tmp_path
     for p in stopped:
         assert "resuming" in (p / records.TRAIN_LOG).read_text()
         assert json.loads((p / records.RESULT).read_text())["epochs"] == 40
+
+
+@pytest.mark.slow  # six classifiers of 20 steps, two at a time, and one alone: ~60 s
+def test_a_table8_tasks_classifiers_train_in_parallel_and_each_is_the_classifier_trained_alone(tmp_path):
+    out = tmp_path / "task"
+    args = ["synthetic", "task=A", "seeds=[0,1]", "steps=20", "test_batches=2", "device=cpu", f"out={out}"]
+    proc = run_cli(*args, "workers=2", cwd=tmp_path, env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "table8_taskA.json").read_text())
+    assert (
+        report["provenance"]["classifiers"]
+        == "6 trained 2 at a time (Hydra's joblib launcher), 1 thread(s) each, 0 reused"
+    )
+    assert len(report["results"]) == 6 and [c["rule"] for c in report["claims"]] == ["welch-0.05"] * 2
+    alone = tmp_path / "alone"
+    one = run_cli("synthetic", "task=A", "classifier=factor", "seeds=[1]", "steps=20", "test_batches=2", "device=cpu",
+                  f"out={alone}", cwd=tmp_path, env=ONE_THREAD)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+    mine = json.loads((alone / "classifier.json").read_text())["result"]
+    assert mine == json.loads((out / "runs" / "taskA" / "factor" / "seed1" / "classifier.json").read_text())["result"]
+    changed = run_cli(*args, "steps=21", cwd=tmp_path)  # a finished classifier of another config is never reused
+    assert changed.returncode == 2 and "holds a classifier made otherwise (steps: 20 -> 21)" in changed.stderr

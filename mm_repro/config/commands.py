@@ -117,7 +117,7 @@ class SyntheticConfig(Launched):
     test_batches: int = rule(20, ge=1)
     seeds: list[int] = rule(factory=lambda: [0], ge=0, lt=SEED_LIMIT, nonempty=True, distinct=True)
     device: str = rule("auto", choices=DEVICES)  # auto (CUDA when there is one) | cpu | cuda
-    method: str | None = rule(None, choices=SYNTHETIC_METHODS)  # one classifier's job (the study launches these)
+    classifier: str | None = rule(None, choices=SYNTHETIC_METHODS)  # one job of the task's sweep: that method's
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 

@@ -29,13 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm_repro.config import SyntheticConfig
+from mm_repro.config import SyntheticConfig, paper_numbers, quoted
 from mm_repro.console import progress
 from mm_repro.errors import UserError
-from mm_repro.files import write_json
+from mm_repro.files import read_json, write_json
 from mm_repro.records.provenance import provenance, start_record
 from mm_repro.records.tracking import open_tracker
+from mm_repro.reports import verdicts
 from mm_repro.reports.writer import write_table
+from mm_repro.sweeps.study import Launch, StudyJob, failed, launch
 from mm_repro.training.devices import training_device
 from mm_repro.training.randomness import init_model
 
@@ -44,11 +46,8 @@ TASKS = {  # (train angle ranges per class, test angle ranges per class); None: 
     "B": (((-70.0, -50.0), (50.0, 80.0)), ((-30.0, -20.0), (-10.0, 30.0))),
     "C": (None, None),
 }
-PAPER = {  # Table 8: test accuracy (%) and test NLL
-    "A": {"none": (1.6, 8.8310), "input": (0.0, 6.0601), "factor": (94.77, 0.4940)},
-    "B": {"none": (21.25, 7.0026), "input": (18.40, 4.3149), "factor": (84.02, 0.4572)},
-    "C": {"none": (63.05, 4.2871), "input": (66.09, 1.4181), "factor": (99.06, 0.1279)},
-}
+PAPER = {task: {m: tuple(v) for m, v in cells.items()} for task, cells in paper_numbers("table8").items()
+         if task in ("A", "B", "C")}  # fmt: skip  # Table 8: test accuracy (%) and test NLL
 METHODS = ("none", "input", "factor")
 BATCH = 128
 
@@ -155,24 +154,90 @@ def mean_std(values: list[float], digits: int) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
-def run_synthetic(cfg: SyntheticConfig) -> dict:
+CLASSIFIER = "classifier.json"  # one classifier's result and what made it, in its own directory
+IDENTITY = ("task", "steps", "lr", "test_batches")  # with the method, the seed and the device: what a result depends on
 
-    if len(set(cfg.seeds)) != len(cfg.seeds):
-        raise UserError(f"seeds={cfg.seeds} must be a non-empty list of distinct seeds, such as seeds=[0,1,2]")
+
+def identity(cfg: SyntheticConfig, method: str, seed: int, device: str) -> dict:
+    return {**{k: getattr(cfg, k) for k in IDENTITY}, "method": method, "seed": seed, "device": device}
+
+
+def reusable(path: Path, wanted: dict) -> dict | None:
+    """The classifier result at `path` when it was made as `wanted` (None when there is none); one of another
+    config is refused in one line, as `train` refuses a run of another config."""
+    if not path.is_file():
+        return None
+    saved = read_json(path)
+    if saved.get("identity") != wanted:
+        changed = [f"{k}: {saved.get('identity', {}).get(k)!r} -> {v!r}" for k, v in wanted.items()
+                   if saved.get("identity", {}).get(k) != v]  # fmt: skip
+        raise UserError(
+            f"{path} holds a classifier made otherwise ({'; '.join(changed)}); move it away, or use another out="
+        )
+    return saved["result"]
+
+
+def train_classifiers(cfg: SyntheticConfig) -> list[dict]:
+    """One job of the task's sweep: the classifier of `cfg.classifier` (a method) for each seed of `cfg.seeds`, into
+    cfg.out (each seed's `classifier.json`; a finished one is reused)."""
+    out = Path(cfg.out)
+    results = []
+    with training_device(cfg.device, in_sweep=False) as device:
+        for seed in cfg.seeds:
+            path = out / (CLASSIFIER if len(cfg.seeds) == 1 else f"seed{seed}_{CLASSIFIER}")
+            wanted = identity(cfg, cfg.classifier, seed, device.type)
+            result = reusable(path, wanted) or train_and_test(cfg, cfg.classifier, seed, device)
+            write_json(path, {"identity": wanted, "result": result})
+            results.append(result)
+    return results
+
+
+def classifier_jobs(cfg: SyntheticConfig, out: Path) -> list[tuple[StudyJob, dict]]:
+    """The task's classifiers (method x seed) as the jobs of one sweep, each with the identity its result must have."""
+    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    made = []
+    for seed in cfg.seeds:
+        for method in METHODS:
+            run_dir = out / "runs" / f"task{cfg.task}" / method / f"seed{seed}"
+            overrides = [f"task={cfg.task}", f"classifier={method}", f"seeds=[{seed}]", f"steps={cfg.steps}",
+                         f"lr={cfg.lr}", f"test_batches={cfg.test_batches}", f"device={device}",
+                         f"out={quoted(str(run_dir))}", "logger=none"]  # fmt: skip
+            job = StudyJob(f"task {cfg.task}, {method} mixup, seed {seed}", run_dir, overrides, CLASSIFIER)
+            made.append((job, identity(cfg, method, seed, device)))
+    return made
+
+
+def claims(results: list[dict]) -> list[dict]:
+    """Table 8's two claims, decided on our seeds (reports.verdicts): "in all cases visible mixup significantly
+    improved likelihood, but not to the same degree as factor mixup" (App. A)."""
+    nll = {m: {r["seed"]: r["test_nll"] for r in results if r["method"] == m} for m in METHODS}
+    return [
+        verdicts.all_below("input mixup lowers the test NLL below no mixup's", ["input"], "none", nll),
+        verdicts.all_below("factor mixup lowers it further, below input mixup's", ["factor"], "input", nll),
+    ]
+
+
+def run_synthetic(cfg: SyntheticConfig) -> dict:
+    """Table 8 for one task: its classifiers (every method, every seed) as one sweep (mm_repro.sweeps.study), then
+    the table, its claims and Figure 4 into cfg.out; with `classifier=` set, one job of that sweep
+    (train_classifiers)."""
+    if cfg.classifier is not None:
+        return {"results": train_classifiers(cfg), "rows": [], "figures": [], "claims": []}
     start = start_record()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-
+    made = classifier_jobs(cfg, out)
+    todo = [job for job, wanted in made if reusable(job.run_dir / CLASSIFIER, wanted) is None]
+    how = Launch(cfg.launcher, cfg.workers, tuple(cfg.launcher_overrides))
+    if todo:
+        failures = launch("synthetic", todo, out / "runs", how, f"synthetic task {cfg.task}", len(made))
+        if failures:
+            raise failed("classifiers", failures, len(made) - len(failures))
+    results = [read_json(job.run_dir / CLASSIFIER)["result"] for job, _ in made]
     tracker = open_tracker(cfg.logger, out, asdict(cfg), f"synthetic-task{cfg.task}")
-    results: list[dict] = []
-    try:
-        with training_device(cfg.device, in_sweep=False) as device:
-            for seed in cfg.seeds:
-                for method in METHODS:
-                    results.append(train_and_test(cfg, method, seed, device))
-                    tracker.log({k: results[-1][k] for k in ("test_accuracy", "test_nll")}, step=len(results) - 1)
-    finally:
-        tracker.finish(0 if len(results) == len(METHODS) * len(cfg.seeds) else 1)
+    for i, r in enumerate(results):
+        tracker.log({k: r[k] for k in ("test_accuracy", "test_nll")}, step=i)
+    tracker.finish(0)
     names = {"none": "No Mixup", "input": "Input Mixup (1.0)", "factor": "Ground Truth Factor Mixup (1.0)"}
     rows = []
     for method in METHODS:
@@ -188,17 +253,29 @@ def run_synthetic(cfg: SyntheticConfig) -> dict:
             }
         )
     figures = [plot_examples(cfg, out)]
-    made = provenance(start, device)
-    report = {"config": asdict(cfg), "provenance": made, "results": results, "rows": rows, "figures": figures}
-    seeds = ", ".join(map(str, cfg.seeds))
-    note = (
-        f"Ours: mean ± std (sample) over seeds {seeds} ({len(cfg.seeds)} run(s) per method), {cfg.steps} steps of "
-        f"batch {BATCH}, {results[0]['test_images']} test images per seed. `{made['command']}` on {made['device']}, "
-        f"torch {made['torch_version']}, {made['wall_seconds'] / 60:.1f} min, commit {made['git_commit']}."
-    )
-    write_table(out / f"table8_task{cfg.task}", f"Table 8, task {cfg.task}", note, rows)
-    write_json(out / f"table8_task{cfg.task}.json", report)
+    made_by = {**provenance(start, torch.device(made[0][1]["device"])),
+               "classifiers": f"{len(todo)} trained {how.describe()}, {len(made) - len(todo)} reused"}  # fmt: skip
+    report = {"config": asdict(cfg), "provenance": made_by, "results": results, "rows": rows, "figures": figures}
+    report["claims"] = claims(results)
+    write_report(report, out)
     return report
+
+
+def write_report(report: dict, out: Path) -> None:
+    """The task's table (md, csv), its JSON and its claims' verdicts, from the report."""
+    cfg, made = report["config"], report["provenance"]
+    seeds = ", ".join(map(str, cfg["seeds"]))
+    note = (
+        f"Ours: mean ± std (sample) over seeds {seeds} ({len(cfg['seeds'])} run(s) per method), {cfg['steps']} steps "
+        f"of batch {BATCH}, {report['results'][0]['test_images']} test images per seed. `{made['command']}` on "
+        f"{made['device']}, torch {made['torch_version']}, {made['wall_seconds'] / 60:.1f} min, commit "
+        f"{made['git_commit']}."
+        + (f" Classifiers: {made['classifiers']}." if made.get("classifiers") else "")
+        + f"\n\nThe paper's claims on ours ({verdicts.count(report['claims'])}; rule `{verdicts.RULE}`, docs/trust.md "
+        "'Verdicts'):\n\n" + "\n".join(f"- {verdicts.describe(c)}" for c in report["claims"])
+    )
+    write_table(out / f"table8_task{cfg['task']}", f"Table 8, task {cfg['task']}", note, report["rows"])
+    write_json(out / f"table8_task{cfg['task']}.json", report)
 
 
 def plot_examples(cfg: SyntheticConfig, out: Path) -> str:
