@@ -223,12 +223,20 @@ def test_evaluate_refuses_what_is_not_a_finished_run(cifar10_root, tmp_path):
 
 @pytest.mark.slow
 def test_spiral_at_reduced_size_writes_figures_and_json(tmp_path):
-    proc = run_cli("spiral", f"out={tmp_path}", "points=150", "steps=300", "grid=40", "width=16", cwd=tmp_path)
+    args = ["points=150", "steps=300", "grid=40", "width=16", "seeds=[0,1]"]
+    proc = run_cli("spiral", f"out={tmp_path}", *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "spiral.json").read_text())
-    assert set(result["results"]) == {"ERM", "Manifold Mixup"}
-    assert set(result["claims"]) == {"smoother_boundary", "flatter_bottleneck", "broader_low_confidence_region"}
-    assert result["results"]["ERM"]["train_accuracy"] > 60  # it learned the spirals at least partly
+    assert set(result["results"]) == {"ERM", "Manifold Mixup"} and result["seeds"] == [0, 1]
+    assert [c["claim"].split(" (")[0] for c in result["claims"]] == [
+        "a smoother decision boundary", "flatter classes at the bottleneck than ERM's",
+        "a broader low-confidence region in the hidden space than ERM's",
+    ]  # fmt: skip
+    for claim in result["claims"]:  # each decided by the rule, over the two seeds
+        assert claim["rule"] == "welch-0.05" and claim["n"] == {"ERM": 2, "Manifold Mixup": 2}
+        assert claim["verdict"] in ("holds", "does not hold", "not resolved")
+    assert all(r["train_accuracy"] > 60 for r in result["results"]["ERM"])  # it learned the spirals at least partly
+    assert result["results"]["ERM"][0] != result["results"]["ERM"][1]  # each seed its own data and nets
     for name in result["figures"]:
         assert (tmp_path / name).stat().st_size > 1000
 
@@ -242,7 +250,8 @@ def test_spiral_figure_2_trains_every_regularizer_beside_figure_1s(tmp_path):
     assert set(result["results"]) == {
         "ERM", "Manifold Mixup", "Weight decay", "Input noise", "Dropout", "BatchNorm", "Input Mixup"
     }  # fmt: skip
-    assert "only_manifold_mixup_flattens_and_broadens" in result["claims"]
+    only = result["claims"][-1]
+    assert only["claim"].startswith("of Figure 2's regularizers, only manifold mixup") and len(only["parts"]) == 6
     assert not (tmp_path / "spiral.json").exists()  # Figure 1's records are not overwritten
     for name in result["figures"]:
         assert name.startswith("spiral_figure2_") and (tmp_path / name).stat().st_size > 10_000

@@ -71,7 +71,7 @@ class SpiralConfig:
     width: int = rule(64, ge=3)  # the nets narrow to a 2-D bottleneck
     noise: float = rule(0.03, ge=0)
     grid: int = rule(150, ge=2)
-    seed: int = rule(0, ge=0, lt=SEED_LIMIT)
+    seeds: list[int] = rule(factory=lambda: [0], ge=0, lt=SEED_LIMIT, nonempty=True, distinct=True)
     regularizers: bool = False  # true: Figure 2, the other regularizers beside Figure 1's two nets
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 

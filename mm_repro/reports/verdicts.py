@@ -100,7 +100,7 @@ def below(lower: str, upper: str, values: Mapping[str, Values], comparisons: int
     }
 
 
-def _conjunction(claim: str, pairs: list[dict], values: Mapping[str, Values], **shown: object) -> dict:
+def conjunction(claim: str, pairs: list[dict], values: Mapping[str, Values], **shown: object) -> dict:
     """A claim made of pairs: holds if every pair holds, does not hold if any pair is reversed, else not resolved."""
     verdicts = {p["verdict"] for p in pairs}
     if verdicts == {HOLDS}:
@@ -131,7 +131,7 @@ def order(claim: str, ranked: list[str], values: Mapping[str, Values], paper: ob
         return unresolved(claim, f"no trained seed of {', '.join(missing)}", values, paper=paper)
     m = len(ranked) - 1
     pairs = [below(low, high, values, m) for high, low in zip(ranked, ranked[1:], strict=False)]
-    return _conjunction(claim, pairs, values, paper=paper)
+    return conjunction(claim, pairs, values, paper=paper)
 
 
 def smallest(claim: str, method: str, values: Mapping[str, Values], paper: object = None) -> dict:
@@ -141,7 +141,30 @@ def smallest(claim: str, method: str, values: Mapping[str, Values], paper: objec
     if missing:
         return unresolved(claim, f"no trained seed of {', '.join(missing)}", values, paper=paper)
     pairs = [below(method, other, values, len(others)) for other in others]
-    return _conjunction(claim, pairs, values, paper=paper)
+    return conjunction(claim, pairs, values, paper=paper)
+
+
+def only(claim: str, method: str, does: Mapping[str, dict]) -> dict:
+    """Only `method` does what each conjunction of `does` (one per method) says: holds when `method`'s holds and every
+    other's does not hold; does not hold when `method`'s does not hold or another's holds; else not resolved."""
+    mine, others = does[method], [c for name, c in does.items() if name != method]
+    if mine["verdict"] == HOLDS and all(c["verdict"] == DOES_NOT_HOLD for c in others):
+        verdict = HOLDS
+    elif mine["verdict"] == DOES_NOT_HOLD or any(c["verdict"] == HOLDS for c in others):
+        verdict = DOES_NOT_HOLD
+    else:
+        verdict = NOT_RESOLVED
+    return {
+        "claim": claim,
+        "ours": {name: c["verdict"] for name, c in does.items()},
+        "verdict": verdict,
+        "rule": RULE,
+        "n": mine["n"],
+        "p_value": mine["p_value"],  # of `method`'s own conjunction; each other's is in `parts`
+        "pairs": mine["pairs"],
+        "parts": list(does.values()),
+        "seeds_to_resolve": mine["seeds_to_resolve"],
+    }
 
 
 def all_below(claim: str, lowers: list[str], upper: str, values: Mapping[str, Values], paper: object = None) -> dict:
@@ -150,7 +173,7 @@ def all_below(claim: str, lowers: list[str], upper: str, values: Mapping[str, Va
     if missing:
         return unresolved(claim, f"no trained seed of {', '.join(missing)}", values, paper=paper)
     pairs = [below(low, upper, values, len(lowers)) for low in lowers]
-    return _conjunction(claim, pairs, values, paper=paper)
+    return conjunction(claim, pairs, values, paper=paper)
 
 
 def unresolved(claim: str, why: str, values: Mapping[str, Values], **shown: object) -> dict:
