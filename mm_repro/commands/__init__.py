@@ -65,6 +65,12 @@ def _experiment(name: str) -> Callable[[Any], None]:
     return run
 
 
+def _verdicts(cfg: Any) -> None:
+    from mm_repro.commands import verdicts
+
+    verdicts.run(cfg)
+
+
 def _plan(cfg: Any) -> None:
     """Never called: plan's sweeper (hydra_plugins.mm_repro_launchers.plan_sweeper) launches no job."""
 
@@ -88,6 +94,8 @@ COMMANDS: dict[str, Command] = {
                 config.StudyConfig, _experiment("flattening")),
         Command("synthetic", "Table 8 and Figure 4: mixing in the true generative factors: task=A|B|C out=DIR",
                 config.SyntheticConfig, _experiment("synthetic")),
+        Command("verdicts", "judge every committed result again by today's rule and write the pages from the JSONs",
+                config.VerdictsConfig, _verdicts),
     )
 }  # fmt: skip
 

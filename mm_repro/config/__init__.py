@@ -12,6 +12,7 @@ from mm_repro.config.commands import (
     StudyConfig,
     SyntheticConfig,
     TablesConfig,
+    VerdictsConfig,
 )
 from mm_repro.config.schema import as_list, check_number, check_values, choose, rule, to_schema
 from mm_repro.config.train import (
@@ -75,6 +76,7 @@ __all__ = [
     "StudyConfig",
     "SyntheticConfig",
     "TablesConfig",
+    "VerdictsConfig",
     "TrainConfig",
     "TrainRunConfig",
     "as_list",

@@ -122,6 +122,11 @@ class SyntheticConfig(Launched):
 
 
 @dataclass
+class VerdictsConfig:
+    root: str = "."  # the repository whose results/, README.md and docs/ are judged and written
+
+
+@dataclass
 class BenchConfig:
     device: str = rule("cpu", choices=("cpu", "cuda"))
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -232,6 +232,15 @@ def claims(per_seed: dict[str, dict[int, dict]], regularizers: bool) -> list[dic
     return out
 
 
+def rejudge(result: dict, out: Path) -> dict:
+    """A spiral result judged again by today's rule from its per-seed numbers (nothing retrained); its JSON
+    rewritten."""
+    per_seed = {name: dict(zip(result["seeds"], rs, strict=True)) for name, rs in result["results"].items()}
+    result["claims"] = claims(per_seed, result["config"]["regularizers"])
+    write_json(out / result["file"], result)
+    return result
+
+
 def run_spiral(cfg: SpiralConfig) -> dict:
     """Train the nets (Figure 1's two, or with `regularizers` Figure 2's seven) for each seed (its own data and
     weights), write the figures (the first seed's) and spiral.json (spiral_figure2.json) with every seed's numbers

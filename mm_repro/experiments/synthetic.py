@@ -261,6 +261,14 @@ def run_synthetic(cfg: SyntheticConfig) -> dict:
     return report
 
 
+def rejudge(report: dict, out: Path) -> dict:
+    """A task's report judged again by today's rule from its per-seed results (nothing retrained); its table and JSON
+    rewritten."""
+    report["claims"] = claims(report["results"])
+    write_report(report, out)
+    return report
+
+
 def write_report(report: dict, out: Path) -> None:
     """The task's table (md, csv), its JSON and its claims' verdicts, from the report."""
     cfg, made = report["config"], report["provenance"]

@@ -81,11 +81,17 @@ CHANCE_ALPHA = 0.001  # a run has learned when its accuracy is above chance at t
 
 
 def test_images(result: dict) -> int | None:
-    """The number of test images a result was measured on (its data fingerprint, "N images, sha256 ..."), or None
-    for a record of a version that did not keep it."""
+    """The number of test images a result was measured on: its data fingerprint's ("N images, sha256 ..."); for a
+    record of a version that did not keep it, the dataset's test set (its share for the classes kept); else None."""
     data = result.get("data") if isinstance(result.get("data"), dict) else {}
     words = str(data.get("test", "")).split(" ", 1)
-    return int(words[0]) if words[0].isdigit() else None
+    if words[0].isdigit():
+        return int(words[0])
+    known = DATASETS.get(result["run"].get("dataset"), {})
+    classes = classes_of(result)
+    if not known or not classes:
+        return None
+    return known["test"] * classes // known["classes"]
 
 
 def classes_of(result: dict) -> int | None:
@@ -100,7 +106,7 @@ def chance_level(accuracy: float, classes: int, images: int | None) -> bool:
     """Is a test accuracy (%) over `images` test images of `classes` classes at chance? It is, unless a one-sided
     binomial test of its correct answers against 1/C rejects chance at p < CHANCE_ALPHA: the same rule at 2 classes
     or 200, and it knows that 60 % of 50 two-class images is chance while 60 % of 2000 is not. With the test set's
-    size unknown (a record of an older version), at chance unless above 1/C."""
+    size unknown, at chance unless above 1/C."""
     if images is None or images < 1:
         return accuracy <= 100.0 / classes
     from scipy import stats

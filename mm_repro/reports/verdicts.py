@@ -232,7 +232,7 @@ def describe(c: dict) -> str:
         )
         return f"**{c['verdict']}**: {c['claim']} (paper {c['paper']}; ours {c['ours']}, n = {c['n']}, {shown})"
     detail = c.get("why") or "; ".join(
-        f"{p['lower']} < {p['upper']}: {p['verdict']}, p = {_p(p['p_value'])}, {p['agreement']}"
+        f"{p['lower']} < {p['upper']}: {p['verdict']}, p {_p(p['p_value'])}, {p['agreement']}"
         + (f", ~{p['seeds_to_resolve']} seeds a side would resolve it" if p["seeds_to_resolve"] else "")
         for p in c["pairs"]
     )
@@ -242,4 +242,5 @@ def describe(c: dict) -> str:
 
 
 def _p(p: float | None) -> str:
-    return "n/a" if p is None else (f"{p:.2g}" if p >= 1e-4 else "< 1e-4")
+    """A p-value as a report writes it after "p": "= 0.037", "< 1e-4", or "n/a" (fewer than 2 seeds a side)."""
+    return "n/a" if p is None else (f"= {p:.2g}" if p >= 1e-4 else "< 1e-4")
