@@ -21,22 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from mm_repro.config import TrainRunConfig, image_shape
-from mm_repro.evaluation.loading import check_best
-from mm_repro.files import read_json
+from mm_repro.config import TrainRunConfig
+from mm_repro.evaluation.loading import finished_run
 from mm_repro.method import mixing
 from mm_repro.method.losses import LOSSES
 from mm_repro.models import build as build_model
-from mm_repro.models import build_from
-from mm_repro.records import BEST_CHECKPOINT, CHECKPOINT, RESULT, load_checkpoint
 from mm_repro.records.scan import scan
 from mm_repro.reports.cells import load_specs
 from mm_repro.reports.summary import summary_rows
 from mm_repro.reports.tables import build_rows
-from mm_repro.training.checks import validate_train
 from mm_repro.training.step import MixedForward, one_hot
 
 __all__ = ["ManifoldMixup", "Staged", "build_model", "load_model", "tables"]
@@ -44,15 +39,11 @@ __all__ = ["ManifoldMixup", "Staged", "build_model", "load_model", "tables"]
 
 def load_model(run_dir: str | Path, checkpoint: str = "last") -> tuple[nn.Module, TrainRunConfig]:
     """The model of a finished run (`checkpoint`: "last", the final epoch's weights, or "best", the best test
-    error's, when result.json names best.pt as that epoch's model) in eval mode on the CPU, and the run's config."""
-    run_dir = Path(run_dir)
-    cfg = validate_train(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
-    if checkpoint == "best":
-        check_best(run_dir, read_json(run_dir / RESULT))
-    path = run_dir / (BEST_CHECKPOINT if checkpoint == "best" else CHECKPOINT)
-    model = build_from(cfg.model, cfg.dataset.num_classes, image_shape(cfg.dataset))
-    model.load_state_dict(load_checkpoint(path, resumable=False)["model"])
-    return model.eval(), cfg
+    error's, when result.json names best.pt as that epoch's model) in eval mode on the CPU, and the run's config. It
+    is checked as `evaluate` checks it (evaluation.loading.finished_run): a run still training, stopped, failed, or
+    whose checkpoint is not the one its result.json names is one line (a UserError), never a model."""
+    run = finished_run(run_dir, checkpoint)
+    return run.model("cpu"), run.cfg
 
 
 class Staged(nn.Module):

@@ -306,7 +306,7 @@ OLD_RUN_ARGS = ("train.batch_size=2", "train.epochs=2", "method=manifold")
 
 @pytest.mark.slow  # two CLI runs
 def test_a_run_directory_written_before_the_house_move_resumes_and_ends_where_an_unbroken_run_ends(
-    cifar10_root, tmp_path
+    cifar10_root, tmp_path, monkeypatch
 ):
     # The checkpoint has no checksum header, no run id or data fingerprints, and an LR scheduler's state: it loads,
     # resumes at its step and ends its epoch 2 on today's schedule; two resumes of it end bitwise alike. (Its first
@@ -316,6 +316,10 @@ def test_a_run_directory_written_before_the_house_move_resumes_and_ends_where_an
     copies = [tmp_path / "old", tmp_path / "old_again"]
     for copy in copies:
         shutil.copytree(OLD_RUN, copy)
+    # it holds no checksum: refused as damaged unless the user opts in to unchecked files (tensors only)
+    refused = run_cli(*train_args(cifar10_root, copies[0], *OLD_RUN_ARGS), cwd=tmp_path)
+    assert refused.returncode == 2 and "MM_REPRO_UNCHECKED_CHECKPOINTS=1" in refused.stderr
+    monkeypatch.setenv("MM_REPRO_UNCHECKED_CHECKPOINTS", "1")
     before = load_checkpoint(copies[0] / CKPT)
     assert not before.get("run_id") and before["position"]["step"] == 18
     for copy in copies:

@@ -139,7 +139,7 @@ def test_every_committed_claim_carries_its_verdict_rule_n_and_statistic():
     for path, report in reports.items():
         assert report["claims"], path
         for claim in report["claims"]:
-            assert FIELDS <= set(claim) and claim["verdict"] in verdicts.VERDICTS, (path, claim["claim"])
+            assert set(claim) >= FIELDS and claim["verdict"] in verdicts.VERDICTS, (path, claim["claim"])
             assert "p_value" in claim or "interval" in claim, (path, claim["claim"])
 
 

@@ -68,10 +68,28 @@ def _malformed(path: Path, exc: Exception) -> UserError:
     return UserError(f"{path} is truncated or malformed ({type(exc).__name__}: {exc}); delete it and download again")
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler for CIFAR's python batches that builds dicts, lists, strings, numbers and numpy arrays and refuses
+    every other class or function: a batch file that would run code is malformed, never executed."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # bytes, as protocol 2 writes them from Python 3 (str -> bytes; nothing else)
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR batch never holds")
+        return super().find_class(module, name)
+
+
 def _read_cifar_file(path: Path, label_key: str) -> Arrays:
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = _ArraysOnly(f, encoding="latin1").load()
         data = np.asarray(entry["data"])
         if data.dtype != np.uint8:
             raise ValueError(f"images are stored as {data.dtype}, not uint8")

@@ -36,13 +36,13 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from mm_repro.config import APPENDIX_G_FIGURES, StudyConfig, compose_train, image_shape, quoted
+from mm_repro.config import APPENDIX_G_FIGURES, StudyConfig, compose_train, quoted
 from mm_repro.data import DeviceLoader, load_splits
+from mm_repro.evaluation.loading import finished_run
 from mm_repro.evaluation.measures import singular_values
 from mm_repro.experiments.flattening_report import PAPER, claims, plot_study, table_rows, write_table
-from mm_repro.files import read_json, write_json
-from mm_repro.models import MLP_NETS, build_from
-from mm_repro.records import CHECKPOINT, RESULT, load_checkpoint
+from mm_repro.files import write_json
+from mm_repro.models import MLP_NETS
 from mm_repro.records.provenance import provenance, start_record
 from mm_repro.records.scan import at_chance
 from mm_repro.records.tracking import open_tracker
@@ -144,15 +144,13 @@ def measure(run_dir: Path, net: Net, cfg: StudyConfig) -> dict[str, Any]:
     """The trained net's final test accuracy (its result.json) and, per class, the singular values of the hidden
     states of its test (or, `svd_split=train`, training) images at the measured layer, up to `svd_per_class` images
     per class."""
-    run = validate_train(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
-    model = build_from(run.model, run.dataset.num_classes, image_shape(run.dataset))
-    model.load_state_dict(load_checkpoint(run_dir / CHECKPOINT)["model"])
-    model.eval()
+    finished = finished_run(run_dir)  # the one reader: the run's own finished model, or one line
+    run, model = finished.cfg, finished.model()
     splits = load_splits(run.dataset, run.seed)
     images = splits.test if cfg.svd_split == "test" else splits.train
     loader = DeviceLoader(images, run.dataset, 1000, torch.device("cpu"), train=False)
     x, y = (torch.cat(parts) for parts in zip(*loader.batches(loader.order()), strict=True))
-    result = result_of(run_dir)
+    result = finished.result
     test = result["final"]["test_error"]
     classes = sorted(set(y.tolist()))
     keep = torch.cat([torch.nonzero(y == c).flatten()[: cfg.svd_per_class] for c in classes])
@@ -171,10 +169,6 @@ def measure(run_dir: Path, net: Net, cfg: StudyConfig) -> dict[str, Any]:
         shown = torch.cat([torch.nonzero(labels == c).flatten()[:200] for c in classes])
         out["bottleneck_states"] = {"points": h[shown].tolist(), "labels": labels[shown].tolist()}
     return out
-
-
-def result_of(run_dir: Path) -> dict:
-    return read_json(run_dir / RESULT)
 
 
 def run_study(cfg: StudyConfig) -> dict:

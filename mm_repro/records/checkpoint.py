@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import struct
 import threading
 from pathlib import Path
@@ -33,8 +34,15 @@ from mm_repro.records.result import flatten, is_free
 # `state["format"]`). Its checksum (the sha256 of the zip up to its comment) is in the zip's comment at the end of
 # the file, `mm_repro-checkpoint v2 sha256=<hex>`, which readers of the zip ignore: mm_repro checks it on every load,
 # so a file damaged on disk or in a copy is refused by name, and it names the checkpoint (result.json and eval.json
-# record it; `tables` and `evaluate` read it from the file's last bytes, not the whole file). Files of format 1 (a
-# text header line with the sha256 of the payload, up to 9e24e2f) and headerless ones (earlier still) keep loading.
+# record it; `tables` and `evaluate` read it from the file's last bytes, not the whole file).
+#
+# Nothing is ever unpickled into code: every load is `weights_only=True` (tensors, numbers, strings, and for the
+# earlier formats numpy's array reconstruction, which builds arrays and nothing else). Format 1 (a text header line
+# with the sha256 of the payload, up to 9e24e2f) loads after its own checksum. A file with neither checksum is damaged
+# (a cut file, a stripped or altered comment), not old: it is refused, unless MM_REPRO_UNCHECKED_CHECKPOINTS=1 opts in
+# to the checkpoints written before checksums existed (mm_repro before 9e24e2f), which then load unchecked (still
+# weights_only: damage to their numbers would go unnoticed, code cannot run).
+UNCHECKED_ENV = "MM_REPRO_UNCHECKED_CHECKPOINTS"
 CHECKPOINT_FORMAT = 2
 COMMENT = b"mm_repro-checkpoint v2 sha256="
 CHECKPOINT_MAGIC = b"mm_repro-checkpoint "  # format 1's header line
@@ -74,38 +82,67 @@ def checkpoint_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _verified(path: Path) -> tuple[bytes, bool]:
-    """The bytes torch.load reads, checked against the checksum the file holds, and whether they are of format 2
-    (safe to load with weights_only: tensors, numbers and strings only)."""
+def _numpy_globals() -> list:
+    """What the earlier formats' numpy arrays (the random streams' keys) need to be rebuilt under weights_only."""
+    import numpy as np
+
+    reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+    return [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def _verified(path: Path) -> bytes:
+    """The bytes torch.load reads, checked against the checksum the file holds (format 2 or 1); a file with neither is
+    refused unless the user opted in to unchecked files (UNCHECKED_ENV)."""
     data = Path(path).read_bytes()
     if data.startswith(CHECKPOINT_MAGIC):  # format 1
         header, _, payload = data.partition(b"\n")
         digest = header[len(CHECKPOINT_MAGIC) :].decode("ascii", "replace")
         if hashlib.sha256(payload).hexdigest() != digest:
-            raise ValueError(f"its content does not match its checksum {digest[:12]}... (damaged on disk or in a copy)")
-        return payload, False
+            raise _damaged(path, f"its content does not match its checksum {digest[:12]}...")
+        return payload
     at = data.rfind(COMMENT)
-    if at < 0:  # headerless: written before checksums existed
-        return data, False
+    if at < 0:
+        if os.environ.get(UNCHECKED_ENV) == "1":
+            return data
+        raise UserError(
+            f"checkpoint {path} holds no mm_repro checksum: it is damaged (cut, or its checksum removed or altered), "
+            f"or was written before checkpoints had one (mm_repro before 9e24e2f), which {UNCHECKED_ENV}=1 loads "
+            "unchecked (tensors only; damage would go unnoticed). It was left untouched"
+        )
     end = data.rfind(EOCD, 0, at) + 20
     digest = data[at + len(COMMENT) :].decode("ascii", "replace")
     if end < 20 or hashlib.sha256(data[:end]).hexdigest() != digest:
-        raise ValueError(f"its content does not match its checksum {digest[:12]}... (damaged on disk or in a copy)")
-    return data, True
+        raise _damaged(path, f"its content does not match its checksum {digest[:12]}...")
+    return data
+
+
+def _damaged(path: Path, why: str) -> UserError:
+    return UserError(
+        f"checkpoint {path} is damaged ({why}: changed on disk or in a copy); it was left untouched: move it away, or "
+        "pass train.resume=false to start over (the old records are then kept under previous/)"
+    )
 
 
 def load_checkpoint(path: Path, resumable: bool = True) -> dict:
-    """Load a checkpoint written by `save_checkpoint` (or an earlier format); an unreadable or damaged one is a
-    one-line `UserError`. `resumable`: it must hold what a resume needs (checkpoints/last.pt); best.pt holds the model
-    and its identity only."""
+    """Load a checkpoint written by `save_checkpoint` (or an earlier format), never unpickling code; an unreadable,
+    damaged or unchecked one is a one-line `UserError`. `resumable`: it must hold what a resume needs
+    (checkpoints/last.pt); best.pt holds the model and its identity only."""
+    path = Path(path)
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "missing"
+        raise UserError(f"checkpoint {path} is {what}, not a checkpoint file; move it away, or pass train.resume=false")
     try:
-        data, current = _verified(path)
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=current)
+        data = _verified(path)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
             raise ValueError("not an mm_repro checkpoint")
-    except Exception as exc:  # torch.load raises many types on a damaged file
+    except UserError:
+        raise
+    except Exception as exc:  # torch.load raises many types on a damaged file, or refuses a pickle's code
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         raise UserError(
-            f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+            f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {reason}); "
             "it was left untouched: move it away, or pass train.resume=false to start over (the old records "
             "are then kept under previous/)"
         ) from None
