@@ -12,4 +12,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from mm_repro.cli import main  # noqa: E402 (after the OpenMP policy: importing the commands loads torch)
 
-sys.exit(main())
+
+def _quietly_on_a_closed_pipe() -> int:
+    """main(), and when the reader of our output closed it (`... --help | head -1`), a quiet end with the status a
+    Unix tool killed by SIGPIPE has (141), for every command and whatever it was printing: no traceback."""
+    try:
+        code = main()
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush goes nowhere
+        return 141
+
+
+sys.exit(_quietly_on_a_closed_pipe())

@@ -42,6 +42,8 @@ def _guarded(command: Command) -> Callable[[Any], None]:
             command.run(cfg)
             if multirun:
                 jobs.record_success(hc.job.num, Path(hc.runtime.output_dir))
+        except BrokenPipeError:  # the reader closed our output: not the job's failure (__main__ ends quietly)
+            raise
         except Exception as exc:
             if os.environ.get("MM_REPRO_DEBUG") == "1":
                 raise
@@ -161,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as exc:
         console.stderr(str(exc))
         return exc.exit_code
+    except BrokenPipeError:
+        raise
     except (UserError, HydraException, OmegaConfBaseException, OSError, ValueError) as exc:
         if os.environ.get("MM_REPRO_DEBUG") == "1":
             raise

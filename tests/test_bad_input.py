@@ -4,9 +4,13 @@ runs. In-process through `cli.main`, as the CLI runs it (a subprocess per case w
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from mm_repro.cli import main
+from tests.conftest import REPO
 
 SYNTHETIC = ["dataset=synthetic", "dataset.train_size=40", "dataset.test_size=20", "model.width=4", "logger=none"]
 
@@ -120,3 +124,27 @@ def test_wandb_online_without_credentials_is_refused_before_a_run_directory_exis
     monkeypatch.setenv("NETRC", str(tmp_path.parent / "no-netrc"))
     code, err = cli("train", *SYNTHETIC[:-1], "logger=wandb", "logger.mode=online", "hydra.run.dir=run", "device=cpu")
     assert code == 2 and "logger.mode=online needs W&B credentials for api.wandb.ai" in err and err.count("\n") == 1
+
+
+CLOSED_PIPE = [  # every command (a process each: ~6 s): one in the default run, the rest with the slow tests
+    ("tables", "--help"),
+    *[
+        pytest.param((c, "--help"), marks=pytest.mark.slow)
+        for c in ("train", "evaluate", "plan", "spiral", "flattening", "synthetic", "bench", "verdicts")
+    ],
+    pytest.param(("tables", "runs=tests/data", "out=OUT"), marks=pytest.mark.slow),  # a command printing its work
+]
+
+
+@pytest.mark.parametrize("args", CLOSED_PIPE)
+def test_every_command_ends_quietly_when_the_reader_closes_its_output(tmp_path, args):
+    # as `python -m mm_repro tables --help | head -1`, with the pipe closed before anything is written
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mm_repro", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert proc.returncode in (0, 141), err
