@@ -31,7 +31,7 @@ from mm_repro.models import build as build_model
 from mm_repro.records.scan import scan
 from mm_repro.reports.cells import load_specs
 from mm_repro.reports.summary import summary_rows
-from mm_repro.reports.tables import build_rows
+from mm_repro.reports.tables import build_rows, check_runs
 from mm_repro.training.step import MixedForward, one_hot
 
 __all__ = ["ManifoldMixup", "Staged", "build_model", "load_model", "tables"]
@@ -99,7 +99,9 @@ class ManifoldMixup:
 def tables(run_dirs: Sequence[str | Path], include_chance: bool = False) -> dict[str, list[dict]]:
     """Each paper table's rows (ours beside the paper's, as `tables` writes them) and, under "summary", one row per
     setup of every complete run; runs set apart (failed, repeated, stale, ...) are in no row."""
-    scanned = scan([Path(d) for d in run_dirs], include_chance)
+    paths = [Path(d) for d in run_dirs]
+    check_runs(paths)  # as the CLI: a missing directory or a file is one line, never empty rows
+    scanned = scan(paths, include_chance)
     rows = {spec["table"]: build_rows(spec, scanned.records) for spec in load_specs()}
     rows["summary"] = summary_rows(scanned.records)
     return rows

@@ -7,6 +7,7 @@ returns; a task shorter than the interval writes nothing there, so a short run's
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -111,11 +112,22 @@ class _Steps:
         self.bar.close()
 
 
+def place_problem(exc: OSError) -> str:
+    """What is wrong with a place a command could not write, in words: a symbolic link to nowhere, a file where a
+    directory must be, or the system's reason (a full disk names the file being written: files.atomic_write)."""
+    path = exc.filename
+    if path is not None and os.path.islink(path) and not os.path.exists(path):
+        return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; make it, or choose elsewhere"
+    if exc.errno == errno.EEXIST and path is not None and os.path.exists(path) and not os.path.isdir(path):
+        return f"{path} is a file where a directory must be; move it away, or choose another place"
+    return f"cannot write {path if path is not None else 'its output'}: {exc.strerror}"
+
+
 def one_line(exc: BaseException) -> str:
-    """An exception as the one line a user reads: ours as they are, others with their type; an unwritable location
-    as `cannot write <file>: <reason>`."""
+    """An exception as the one line a user reads: ours as they are, others with their type; a place that cannot be
+    written as `place_problem` says it."""
     if unwritable(exc):
-        return f"cannot write {exc.filename}: {exc.strerror}"  # type: ignore[attr-defined]
+        return place_problem(exc)  # type: ignore[arg-type]
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = " ".join(lines) if lines else ""
     if not isinstance(exc, UserError | RunFailed) and not type(exc).__module__.startswith("omegaconf"):
@@ -143,7 +155,7 @@ def error_line(exc: BaseException) -> str:
             f'pip install "mm_repro[{extra}]" (or pip install {package})'
         )
     if isinstance(exc, OSError) and exc.filename is not None:
-        return f"cannot write {exc.filename}: {exc.strerror}"
+        return place_problem(exc)
     return one_line(exc)
 
 

@@ -35,7 +35,10 @@ class Preempted(BaseException):
 
 # OSErrors that mean the user's location cannot be written (permissions, a read-only or full disk, a missing
 # parent): bad input, exit code 2, as `train` reports them.
-UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOENT, errno.ENOTDIR)
+UNWRITABLE = (
+    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOENT, errno.ENOTDIR, errno.EEXIST,
+    errno.EISDIR,
+)  # fmt: skip
 
 
 def unwritable(exc: BaseException) -> bool:

@@ -13,6 +13,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from mm_repro.errors import UserError
+
+
+def output_dir(path: Path | str, key: str = "out", make: bool = True) -> Path:
+    """A command's output directory (`key`=path), made if missing (`make`; else only checked, so that a command can
+    refuse early and make it late). What cannot be one is a one-line UserError naming it: a file, a symbolic link to
+    nowhere, a place that cannot be written."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"{key}={path} is a symbolic link to {os.readlink(path)}, which does not exist; make it, or "
+                        f"choose another {key}=")  # fmt: skip
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{key}={path} is a file, not a directory; choose another {key}=")
+    if not make:
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{key}={path} cannot be made: {exc.strerror} ({exc.filename})") from None
+    return path
+
 
 def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
     """Write `data` (bytes, or a function that writes to the open file) to `path` so that readers see the old file
@@ -30,8 +51,10 @@ def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # a full disk fails in write(): name the file
+            exc.filename = str(path)
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -47,7 +47,7 @@ def cli(tmp_path, monkeypatch, capsys):
         (("evaluate", "run=x", "suite=[]"), "suite=[] must list at least one value"),
         (("evaluate", "run=x", "suite=[fgsm,nope]"), "suite='nope' is not allowed"),
         (("spiral", "steps=-5"), "steps=-5 must be >= 1"),
-        (("spiral", "alpha=0"), "alpha=0.0 must be > 0"),
+        (("spiral", "alpha=0"), "alpha=0.0 must be >= 2.22507e-308"),
         (("spiral", "seeds=[-1]"), "seeds=[-1] (each value) must be >= 0"),
         (("spiral", "seeds=[0,0]"), "seeds=[0, 0] lists a value twice, which would count one run twice"),
         (("flattening", "seeds=[1,1]"), "seeds=[1, 1] lists a value twice"),
@@ -69,6 +69,14 @@ def cli(tmp_path, monkeypatch, capsys):
         (("train", *SYNTHETIC, "train.gamma=1e39"), "train.gamma=1e+39 is out of float32's range"),
         (("train", *SYNTHETIC, "dataset.num_classes=0"), "dataset.num_classes=0 must be >= 2"),
         (("train", *SYNTHETIC, "method.layers=[0,0,1]"), "method.layers=[0, 0, 1] lists 0 twice"),
+        (("train", *SYNTHETIC, "method.alpha=5e-324"), "method.alpha=5e-324 is below the smallest normal float"),
+        (("train", "dataset=mnist", "dataset.num_classes=20", "logger=none"), "but mnist has 10 classes"),
+        (("flattening", "alpha=5e-324"), "alpha=5e-324 must be >= 2.22507e-308"),
+        (("evaluate", "run=x", "ece_bins=100000000"), "ece_bins=100000000 must be <= 10000"),
+        (("bench", "batch_size=500", "images=200"), "batch_size=500 is larger than images=200"),
+        (("bench", "dataset=mnist", "model=mlp_section3_2"), "bench times the paper's CIFAR-shaped models"),
+        (("bench", "method=cutout"), "bench times erm, mixup, manifold"),
+        (("flattening", "dataset_root=nowhere", "download=false"), "MNIST"),
     ],
 )
 def test_a_bad_value_is_one_line_and_exit_2_for_every_command(cli, args, message):
@@ -148,3 +156,67 @@ def test_every_command_ends_quietly_when_the_reader_closes_its_output(tmp_path, 
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert proc.returncode in (0, 141), err
+
+
+OUT_COMMANDS = [
+    ("flattening", "download=false"),
+    ("synthetic", "steps=1"),
+    ("spiral", "steps=1"),
+    ("tables", "runs=RUNS"),
+    ("bench", "steps=1"),
+]
+
+
+@pytest.mark.parametrize("args", OUT_COMMANDS)
+@pytest.mark.parametrize("place", ["a file", "a link to nowhere"])
+def test_an_out_that_cannot_be_a_directory_is_one_line_for_every_command(tmp_path, monkeypatch, capsys, args, place):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    (tmp_path / "runs" / "r" / "metrics.jsonl").write_text("")
+    out = tmp_path / "out"
+    if place == "a file":
+        out.write_text("mine")
+    else:
+        out.symlink_to(tmp_path / "missing" / "dir")
+    args = [a.replace("RUNS", str(tmp_path / "runs")) for a in args]
+    code = main([*args, f"out={out}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    if place == "a file":
+        assert f"out={out} is a file" in err and out.read_text() == "mine"
+    else:
+        assert "is a symbolic link to" in err and "which does not exist" in err and not (tmp_path / "missing").exists()
+
+
+def test_a_run_directory_that_is_a_link_to_nowhere_is_named_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").symlink_to(tmp_path / "gone")
+    code = main(["train", *SYNTHETIC, "train.epochs=1", "device=cpu", f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"{tmp_path / 'run'} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in err
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from mm_repro.console import one_line
+    from mm_repro.files import atomic_write
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as info:
+        atomic_write(tmp_path / "result.json", b"{}")
+    assert one_line(info.value) == f"cannot write {tmp_path / 'result.json'}: No space left on device"
+    assert not list(tmp_path.iterdir())  # nothing half-written left
+
+
+def test_a_key_of_the_schema_is_never_answered_with_itself():
+    from mm_repro.commands import unknown_key_message
+
+    message = unknown_key_message("train", "dataset.classes")
+    assert "did you mean" not in message and "+dataset.classes=" in message
+    assert "did you mean dataset.classes" in unknown_key_message("train", "dataset.clases")

@@ -97,6 +97,17 @@ def test_ddp_on_cpu_with_two_processes_rank_zero_writes_once(cifar10_root, tmp_p
 
 
 @pytest.mark.slow
+def test_a_one_epoch_ddp_run_ends_on_every_rank(cifar10_root, tmp_path):
+    # rank 1 used to read last.pt's checksum for its result before rank 0 had written it (epoch 1: no older file)
+    run_dir = tmp_path / "ddp"
+    args = ["train", *data_args(cifar10_root), *TINY, "train.epochs=1", "device=cpu", f"hydra.run.dir={run_dir}"]
+    proc = _torchrun(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["checkpoint_sha256"] == records.checkpoint_digest(run_dir / "checkpoints" / "last.pt")
+
+
+@pytest.mark.slow
 def test_twenty_job_local_multirun_completes_without_interference(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(

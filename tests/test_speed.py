@@ -125,14 +125,24 @@ def test_fused_sgd_updates_as_the_reference_sgd():
 
 
 def test_channels_last_computes_the_same_step_as_nchw():
-    # Another memory layout picks other convolution kernels, so sums run in another order: equal up to rounding.
+    # Another memory layout picks other convolution kernels, so sums run in another order: equal up to rounding. How far
+    # that rounding carries into a step's update depends on the kernels, which the thread count picks too, and the
+    # backward through BatchNorm amplifies it (a difference of means): measured here, the two updates differ by at most
+    # 1.5e-5 of their length at 2 threads and 2.1 % at 1 thread (the stem's, deepest in the backward). So each
+    # tensor's update must agree to 5 % of its length: rounding passes, a wrong layout (a whole update off) does not.
+    _, start, _ = _train_steps(0, "train.channels_last=false")
+    initial = {k: v.clone() for k, v in start.state_dict().items()}
     reference, ref_model, _ = _train_steps(1, "train.channels_last=false")
     fast, model, _ = _train_steps(1, "train.channels_last=true")
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert not ref_model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert fast == pytest.approx(reference, rel=1e-6)
     for (name, a), b in zip(ref_model.state_dict().items(), model.state_dict().values(), strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+        if not a.is_floating_point():
+            assert torch.equal(a, b), name
+            continue
+        step = (a - initial[name]).norm()
+        assert (b - a).norm() <= 0.05 * step + 1e-7, (name, float((b - a).norm()), float(step))
 
 
 @pytest.mark.slow

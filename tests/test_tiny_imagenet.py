@@ -205,3 +205,34 @@ def test_data_on_read_only_storage_caches_under_mm_cache_dir(tmp_path, monkeypat
     monkeypatch.setattr(tin, "_decode", lambda p: decoded.append(p))
     load_arrays(_cfg(tmp_path / "shared"))
     assert decoded == []  # read back from $MM_CACHE_DIR
+
+
+def test_validation_images_in_both_layouts_are_counted_once(tmp_path):
+    # copied, not moved, into val/images/<wnid>/: each image is one test image still (its class folder's)
+    root = write_tiny_imagenet(tmp_path)
+    images = root / "tiny-imagenet-200" / "val" / "images"
+    annotations = dict(line.split("\t")[:2] for line in (images.parent / "val_annotations.txt").read_text().split("\n")
+                       if line)  # fmt: skip
+    for path in list(images.glob("*.JPEG")):
+        (images / annotations[path.name]).mkdir(exist_ok=True)
+        shutil.copy(path, images / annotations[path.name] / path.name)
+    _, test = load_arrays(_cfg(root))
+    assert len(test.labels) == 9 and test.labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3
+
+
+def test_two_training_images_swapped_between_classes_are_never_served_from_a_stale_cache(tmp_path):
+    # the same size and name lengths: a key of names, sizes and classes could not tell; the files' contents can
+    root = write_tiny_imagenet(tmp_path)
+    first, second = sorted(TINY_WNIDS)[:2]
+    a = root / "tiny-imagenet-200" / "train" / first / "images" / f"{first}_1.JPEG"
+    b = root / "tiny-imagenet-200" / "train" / second / "images" / f"{second}_1.JPEG"
+    for path, value in ((a, 20), (b, 230)):
+        Image.fromarray(np.full((64, 64, 3), value, np.uint8)).save(path, "JPEG", quality=90)
+    assert a.stat().st_size == b.stat().st_size
+    before, _ = load_arrays(_cfg(root))
+    swap = a.read_bytes()
+    a.write_bytes(b.read_bytes())
+    b.write_bytes(swap)
+    after, _ = load_arrays(_cfg(root))
+    assert torch.equal(after.images[1], before.images[7]) and torch.equal(after.images[7], before.images[1])
+    assert after.labels.tolist() == before.labels.tolist()  # each image under its new folder's label

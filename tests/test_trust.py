@@ -656,3 +656,63 @@ def test_chance_is_counted_over_the_classes_a_run_kept():
     assert at_chance(result(80.89, classes=[0, 1, 2, 3, 4]))
     assert not at_chance(result(80.89))  # of ten digits, 80.89 % error is above chance (90 %)
     assert at_chance(result(89.9)) and not at_chance(result(60.0, classes=[0, 1, 2, 3, 4]))
+
+
+def test_every_directory_tables_finds_is_listed_somewhere(tmp_path):
+    # a directory holding only an unreadable metrics.jsonl (not UTF-8) was listed nowhere; one with no epoch yet too
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / records.METRICS).write_bytes(b"\xff\xfe not utf-8\n")
+    (tmp_path / "started" / ".hydra").mkdir(parents=True)
+    (tmp_path / "started" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    found = scan([tmp_path])
+    assert any(str(tmp_path / "bad" / records.METRICS) in line and "cannot be read" in line for line in found.malformed)
+    assert [line.split(" (")[0] for line in found.incomplete] == [str((tmp_path / "started").resolve())]
+
+
+@pytest.mark.parametrize(
+    "overrides", [("dataset=mnist", "model=mlp_section3_2", "model.width=16"), ("dataset=tiny_imagenet",)]
+)
+def test_the_packed_launchers_memory_estimate_uses_the_jobs_own_images(tmp_path, monkeypatch, overrides):
+    from mm_repro.sweeps.packed import memory_cap
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (8 * 2**30, 16 * 2**30))
+    job = _job(tmp_path / "r", *overrides, "device=cuda", "model.width=4" if len(overrides) == 1 else "seed=0")
+    cap = memory_cap(job)  # an MNIST net built on a 3 x 32 x 32 image failed here
+    assert 1 <= cap < 10**9
+
+
+def test_the_api_refuses_what_the_cli_refuses(tmp_path):
+    from mm_repro import api
+
+    with pytest.raises(UserError, match="num_classes=0 must be an integer >= 2"):
+        api.build_model("preactresnet18", 0)
+    with pytest.raises(UserError, match="no such directory"):
+        api.tables([tmp_path / "missing"])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="not a directory"):
+        api.tables([tmp_path / "file"])
+
+
+def test_two_checksums_alike_in_their_first_characters_are_shown_whole():
+    from mm_repro.evaluation.loading import _digests
+
+    a, b = "2723694cfb21" + "a" * 52, "2723694cfb21" + "b" * 52
+    assert _digests(a, b) == (a, b)  # a line that names both cannot show the same 12 characters twice
+    assert _digests("1" * 64, "2" * 64) == ("1" * 12, "2" * 12)
+
+
+def test_a_flattening_study_of_another_config_says_what_to_do_in_its_own_keys(tmp_path, monkeypatch):
+    from mm_repro.experiments import flattening
+
+    def refuse(job):
+        raise UserError(
+            f"{job} holds a run trained with another config (train.epochs: 10 -> 5); ... train.resume=false"
+        )
+
+    monkeypatch.setattr(flattening, "completed", refuse)
+    with pytest.raises(UserError) as info:
+        flattening.reused("job", tmp_path)
+    message = str(info.value)
+    assert "(train.epochs: 10 -> 5)" in message and "choose another out=" in message
+    assert "train.resume" not in message  # not a key of `flattening`

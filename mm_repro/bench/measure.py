@@ -42,11 +42,13 @@ from mm_repro.config import (
     BenchConfig,
     TrainRunConfig,
     compose_train,
+    image_shape,
 )
 from mm_repro.console import progress
 from mm_repro.data import Arrays, DeviceLoader, random_split
+from mm_repro.errors import UserError
 from mm_repro.method.losses import LOSSES
-from mm_repro.models import build
+from mm_repro.models import REGISTRY, build
 from mm_repro.records.checkpoint import to_host
 from mm_repro.training.builders import build_model, packed_trainer, single_trainer
 from mm_repro.training.checks import validate_train
@@ -229,8 +231,32 @@ def measure_packed(cfg: BenchConfig, split: Arrays, device: torch.device, single
     return {"pack": k, "packed_images_per_second": packed, "packed_ratio": packed / single_rate}
 
 
+TIMED_METHODS = ("erm", "mixup", "manifold")  # the official pipeline's methods, which the official-style step mirrors
+
+
+def check_bench(cfg: BenchConfig) -> None:
+    """What the bench can time, before anything runs: the paper's CIFAR-shaped models (PreAct, WRN) on random
+    3 x 32 x 32 images, ERM and the mixups (the official pipeline's), at least one full batch."""
+    if cfg.batch_size > cfg.images:
+        raise UserError(
+            f"batch_size={cfg.batch_size} is larger than images={cfg.images}: the bench times full batches; raise "
+            "images= or lower batch_size="
+        )
+    if REGISTRY[cfg.model.name].family == "mlp" or image_shape(cfg.dataset) != BENCH_IMAGE:
+        raise UserError(
+            f"bench times the paper's CIFAR-shaped models (PreAct, WRN) on 3 x 32 x 32 images; model={cfg.model.name} "
+            f"on dataset={cfg.dataset.name} is not one: `train` records its speed (metrics.jsonl's img/s)"
+        )
+    if cfg.method.name not in TIMED_METHODS:
+        raise UserError(
+            f"bench times {', '.join(TIMED_METHODS)} (the official pipeline's methods); method={cfg.method.name} is "
+            "timed by `train` (metrics.jsonl's img/s)"
+        )
+
+
 def run_bench(cfg: BenchConfig) -> dict:
     """Every measurement; returns what bench-<device>.json holds."""
+    check_bench(cfg)
     with training_device(cfg.device, in_sweep=False) as device:
         torch.backends.cudnn.benchmark = True
         np.random.seed(cfg.seed)  # the official-style step draws from the global streams, as the official code

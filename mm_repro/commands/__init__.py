@@ -143,6 +143,11 @@ def command_help(command: str) -> str:
 def unknown_key_message(command: str, key: str) -> str:
     """One line for a misspelt key: the nearest valid keys (difflib), and where every key is listed."""
     keys = command_keys(command)
-    near = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    if key in keys:  # a key of the schema that the composed config does not hold: Hydra cannot override it
+        return (
+            f"{key} is a key of `{command}`, but the config chosen for it does not set it, so it cannot be overridden "
+            f"as it is; add it with +{key}=VALUE (python -m mm_repro {command} --help lists every key)"
+        )
+    near = [k for k in difflib.get_close_matches(key, keys, n=4, cutoff=0.6) if k != key][:3]
     hint = f"; did you mean {' or '.join(near)}?" if near else ""
     return f"{key} is not a key of `{command}`{hint} (python -m mm_repro {command} --help lists every key)"

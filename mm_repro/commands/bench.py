@@ -3,11 +3,9 @@ bench-<device>.json written, and the printed table."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from mm_repro.bench.measure import run_bench
+from mm_repro.bench.measure import check_bench, run_bench
 from mm_repro.config import BenchConfig, to_schema
-from mm_repro.files import write_json
+from mm_repro.files import output_dir, write_json
 
 
 def report(r: dict) -> str:
@@ -62,8 +60,9 @@ def implausible(r: dict) -> list[str]:
 def run(dict_cfg: object) -> dict:
     """Checked options, the measurements, bench-<device>.json and the printed table."""
     cfg: BenchConfig = to_schema(dict_cfg, BenchConfig)
+    check_bench(cfg)
+    out = output_dir(cfg.out) / f"bench-{cfg.device}.json"  # refused before the measuring, not after
     result = run_bench(cfg)
-    out = Path(cfg.out) / f"bench-{cfg.device}.json"
     write_json(out, result)
     print(report(result))
     print(f"written: {out}")

@@ -13,6 +13,7 @@ from mm_repro.config.train import (
     DEVICES,
     PRECISIONS,
     SEED_LIMIT,
+    SMALLEST_ALPHA,
     DatasetConfig,
     LoggerConfig,
     MethodConfig,
@@ -51,7 +52,7 @@ class EvalConfig:
     fgsm_eps_normalized: list[float] = rule(factory=lambda: [0.03], gt=0)
     fgsm_eps_pixel: list[float] = rule(factory=lambda: [8 / 255], gt=0, le=1)
     deformation_seed: int = rule(0, ge=0, lt=SEED_LIMIT)
-    ece_bins: int = rule(15, ge=1)
+    ece_bins: int = rule(15, ge=1, le=10_000)  # more bins than test images says nothing
     flattening_max_per_class: int = rule(500, ge=2)
     knn_k: list[int] = rule(factory=lambda: [5, 1, 20], ge=1, nonempty=True)  # the first is the one `tables` compares
     pgd_steps_normalized: int = rule(200, ge=1)  # App. D: 200 unbounded steps of 0.01 in the official normalised space
@@ -66,7 +67,7 @@ class SpiralConfig:
     out: str = "runs/spiral"
     points: int = rule(1000, ge=2)  # per class
     steps: int = rule(3000, ge=1)
-    alpha: float = rule(2.0, gt=0)
+    alpha: float = rule(2.0, ge=SMALLEST_ALPHA)  # lam ~ Beta(alpha, alpha); numpy gives NaN below a normal float
     lr: float = rule(3e-3, gt=0)
     width: int = rule(64, ge=3)  # the nets narrow to a 2-D bottleneck
     noise: float = rule(0.03, ge=0)
@@ -95,7 +96,7 @@ class StudyConfig(Launched):
     epochs: int = rule(10, ge=1)
     batch_size: int = rule(100, ge=2)
     lr: float = rule(1e-4, gt=0)
-    alpha: float = rule(2.0, gt=0)
+    alpha: float = rule(2.0, ge=SMALLEST_ALPHA)  # lam ~ Beta(alpha, alpha); numpy gives NaN below a normal float
     weight_decay: float = rule(1e-4, ge=0)
     dropout: float = rule(0.5, ge=0, lt=1)
     svd_per_class: int = rule(1000, ge=2)  # test images per class whose hidden states are decomposed

@@ -49,6 +49,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # training.step.PRECISION_DTYPES maps the
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 LOGGER_MODES = ("offline", "online", "disabled")  # W&B's modes (wandb.init(mode=...))
+# The smallest alpha a Beta(alpha, alpha) draw takes: below the smallest normal double numpy's draw returns NaN.
+SMALLEST_ALPHA = 2.2250738585072014e-308  # sys.float_info.min
 SEED_LIMIT = 2**32  # numpy's RandomState takes seeds in 0..2^32-1; a DDP rank uses seed + rank
 
 # Keys that change where or how fast a run trains, not its numbers (beyond floating-point rounding): they stay out of

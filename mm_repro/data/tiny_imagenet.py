@@ -10,10 +10,10 @@ converted to RGB as PIL's `convert("RGB")` does (a few are greyscale) and must b
 corrupt or truncated JPEG) is an error naming it.
 
 Cache (docs/performance.md §2: no epoch decodes an image): `tiny-imagenet-200/.mm_repro-cache/<split>-<key>.npz`, the
-split's images (N, 3, 64, 64) and labels, keyed by a hash of every file's name, size and class: a changed, added or
-removed file gives another key, and the split is decoded again (older cache files of the split are removed). Written
-atomically, so an interrupted decode leaves no cache behind. Where the data directory cannot be written (read-only
-shared storage), the cache goes to `$MM_CACHE_DIR` (default `~/.cache/mm_repro`) under
+split's images (N, 3, 64, 64) and labels, keyed by a hash of every file's name, class and content: a changed,
+swapped, added or removed file gives another key, and the split is decoded again (older cache files of the split are
+removed). Written atomically, so an interrupted decode leaves no cache behind. Where the data directory cannot be
+written (read-only shared storage), the cache goes to `$MM_CACHE_DIR` (default `~/.cache/mm_repro`) under
 `tiny-imagenet-200-<hash of the data directory's path>/`, and is looked for there first.
 """
 
@@ -86,22 +86,35 @@ def _val_files(folder: Path, classes: dict[str, int]) -> list[tuple[Path, int]]:
             if len(parts) < 2 or parts[1] not in classes:
                 raise UserError(f"{annotations} line {n}: {line[:80]!r} names no class of wnids.txt")
             by_name[parts[0]] = classes[parts[1]]
-    files = []
+    chosen: dict[str, tuple[Path, int]] = {}  # one image per file name, whichever layouts hold it
     for path in images.glob("*.JPEG"):  # the layout as distributed
         if path.name not in by_name:
             raise UserError(f"{path} is not listed in {annotations}; its class is unknown")
-        files.append((path, by_name[path.name]))
-    for wnid, label in classes.items():  # the layout the official create_val_folder leaves
-        files += [(p, label) for p in (images / wnid).glob("*.JPEG")]
-    if not files:
+        chosen[path.name] = (path, by_name[path.name])
+    foldered: dict[str, Path] = {}
+    for wnid, label in classes.items():  # the layout the official create_val_folder leaves (it takes precedence)
+        for path in (images / wnid).glob("*.JPEG"):
+            if path.name in foldered:
+                raise UserError(f"{path.name} is in two class folders ({foldered[path.name].parent}, {path.parent})")
+            foldered[path.name] = path
+            chosen[path.name] = (path, label)
+    if not chosen:
         raise UserError(f"{images} holds no JPEG (neither val/images/*.JPEG nor val/images/<wnid>/*.JPEG)")
-    return sorted(files, key=lambda f: (f[1], f[0].name))
+    return sorted(chosen.values(), key=lambda f: (f[1], f[0].name))
+
+
+def _content(path: Path) -> str:
+    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
 
 
 def _key(folder: Path, files: list[tuple[Path, int]]) -> str:
+    """The split's cache key: every file's name, class and content (two images swapped between classes, same sizes
+    and times, give another key; reading 100,000 small JPEGs costs seconds, decoding them minutes)."""
     digest = hashlib.sha256()
-    for path, label in files:
-        digest.update(f"{path.relative_to(folder)}\t{path.stat().st_size}\t{label}\n".encode())
+    with ThreadPoolExecutor() as pool:  # hashlib releases the GIL on large buffers; the reads overlap
+        contents = list(pool.map(_content, [p for p, _ in files]))
+    for (path, label), content in zip(files, contents, strict=True):
+        digest.update(f"{path.relative_to(folder)}\t{content}\t{label}\n".encode())
     return digest.hexdigest()[:16]
 
 

@@ -38,10 +38,12 @@ from omegaconf import OmegaConf, open_dict
 
 from mm_repro.config import APPENDIX_G_FIGURES, StudyConfig, compose_train, quoted
 from mm_repro.data import DeviceLoader, load_splits
+from mm_repro.data.mnist import ensure_files as ensure_mnist
+from mm_repro.errors import UserError
 from mm_repro.evaluation.loading import finished_run
 from mm_repro.evaluation.measures import singular_values
 from mm_repro.experiments.flattening_report import PAPER, claims, plot_study, table_rows, write_table
-from mm_repro.files import write_json
+from mm_repro.files import output_dir, write_json
 from mm_repro.models import MLP_NETS
 from mm_repro.records.provenance import provenance, start_record
 from mm_repro.records.scan import at_chance
@@ -124,18 +126,29 @@ def net_job(net: Net, cfg: StudyConfig, seed: int, out: Path) -> tuple[StudyJob,
     return StudyJob(f"{net.slug}, seed {seed}", run_dir, overrides), job
 
 
-def train_nets(cfg: StudyConfig, pairs: list[tuple[Net, int]], out: Path) -> str:
-    """Every net of the study trained: those not yet complete as one sweep (mm_repro.sweeps.study), in parallel;
-    a finished one is reused, one of another config refused before anything runs. How the nets ran, in words."""
-    made = [net_job(net, cfg, seed, out) for net, seed in pairs]
-    todo = [study_job for study_job, job in made if completed(job) is None]
+def reused(job: Job, out: Path) -> dict | None:
+    """The result of the net's finished run, when it was trained as the study asks now; one of another config is
+    refused in one line that says what to do in the study's terms."""
+    try:
+        return completed(job)
+    except UserError as exc:
+        changed = str(exc).split("(", 1)[1].split(")", 1)[0] if "(" in str(exc) else str(exc)
+        raise UserError(
+            f"out={out} holds this study's nets trained otherwise ({changed}); choose another out=, or move "
+            f"{out / 'runs'} away to train them anew"
+        ) from None
+
+
+def train_nets(cfg: StudyConfig, todo: list[StudyJob], total: int, out: Path) -> str:
+    """The study's nets not yet complete (`todo`, of `total`) trained as one sweep (mm_repro.sweeps.study), in
+    parallel; how the nets ran, in words."""
     how = Launch(cfg.launcher, cfg.workers, tuple(cfg.launcher_overrides))
     if not todo:
         return "all reused (trained before)"
-    failures = launch("train", todo, out / "runs", how, f"flattening {cfg.study}", len(made))
+    failures = launch("train", todo, out / "runs", how, f"flattening {cfg.study}", total)
     if failures:
-        raise failed("nets", failures, len(made) - len(failures))
-    reused = len(made) - len(todo)
+        raise failed("nets", failures, total - len(failures))
+    reused = total - len(todo)
     return f"{len(todo)} trained {how.describe()}" + (f", {reused} reused" if reused else "")
 
 
@@ -174,13 +187,15 @@ def measure(run_dir: Path, net: Net, cfg: StudyConfig) -> dict[str, Any]:
 def run_study(cfg: StudyConfig) -> dict:
     """Train and measure every net of the study for every seed; write the table, JSON and figures into cfg.out."""
     start = start_record()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tracker = open_tracker(cfg.logger, out, asdict(cfg), f"flattening-{cfg.study}")
+    out = output_dir(cfg.out, make=False)  # checked first; made once nothing refused the study
+    pairs = [(net, seed) for seed in cfg.seeds for net in nets_of(cfg.study, cfg.figures)]
+    ensure_mnist(Path(cfg.dataset_root), cfg.download)  # once, here: not every net failing on missing files
+    made = [net_job(net, cfg, seed, out) for net, seed in pairs]
+    todo = [study_job for study_job, job in made if reused(job, out) is None]  # may refuse: nothing made yet
+    tracker = open_tracker(cfg.logger, output_dir(out), asdict(cfg), f"flattening-{cfg.study}")
     results = []
     try:
-        pairs = [(net, seed) for seed in cfg.seeds for net in nets_of(cfg.study, cfg.figures)]
-        trained_how = train_nets(cfg, pairs, out)
+        trained_how = train_nets(cfg, todo, len(made), out)
         for i, (net, seed) in enumerate(pairs):
             run_dir = out / "runs" / net.slug / f"seed{seed}"
             results.append({"net": asdict(net), "seed": seed, "run": str(run_dir), **measure(run_dir, net, cfg)})

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from mm_repro.config import SpiralConfig
 from mm_repro.console import progress
 from mm_repro.evaluation.measures import singular_values
-from mm_repro.files import write_json
+from mm_repro.files import output_dir, write_json
 from mm_repro.method import mixing
 from mm_repro.models.mlp import MLP
 from mm_repro.records.tracking import open_tracker
@@ -245,8 +245,7 @@ def run_spiral(cfg: SpiralConfig) -> dict:
     """Train the nets (Figure 1's two, or with `regularizers` Figure 2's seven) for each seed (its own data and
     weights), write the figures (the first seed's) and spiral.json (spiral_figure2.json) with every seed's numbers
     and the claims' verdicts into cfg.out; returns its content."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(cfg.out)
     names = list(VARIANTS) if cfg.regularizers else list(FIGURE1)
     tracker = open_tracker(cfg.logger, out, asdict(cfg), "spiral-figure2" if cfg.regularizers else "spiral")
     per_seed: dict[str, dict[int, dict]] = {name: {} for name in names}

@@ -32,7 +32,7 @@ from torch import nn
 from mm_repro.config import SyntheticConfig, paper_numbers, quoted
 from mm_repro.console import progress
 from mm_repro.errors import UserError
-from mm_repro.files import read_json, write_json
+from mm_repro.files import output_dir, read_json, write_json
 from mm_repro.records.provenance import provenance, start_record
 from mm_repro.records.tracking import open_tracker
 from mm_repro.reports import verdicts
@@ -180,7 +180,7 @@ def reusable(path: Path, wanted: dict) -> dict | None:
 def train_classifiers(cfg: SyntheticConfig) -> list[dict]:
     """One job of the task's sweep: the classifier of `cfg.classifier` (a method) for each seed of `cfg.seeds`, into
     cfg.out (each seed's `classifier.json`; a finished one is reused)."""
-    out = Path(cfg.out)
+    out = output_dir(cfg.out)
     results = []
     with training_device(cfg.device, in_sweep=False) as device:
         for seed in cfg.seeds:
@@ -224,10 +224,10 @@ def run_synthetic(cfg: SyntheticConfig) -> dict:
     if cfg.classifier is not None:
         return {"results": train_classifiers(cfg), "rows": [], "figures": [], "claims": []}
     start = start_record()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(cfg.out, make=False)
     made = classifier_jobs(cfg, out)
     todo = [job for job, wanted in made if reusable(job.run_dir / CLASSIFIER, wanted) is None]
+    output_dir(out)  # made once nothing refused the task: a refused one leaves no directory
     how = Launch(cfg.launcher, cfg.workers, tuple(cfg.launcher_overrides))
     if todo:
         failures = launch("synthetic", todo, out / "runs", how, f"synthetic task {cfg.task}", len(made))

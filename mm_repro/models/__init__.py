@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from mm_repro.errors import UserError
 from mm_repro.models.mlp import MLP
 from mm_repro.models.preact_resnet import PreActResNet, preactresnet
 from mm_repro.models.staged import BN_INITS
@@ -89,7 +90,13 @@ def build(
     is the initial channels of PreAct/WRN or the hidden width of a fully-connected net (the family's default if
     None), `stem_stride` the first convolution's stride, `dropout` see ModelConfig."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
+        raise UserError(f"model={name!r} is not a model; choose one of {', '.join(REGISTRY)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise UserError(f"num_classes={num_classes!r} must be an integer >= 2 (the classes the model tells apart)")
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
+        raise UserError(f"width={width!r} must be an integer >= 1, or None for the model's default")
+    if len(image_shape) != 3 or any(not isinstance(n, int) or n < 1 for n in image_shape):
+        raise UserError(f"image_shape={tuple(image_shape)} must be (channels, height, width), each >= 1")
     spec = REGISTRY[name]
     options: dict[str, Any] = {"dropout": dropout}
     if spec.family != "mlp":

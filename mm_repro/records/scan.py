@@ -229,10 +229,14 @@ def _read_metrics(run_dir: Path, result: dict) -> list[dict] | None:
 
 
 def _epochs_recorded(run_dir: Path) -> int:
-    try:
-        return sum(1 for line in (run_dir / records.METRICS).read_text().splitlines() if line.strip())
-    except (OSError, UnicodeDecodeError):
+    """The rows of an unfinished run's metrics.jsonl (0 without one); ValueError when it cannot be read."""
+    path = run_dir / records.METRICS
+    if not path.exists():
         return 0
+    try:
+        return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot be read ({exc})") from None
 
 
 def _read_record(run_dir: Path, found: Scan) -> Record | None:
@@ -310,7 +314,12 @@ def scan(paths: list[Path], include_chance: bool = False) -> Scan:
             record = _read_record(run_dir, found)
             if record is not None:
                 candidates.append(record)
-        elif (done := _epochs_recorded(run_dir)) or (run_dir / records.CHECKPOINT.parent).exists():
+        else:  # every directory a marker found is listed somewhere: here, unfinished or unreadable
+            try:
+                done = _epochs_recorded(run_dir)
+            except ValueError as exc:
+                found.malformed.append(f"{run_dir / records.METRICS}: {exc}")
+                continue
             found.incomplete.append(f"{run_dir} ({done} epochs recorded, no result.json)")
     for record in _count_once(candidates, found):
         if record.at_chance() and not include_chance:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mm_repro.errors import UserError
-from mm_repro.files import atomic_write
+from mm_repro.files import atomic_write, output_dir
 from mm_repro.records import remove_stale_temporaries
 from mm_repro.records.scan import Record, Scan, scan
 from mm_repro.reports import summary, writer
@@ -106,6 +106,15 @@ def to_markdown(spec: dict, rows: list[dict], scanned: Scan) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_runs(paths: list[Path]) -> None:
+    """The directories `tables` (and api.tables) read: at least one, each an existing directory; else one line."""
+    if not paths:
+        raise UserError("tables needs runs=DIR (or runs=[DIR,DIR]): the directories that hold run directories")
+    for path in paths:
+        if not path.is_dir():
+            raise UserError(f"runs={path}: {'not a directory' if path.exists() else 'no such directory'}")
+
+
 def make_tables(
     paths: list[Path],
     out: Path,
@@ -116,11 +125,7 @@ def make_tables(
 ) -> dict:
     """Scan `paths`, write <table>.md/.csv/.tex (and figures) into `out`; returns {table: markdown}. Refused, with
     nothing written, when a path does not exist, when no run is found, or when `out` is not a directory."""
-    if not paths:
-        raise UserError("tables needs runs=DIR (or runs=[DIR,DIR]): the directories that hold run directories")
-    for path in paths:
-        if not path.is_dir():
-            raise UserError(f"runs={path}: {'not a directory' if path.exists() else 'no such directory'}")
+    check_runs(paths)
     if out.exists() and not out.is_dir():
         raise UserError(f"out={out} is a file; tables writes a directory of tables: pick another out=")
     specs = load_specs(names)
@@ -130,7 +135,7 @@ def make_tables(
     scanned = scan(paths, include_chance)
     if not any(vars(scanned).values()):
         raise UserError(f"runs={','.join(map(str, paths))} holds no run directories; nothing was written")
-    out.mkdir(parents=True, exist_ok=True)
+    output_dir(out)
     remove_stale_temporaries(out, ("curves",))  # a tables run killed mid-write left them
     rendered = {}
     for spec in specs:

@@ -91,7 +91,8 @@ def memory_cap(job: Job) -> int:
     if job.cfg.device == "cpu" or not torch.cuda.is_available():
         return sys.maxsize
     c = job.cfg
-    model = build_from(c.model, c.dataset.num_classes, image_shape(c.dataset))
+    shape = image_shape(c.dataset)  # the job's own images: MNIST's 1 x 28 x 28, Tiny-ImageNet's 3 x 64 x 64
+    model = build_from(c.model, c.dataset.num_classes, shape)
     activations = 0
 
     def count(module: Any, inputs: Any, output: Any) -> None:
@@ -101,7 +102,7 @@ def memory_cap(job: Job) -> int:
 
     handles = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
     with torch.no_grad():
-        model.eval()(torch.zeros(1, 3, 32, 32))
+        model.eval()(torch.zeros(1, *shape))
     for h in handles:
         h.remove()
     per_run = 4 * (4 * sum(p.numel() for p in model.parameters()) + 2 * activations * c.train.batch_size)

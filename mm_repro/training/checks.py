@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from mm_repro.config import (
     COMPILE_MODES,
+    DATASETS,
     DEVICES,
     LOGGER_MODES,
     NOT_MIXING,
@@ -17,6 +18,7 @@ from mm_repro.config import (
     PAIRINGS,
     PRECISIONS,
     SEED_LIMIT,
+    SMALLEST_ALPHA,
     DatasetConfig,
     TrainConfig,
     TrainRunConfig,
@@ -35,6 +37,11 @@ def _check_mixing(run: TrainRunConfig) -> None:
     method = run.method
     points = mixing_points(run.model.name)
     check_number("method.alpha", method.alpha, 0.0, strict=True)
+    if method.alpha < SMALLEST_ALPHA:
+        raise UserError(
+            f"method.alpha={method.alpha} is below the smallest normal float ({SMALLEST_ALPHA:.3g}): numpy's "
+            "Beta(alpha, alpha) draw returns NaN there; choose alpha >= 1e-300 (the paper's: 0.1-4)"
+        )
     if not method.layers:
         raise UserError(f"method.layers is empty; method={method.name} needs mixing points from {list(points)}")
     twice = sorted({k for k in method.layers if method.layers.count(k) > 1})
@@ -110,6 +117,12 @@ def _check_data(d: DatasetConfig) -> None:
     """The values the device loader would broadcast or pad with: one mean and one positive std per channel, a
     non-negative crop padding."""
     channels = image_shape(d)[0]
+    fixed = DATASETS.get(d.name, {}).get("classes")
+    if fixed and d.num_classes != fixed:  # the generated dataset alone has as many classes as asked
+        raise UserError(
+            f"dataset.num_classes={d.num_classes}, but {d.name} has {fixed} classes: a net with another number of "
+            f"outputs would not be the paper's; leave it at {fixed} (dataset.classes=[...] trains on some of them)"
+        )
     if len(d.mean) != channels or len(d.std) != channels:
         raise UserError(
             f"dataset.mean={d.mean} and dataset.std={d.std} need one value per channel ({channels} each for {d.name})"

@@ -146,9 +146,13 @@ class Session:
         self.active.remove(r)
 
     def finish(self, r: Run) -> dict:
-        digest = self.checkpoints.digest(r.run_dir / records.CHECKPOINT)
-        best = r.run_dir / records.BEST_CHECKPOINT
-        best_digest = self.checkpoints.digest(best) if best.exists() else None
+        """The run's result. Only the main rank writes checkpoints and the result, so only it names their checksums
+        (another rank reading last.pt could find it not yet written)."""
+        digest = best_digest = None
+        if self.shards.is_main:
+            digest = self.checkpoints.digest(r.run_dir / records.CHECKPOINT)
+            best = r.run_dir / records.BEST_CHECKPOINT
+            best_digest = self.checkpoints.digest(best) if best.exists() else None
         return r.finish(r.wall_base + self.clock.elapsed(), digest, best_digest, self.device)
 
     def stop_message(self, signum: int | None, mid_epoch: bool) -> str:
