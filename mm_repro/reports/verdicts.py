@@ -236,6 +236,8 @@ def describe(c: dict) -> str:
         + (f", ~{p['seeds_to_resolve']} seeds a side would resolve it" if p["seeds_to_resolve"] else "")
         for p in c["pairs"]
     )
+    if c.get("parts"):  # "only A": each method's own conjunction, as decided
+        detail += "; each one's own: " + ", ".join(f"{name}: {verdict}" for name, verdict in c["ours"].items())
     n = sorted(set(c["n"].values()))
     seeds = f"n = {n[0]} seeds a side" if len(n) == 1 else f"n = {min(n)}-{max(n)} seeds a side"
     return f"**{c['verdict']}**: {c['claim']} ({seeds}; {detail})"
