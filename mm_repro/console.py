@@ -192,12 +192,17 @@ def epoch_line(row: dict, seconds_left: float) -> str:
     )
 
 
+def _model_size(model: Any) -> str:
+    """A model's shape in the banner: torchvision's and timm's by architecture, ours by width."""
+    return f"arch {model.arch}" if getattr(model, "arch", None) else f"width {model.width}"
+
+
 def banner(cfg: Any, params: int, images: dict[str, int], device: Any, processes: int, pack: int, run_dir: Any) -> str:
     """The line a run opens with: what it trains, on what data and where."""
     packed = f", packed with {pack - 1} other run(s)" if pack > 1 else ""
     valid = f"{images['valid']:,} validation / " if images.get("valid") else ""
     return (
-        f"{cfg.dataset.name} {cfg.model.name} (width {cfg.model.width}, {params:,} params) {cfg.method.name} "
+        f"{cfg.dataset.name} {cfg.model.name} ({_model_size(cfg.model)}, {params:,} params) {cfg.method.name} "
         f"alpha={cfg.method.alpha} layers={list(cfg.method.layers)} seed={cfg.seed} | {images['train']:,} train / "
         f"{valid}{images['test']:,} test images | {device} x {processes} process(es){packed} | {run_dir}"
     )

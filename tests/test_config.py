@@ -13,7 +13,7 @@ from mm_repro.training.checks import validate_train
 from tests.conftest import compose_train, run_cli
 
 DATASETS = ["cifar10", "cifar100", "svhn", "synthetic"]
-METHODS = ["erm", "mixup", "manifold"]
+METHODS = ["erm", "mixup", "manifold", "cutmix"]
 
 
 PAIRS = [(d, m) for m in sorted(REGISTRY) for d in (["mnist"] if m.startswith("mlp") else [*DATASETS, "mnist"])]
@@ -26,12 +26,15 @@ def test_every_dataset_model_method_composes_and_validates(dataset, model, metho
     assert (run.dataset.name, run.model.name, run.method.name) == (dataset, model, method)
     assert run.dataset.num_classes == (100 if dataset == "cifar100" else 10)
     family = REGISTRY[model].family
-    assert run.train.epochs == {"preact": 2000, "wrn": 400, "mlp": 10}[family]
-    assert run.train.milestones == {"preact": [500, 1000, 1500], "wrn": [200, 300], "mlp": []}[family]
+    schedules = {"preact": 2000, "wrn": 400, "mlp": 10, "torchvision": 2000, "timm": 2000}  # PreAct's for any model
+    assert run.train.epochs == schedules[family]
+    milestones = {"wrn": [200, 300], "mlp": []}.get(family, [500, 1000, 1500])
+    assert run.train.milestones == milestones
     assert run.train.optimizer == ("adam" if family == "mlp" else "sgd")
     mlp_layer = {"mlp_section3_2": 1, "mlp_figure5": 3, "mlp_appendix_g30_early": 2}.get(model, 4)  # the paper's
-    manifold = [mlp_layer] if family == "mlp" else [0, 1, 2]
-    assert run.method.layers == {"erm": [], "mixup": [0], "manifold": manifold}[method]
+    named = ["input", "layer1", "layer2"]  # torchvision's and timm's resnets, by module name
+    manifold = [mlp_layer] if family == "mlp" else named if family in ("torchvision", "timm") else [0, 1, 2]
+    assert run.method.layers == {"erm": [], "mixup": [0], "manifold": manifold, "cutmix": []}[method]
 
 
 def test_defaults_are_the_official_protocol():
@@ -91,7 +94,7 @@ def test_paper_protocol_switches_schedule_and_wrn_layers():
         (["train.batch_size=1"], r"batch_size=1: mixing needs at least 2"),
         (["train.loss=mse"], r"train.loss='mse' is not allowed; choose one of bce_softmax, soft_ce"),
         (["train.lr=abc"], r"train.lr='abc' is of the wrong type: train.lr takes a number"),
-        (["method.layers=0"], r"method.layers=0 is of the wrong type: method.layers takes a list of integers, e.g."),
+        (["method.layers=0"], r"method.layers=0 is of the wrong type: method.layers takes a list of points, e.g."),
         (["train.compile=maybe"], r"train.compile='maybe' is of the wrong type: train.compile takes true or false"),
         (["dataset.per_class_cap=x"], r"dataset.per_class_cap='x' is of the wrong type: .* an integer, or null"),
         (["device=tpu"], r"device='tpu' is not allowed"),
@@ -105,7 +108,10 @@ def test_paper_protocol_switches_schedule_and_wrn_layers():
         (["train.epochs=10"], r"train.milestones=\[500, 1000, 1500\]: milestone 500 is outside 1..9"),
         (["model.bn_init=zeros"], r"model.bn_init='zeros' is not allowed; choose one of uniform, ones"),
         (["train.checkpoint_every=0"], r"train.checkpoint_every=0 must be >= 1"),
-        (["method=erm", "method.block_gradient=true"], r"block_gradient=true needs method=manifold \(method=erm"),
+        (
+            ["method=erm", "method.block_gradient=true"],
+            r"block_gradient=true needs a method that mixes hidden states \(method=erm",
+        ),
         (["method=cutout", "method.cutout=0"], r"method.cutout=0: the hole's side must be >= 1 pixel"),
         (["dataset.valid_per_class=-1"], r"dataset.valid_per_class=-1 must be >= 0"),
     ],
@@ -133,7 +139,7 @@ def test_erm_accepts_any_batch_size_and_no_alpha():
 def test_each_options_list_is_written_once():
     # group options are the conf/ files; the model registry must offer exactly those
     assert group_options("model") == tuple(sorted(REGISTRY))
-    assert set(group_options("method")) == {"erm", "mixup", "manifold", "cutout"}
+    assert set(group_options("method")) == {"erm", "mixup", "manifold", "cutout", "cutmix"}
     assert "synthetic" in group_options("dataset")
     with pytest.raises(
         UserError, match="dataset='imagenet' is not allowed; choose one of cifar10, cifar100, mnist, svhn"

@@ -22,7 +22,8 @@ LAYERS = [
     ("errors", "__init__"),  # the exceptions a command ends with, and their exit codes
     ("files", "console"),  # files written whole or not at all; every line a user sees
     ("config",),  # typed, checked configs of every command
-    ("data", "models", "method", "records"),  # datasets, nets, the mix and its loss, a run's files
+    ("data", "models", "method"),  # datasets, nets, the methods (the mix, its points, its loss)
+    ("records",),  # a run's files (result.json reads what its method declares)
     ("training",),  # the step, the trainers, the loop, a run's session and ownership
     ("sweeps", "reports", "evaluation", "bench"),  # launchers and packs; readers of records; one run's evaluation
     ("experiments",),  # the self-contained experiments (they use evaluation's measures)
@@ -47,6 +48,9 @@ DEFERRED = {
     "hydra_plugins.hydra_submitit_launcher.config": "only on a SLURM cluster (an optional extra)",
     "torch._inductor": "only when a run compiles (train.compile)",
     "netrc": "only with logger.mode=online",
+    "torchvision": "only model=torchvision builds from its registry (`from torchvision import models`)",
+    "torchvision.models": "only model=torchvision (as torchvision)",
+    "timm": "only model=timm, and only where timm is installed (an optional dependency)",
     "urllib.parse": "only with logger.mode=online",
     "hydra": "composing `train`'s config inside another command",
     "hydra.core.global_hydra": "composing `train`'s config inside another command",

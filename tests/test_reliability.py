@@ -155,7 +155,7 @@ def test_slurm_launcher_composes(tmp_path):
             "tiny_imagenet",
             marks=pytest.mark.slow,
         ),
-        (["method=cutmix"], "method='cutmix' is not an option; choose one of: cutout, erm, manifold, mixup"),
+        (["method=cutmax"], "method='cutmax' is not an option; choose one of: cutmix, cutout, erm, manifold, mixup"),
         pytest.param(
             ["method=erm", "method.block_gradient=true"],
             "method.block_gradient=true needs method=manifold (method=erm",

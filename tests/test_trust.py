@@ -642,7 +642,7 @@ def test_a_run_written_by_9e24e2f_still_loads_and_finishes(tmp_path):
 
 
 def test_chance_is_counted_over_the_classes_a_run_kept():
-    from mm_repro.records.scan import at_chance
+    from mm_repro.records.chance import at_chance
 
     def result(error, classes=None):
         dataset = {"name": "mnist", "num_classes": 10, "classes": classes}

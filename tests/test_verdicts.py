@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from mm_repro.experiments import flattening_report
-from mm_repro.records.scan import at_chance, chance_level
+from mm_repro.records.chance import at_chance, chance_level
 from mm_repro.reports import pages, verdicts
 from tests.conftest import REPO, run_cli
 

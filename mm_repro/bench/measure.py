@@ -36,19 +36,19 @@ from torch import nn
 
 from mm_repro import records
 from mm_repro.bench.official import official_loader, official_step
+from mm_repro.bench.options import BENCH_IMAGE, check_bench
 from mm_repro.bench.throughput import cycle, median_rates, peak_for, rate, timed, train_flops_per_image
 from mm_repro.config import (
     DATASETS,
     BenchConfig,
     TrainRunConfig,
     compose_train,
-    image_shape,
 )
 from mm_repro.console import progress
 from mm_repro.data import Arrays, DeviceLoader, random_split
-from mm_repro.errors import UserError
+from mm_repro.method import METHODS
 from mm_repro.method.losses import LOSSES
-from mm_repro.models import REGISTRY, build
+from mm_repro.models import build
 from mm_repro.records.checkpoint import to_host
 from mm_repro.training.builders import build_model, packed_trainer, single_trainer
 from mm_repro.training.checks import validate_train
@@ -60,8 +60,6 @@ from mm_repro.training.trainers.packed import PACKABLE_PRECISIONS
 from mm_repro.training.trainers.single import SingleTrainer
 
 CIFAR10_TRAIN, CIFAR10_TEST = DATASETS["cifar10"]["train"], DATASETS["cifar10"]["test"]
-
-BENCH_IMAGE = (3, 32, 32)  # bench times random images of CIFAR's shape (data.random_split)
 
 
 def run_config(cfg: BenchConfig, seed: int | None = None) -> TrainRunConfig:
@@ -108,7 +106,7 @@ def _official(cfg: BenchConfig, device: torch.device) -> tuple[nn.Module, torch.
 
 def _warm_up(step: Callable, cfg: BenchConfig) -> None:
     """Every mixing point once at least, so that no graph is compiled or captured inside the timed steps."""
-    for layers in [(k,) for k in cfg.method.layers] if cfg.method.name != "erm" else [None]:
+    for layers in [(k,) for k in cfg.method.layers] if METHODS[cfg.method.name].interpolates else [None]:
         step(cfg.warmup, layers)
 
 
@@ -229,29 +227,6 @@ def measure_packed(cfg: BenchConfig, split: Arrays, device: torch.device, single
     packed_steps(cfg.warmup)
     packed = statistics.median(rate(lambda: packed_steps(cfg.steps), device) for _ in range(cfg.repeats))
     return {"pack": k, "packed_images_per_second": packed, "packed_ratio": packed / single_rate}
-
-
-TIMED_METHODS = ("erm", "mixup", "manifold")  # the official pipeline's methods, which the official-style step mirrors
-
-
-def check_bench(cfg: BenchConfig) -> None:
-    """What the bench can time, before anything runs: the paper's CIFAR-shaped models (PreAct, WRN) on random
-    3 x 32 x 32 images, ERM and the mixups (the official pipeline's), at least one full batch."""
-    if cfg.batch_size > cfg.images:
-        raise UserError(
-            f"batch_size={cfg.batch_size} is larger than images={cfg.images}: the bench times full batches; raise "
-            "images= or lower batch_size="
-        )
-    if REGISTRY[cfg.model.name].family == "mlp" or image_shape(cfg.dataset) != BENCH_IMAGE:
-        raise UserError(
-            f"bench times the paper's CIFAR-shaped models (PreAct, WRN) on 3 x 32 x 32 images; model={cfg.model.name} "
-            f"on dataset={cfg.dataset.name} is not one: `train` records its speed (metrics.jsonl's img/s)"
-        )
-    if cfg.method.name not in TIMED_METHODS:
-        raise UserError(
-            f"bench times {', '.join(TIMED_METHODS)} (the official pipeline's methods); method={cfg.method.name} is "
-            "timed by `train` (metrics.jsonl's img/s)"
-        )
 
 
 def run_bench(cfg: BenchConfig) -> dict:

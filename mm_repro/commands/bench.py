@@ -3,7 +3,8 @@ bench-<device>.json written, and the printed table."""
 
 from __future__ import annotations
 
-from mm_repro.bench.measure import check_bench, run_bench
+from mm_repro.bench.measure import run_bench
+from mm_repro.bench.options import check_bench
 from mm_repro.config import BenchConfig, to_schema
 from mm_repro.files import output_dir, write_json
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mm_repro.config import VerdictsConfig, to_schema
-from mm_repro.experiments import flattening_report, spiral, synthetic
+from mm_repro.experiments import flattening_report, spiral, synthetic_report
 from mm_repro.reports import pages, verdicts
 
 
@@ -20,7 +20,7 @@ def rejudge(report: dict, out: Path) -> dict:
         return flattening_report.rejudge(report, out)
     if str(report.get("file", "")).startswith("spiral"):
         return spiral.rejudge(report, out)
-    return synthetic.rejudge(report, out)
+    return synthetic_report.rejudge(report, out)
 
 
 def run(cfg: Any) -> None:

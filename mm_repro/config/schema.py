@@ -113,6 +113,7 @@ EXPECTED = {
     "list[int]": "a list of integers, e.g. [0,1,2]",
     "list[float]": "a list of numbers, e.g. [0.5,0.5,0.5]",
     "list[str]": "a list of names, e.g. [a,b]",
+    "list[Any]": "a list of points, e.g. [0,1,2] or [input,layer1]",
 }
 
 

@@ -44,7 +44,6 @@ DATASETS = {
 
 OPTIMIZERS = ("sgd", "adam")  # sgd: the official SGD (momentum, Nesterov); adam: the MNIST nets'
 PAIRINGS = ("permutation", "flip")
-NOT_MIXING = ("erm", "cutout")  # methods with one-hot targets and no mixing point
 PRECISIONS = ("fp32", "bf16", "fp16")  # training.step.PRECISION_DTYPES maps them to dtypes
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -96,6 +95,8 @@ ADDED_KEYS = {
     "method.block_gradient": False,
     "dataset.classes": None,
     "train.optimizer": "sgd",
+    "method.cutmix_prob": 0.5,
+    "model.arch": None,
 }
 
 
@@ -156,17 +157,19 @@ class ModelConfig:
     bn_init: str = "uniform"  # uniform (PyTorch <= 1.1, the official code's era) | ones (today's PyTorch)
     stem_stride: int = 1  # the first convolution's stride; conf/model takes it from the dataset (Tiny-ImageNet: 2)
     dropout: float = 0.0  # PreAct/WRN: before the final linear layer; MLP: after each hidden layer but the bottleneck
-    manifold_layers: list[int] = field(default_factory=list)  # the eligible set S manifold mixup takes by default
+    manifold_layers: list[Any] = field(default_factory=list)  # the eligible set S manifold mixup takes by default
+    arch: str | None = None  # model=torchvision (or timm): the architecture, e.g. resnet18
 
 
 @dataclass
 class MethodConfig:
     name: str = "erm"
     alpha: float = 0.0
-    layers: list[int] = field(default_factory=list)
+    layers: list[Any] = field(default_factory=list)  # mixing points: integers (a staged model's), or module names
     pairing: str = "permutation"
     block_gradient: bool = False  # manifold mixup: no gradient from the mixed loss into the layers before k
     cutout: int = 16  # method=cutout: the side of the square hole (official --cutout)
+    cutmix_prob: float = 0.5  # method=cutmix: the probability that a batch is cut and mixed (official CIFAR: 0.5)
 
 
 @dataclass

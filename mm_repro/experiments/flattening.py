@@ -45,8 +45,8 @@ from mm_repro.evaluation.measures import singular_values
 from mm_repro.experiments.flattening_report import PAPER, claims, plot_study, table_rows, write_table
 from mm_repro.files import output_dir, write_json
 from mm_repro.models import MLP_NETS
+from mm_repro.records.chance import at_chance
 from mm_repro.records.provenance import provenance, start_record
-from mm_repro.records.scan import at_chance
 from mm_repro.records.tracking import open_tracker
 from mm_repro.sweeps.study import Launch, StudyJob, failed, launch
 from mm_repro.training.checks import validate_train

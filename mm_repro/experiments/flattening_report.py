@@ -12,7 +12,7 @@ import numpy as np
 from mm_repro.config import paper_numbers
 from mm_repro.data.mnist import TEST_IMAGES_PER_DIGIT
 from mm_repro.files import write_json
-from mm_repro.records.scan import chance_level
+from mm_repro.records.chance import chance_level
 from mm_repro.reports import verdicts, writer
 
 # The paper's numbers (results/paper/cpu/flattening.json): section 3.2, per method (largest singular value, sum of the

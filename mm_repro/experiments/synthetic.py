@@ -32,11 +32,10 @@ from torch import nn
 from mm_repro.config import SyntheticConfig, paper_numbers, quoted
 from mm_repro.console import progress
 from mm_repro.errors import UserError
+from mm_repro.experiments.synthetic_report import BATCH, METHODS, claims, mean_std, write_report
 from mm_repro.files import output_dir, read_json, write_json
 from mm_repro.records.provenance import provenance, start_record
 from mm_repro.records.tracking import open_tracker
-from mm_repro.reports import verdicts
-from mm_repro.reports.writer import write_table
 from mm_repro.sweeps.study import Launch, StudyJob, failed, launch
 from mm_repro.training.devices import training_device
 from mm_repro.training.randomness import init_model
@@ -48,8 +47,6 @@ TASKS = {  # (train angle ranges per class, test angle ranges per class); None: 
 }
 PAPER = {task: {m: tuple(v) for m, v in cells.items()} for task, cells in paper_numbers("table8").items()
          if task in ("A", "B", "C")}  # fmt: skip  # Table 8: test accuracy (%) and test NLL
-METHODS = ("none", "input", "factor")
-BATCH = 128
 
 
 def draw_factors(rng: random.Random, task: str, train: bool) -> list[float]:
@@ -147,13 +144,6 @@ def train_and_test(cfg: SyntheticConfig, method: str, seed: int, device: torch.d
     return {"method": method, "seed": seed, "test_accuracy": 100.0 * correct / n, "test_nll": nll / n, "test_images": n}
 
 
-def mean_std(values: list[float], digits: int) -> str:
-    """`mean ± std` over seeds (sample std, as `tables`); the mean alone for one seed."""
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
-
-
 CLASSIFIER = "classifier.json"  # one classifier's result and what made it, in its own directory
 IDENTITY = ("task", "steps", "lr", "test_batches")  # with the method, the seed and the device: what a result depends on
 
@@ -207,16 +197,6 @@ def classifier_jobs(cfg: SyntheticConfig, out: Path) -> list[tuple[StudyJob, dic
     return made
 
 
-def claims(results: list[dict]) -> list[dict]:
-    """Table 8's two claims, decided on our seeds (reports.verdicts): "in all cases visible mixup significantly
-    improved likelihood, but not to the same degree as factor mixup" (App. A)."""
-    nll = {m: {r["seed"]: r["test_nll"] for r in results if r["method"] == m} for m in METHODS}
-    return [
-        verdicts.all_below("input mixup lowers the test NLL below no mixup's", ["input"], "none", nll),
-        verdicts.all_below("factor mixup lowers it further, below input mixup's", ["factor"], "input", nll),
-    ]
-
-
 def run_synthetic(cfg: SyntheticConfig) -> dict:
     """Table 8 for one task: its classifiers (every method, every seed) as one sweep (mm_repro.sweeps.study), then
     the table, its claims and Figure 4 into cfg.out; with `classifier=` set, one job of that sweep
@@ -259,31 +239,6 @@ def run_synthetic(cfg: SyntheticConfig) -> dict:
     report["claims"] = claims(results)
     write_report(report, out)
     return report
-
-
-def rejudge(report: dict, out: Path) -> dict:
-    """A task's report judged again by today's rule from its per-seed results (nothing retrained); its table and JSON
-    rewritten."""
-    report["claims"] = claims(report["results"])
-    write_report(report, out)
-    return report
-
-
-def write_report(report: dict, out: Path) -> None:
-    """The task's table (md, csv), its JSON and its claims' verdicts, from the report."""
-    cfg, made = report["config"], report["provenance"]
-    seeds = ", ".join(map(str, cfg["seeds"]))
-    note = (
-        f"Ours: mean ± std (sample) over seeds {seeds} ({len(cfg['seeds'])} run(s) per method), {cfg['steps']} steps "
-        f"of batch {BATCH}, {report['results'][0]['test_images']} test images per seed. `{made['command']}` on "
-        f"{made['device']}, torch {made['torch_version']}, {made['wall_seconds'] / 60:.1f} min, commit "
-        f"{made['git_commit']}."
-        + (f" Classifiers: {made['classifiers']}." if made.get("classifiers") else "")
-        + f"\n\nThe paper's claims on ours ({verdicts.count(report['claims'])}; rule `{verdicts.RULE}`, docs/trust.md "
-        "'Verdicts'):\n\n" + "\n".join(f"- {verdicts.describe(c)}" for c in report["claims"])
-    )
-    write_table(out / f"table8_task{cfg['task']}", f"Table 8, task {cfg['task']}", note, report["rows"])
-    write_json(out / f"table8_task{cfg['task']}.json", report)
 
 
 def plot_examples(cfg: SyntheticConfig, out: Path) -> str:

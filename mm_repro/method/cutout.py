@@ -7,8 +7,13 @@ mean), not black."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+
+from mm_repro.errors import UserError
+from mm_repro.method.base import Method
 
 
 def draw_hole(height: int, width: int, length: int, np_rng: np.random.RandomState) -> tuple[int, int, int, int]:
@@ -26,3 +31,26 @@ def cutout(x: torch.Tensor, length: int, np_rng: np.random.RandomState) -> torch
     mask = torch.ones(x.shape[2], x.shape[3], dtype=x.dtype, device=x.device)
     mask[y1:y2, x1:x2] = 0.0
     return x * mask
+
+
+def _transform(x: torch.Tensor, targets: torch.Tensor, settings: Any, rng: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return cutout(x, settings.cutout, rng.numpy), targets
+
+
+def _check(settings: Any) -> None:
+    if settings.cutout < 1:
+        raise UserError(f"method.cutout={settings.cutout}: the hole's side must be >= 1 pixel (official: 16)")
+
+
+METHOD = Method(
+    "cutout",
+    "Cutout",
+    mixes="no",
+    interpolates=False,
+    packable=False,  # a hole in the input: the pack's fused step does not draw it
+    reads=("method.cutout",),
+    row_keys=(),
+    rank=1,
+    transform=_transform,
+    check=_check,
+)

@@ -12,22 +12,25 @@ import numpy as np
 import torch
 
 from mm_repro import __version__
-from mm_repro.config import ADDED_KEYS, DERIVED_KEYS, NOT_MIXING, RESUME_FREE_KEYS
+from mm_repro.config import ADDED_KEYS, DERIVED_KEYS, RESUME_FREE_KEYS
+from mm_repro.method import METHODS
 
 
 def run_info(cfg: Any) -> dict:
     """The keys that name a table cell (dataset, model, method, alpha, layers), the seed and the experiment, plus a
     few keys of the setup for a readable label; `setup` (below) is what groups runs."""
-    mixes = cfg.method.name not in NOT_MIXING
+    reads = METHODS[cfg.method.name].reads
     return {
         "dataset": cfg.dataset.name,
         "num_classes": cfg.dataset.num_classes,
         "model": cfg.model.name,
+        **({"arch": cfg.model.arch} if getattr(cfg.model, "arch", None) else {}),
         "width": cfg.model.width,
         "bn_init": cfg.model.bn_init,
         "method": cfg.method.name,
-        "alpha": cfg.method.alpha if mixes else None,
-        "layers": list(cfg.method.layers) if mixes else [],
+        "alpha": cfg.method.alpha if "method.alpha" in reads else None,
+        "layers": list(cfg.method.layers) if "method.layers" in reads else [],
+        **({"cutmix_prob": cfg.method.cutmix_prob} if "method.cutmix_prob" in reads else {}),
         "pairing": cfg.method.pairing,
         "protocol": cfg.protocol.name,
         "loss": cfg.train.loss,
@@ -67,15 +70,18 @@ def setup_of(config: dict) -> dict[str, Any]:
     return normal_setup({k: v for k, v in sorted(flatten(config).items()) if k not in NOT_SETUP and not is_free(k)})
 
 
-# Method keys a method that mixes nothing never reads: ERM (or cutout) runs that differ only in them are one run.
-UNREAD_WITHOUT_MIXING = ("method.alpha", "method.layers", "method.pairing")
+# The method keys a method may read (method.base.Method.reads names those it does): the others cannot change its
+# numbers, so runs that differ only in them are one run (ERM swept over alpha).
+METHOD_KEYS = ("method.alpha", "method.layers", "method.pairing", "method.block_gradient", "method.cutout",
+               "method.cutmix_prob")  # fmt: skip
 
 
 def normal_setup(setup: dict[str, Any]) -> dict[str, Any]:
-    """A setup without what cannot change its numbers: a key of config.ADDED_KEYS at its old default, and the mixing
-    keys of a method that does not mix (a sweep of ERM over alpha trains one run several times: `tables` then counts
-    it once). Applied when result.json is written and when it is read, so older records compare alike."""
-    unread = UNREAD_WITHOUT_MIXING if setup.get("method.name") in NOT_MIXING else ()
+    """A setup without what cannot change its numbers: a key of config.ADDED_KEYS at its old default, and the method
+    keys its method does not read (a sweep of ERM over alpha trains one run several times: `tables` then counts it
+    once). Applied when result.json is written and when it is read, so older records compare alike."""
+    method = METHODS.get(setup.get("method.name"))
+    unread = [k for k in METHOD_KEYS if method and k not in method.reads]
     return {
         k: v
         for k, v in setup.items()

@@ -12,6 +12,7 @@ from typing import Any
 
 from mm_repro.config import ADDED_KEYS, PAPER_DIR
 from mm_repro.errors import UserError
+from mm_repro.method import METHODS
 from mm_repro.records.scan import Record
 
 # Shown in every row's setup label; any other key that differs between the groups of a cell is shown too.
@@ -78,14 +79,15 @@ def matches(row: dict, record: Record) -> bool:
         return False
     if (row["dataset"], row["model"], row["method"]) != (run.get("dataset"), run.get("model"), run.get("method")):
         return False
-    if row["method"] in ("mixup", "manifold") and row.get("alpha") is not None and run.get("alpha") != row["alpha"]:
-        return False
-    if (
-        "layers" in row
-        and row["method"] in ("mixup", "manifold")
-        and sorted(run.get("layers") or []) != sorted(row["layers"])
-    ):
-        return False
+    method = METHODS.get(row["method"])
+    for key in method.row_keys if method else ():  # the keys that tell this method's rows apart
+        want, have = row.get(key), run.get(key)
+        if want is None:  # the paper's row does not say: any value
+            continue
+        if key == "layers" and sorted(map(str, have or [])) != sorted(map(str, want)):
+            return False
+        if key != "layers" and have != want:
+            return False
     for key in METHOD_KEYS:
         want, have = _setup_value(row.get("setup", {}), key), _setup_value(record.setup, key)
         if want == "nonzero" and not have or want != "nonzero" and have != want:
@@ -115,13 +117,13 @@ def fmt(mean: float | None, std: float | None, digits: int) -> str:
 def method_label(row: dict) -> str:
     if "name" in row:  # the paper's own name for the row (the regularizer comparison's "Dropout", say)
         return row["name"]
-    names = {"erm": "No Mixup", "mixup": "Input Mixup", "manifold": "Manifold Mixup", "cutout": "Cutout"}
-    if row["method"] not in names:
+    method = METHODS.get(row["method"])
+    if method is None:
         return row["method"]
-    mixes = row.get("alpha") is not None and row["method"] in ("mixup", "manifold")
+    mixes = row.get("alpha") is not None and "method.alpha" in method.reads
     alpha = f" (α = {row['alpha']:g})" if mixes else ""
     blocked = " (gradient blocked)" if row.get("setup", {}).get("method.block_gradient") else ""
-    return names[row["method"]] + alpha + blocked
+    return method.label + alpha + blocked
 
 
 def load_specs(names: list[str] | None = None) -> list[dict]:

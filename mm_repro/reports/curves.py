@@ -9,6 +9,8 @@ import textwrap
 from pathlib import Path
 
 from mm_repro.files import atomic_write
+from mm_repro.method import METHODS
+from mm_repro.records.result import METHOD_KEYS
 from mm_repro.records.scan import Record
 from mm_repro.reports.cells import LABEL_KEYS, by_setup, mean_std, method_label, short_key
 
@@ -80,8 +82,7 @@ def plot_learning_curves(records: list[Record], out: Path) -> list[Path]:
 
 
 # The keys that make a run's method: a comparison's lines differ by them, its cell by everything else.
-METHOD_SETUP = ("method.name", "method.alpha", "method.layers", "method.pairing", "method.block_gradient",
-                "method.cutout")  # fmt: skip
+METHOD_SETUP = ("method.name", *METHOD_KEYS)
 
 
 def comparison_cells(records: list[Record]) -> dict[str, list[Record]]:
@@ -94,23 +95,22 @@ def comparison_cells(records: list[Record]) -> dict[str, list[Record]]:
     return {k: v for k, v in cells.items() if len({r.setup.get("method.name") for r in v}) > 1 or len(by_setup(v)) > 1}
 
 
-ORDER = ("erm", "cutout", "mixup", "manifold")  # the comparison's lines: the baseline first
-
-
 def _method_name(record: Record) -> str:
     run = record.run
     row = {"method": run["method"], "alpha": run.get("alpha"), "setup": {}}
     if record.setup.get("method.block_gradient"):
         row["setup"]["method.block_gradient"] = True
     name = method_label(row)
-    if run["method"] == "manifold" and run.get("layers"):
+    method = METHODS.get(run["method"])
+    if method and method.mixes == "hidden" and run.get("layers"):
         name += f", S = {{{', '.join(map(str, run['layers']))}}}"
     return name
 
 
 def _method_rank(record: Record) -> tuple:
     run = record.run
-    rank = ORDER.index(run["method"]) if run["method"] in ORDER else len(ORDER)
+    method = METHODS.get(run["method"])
+    rank = method.rank if method else len(METHODS)  # the comparison's lines: the baseline first
     return rank, run.get("alpha") or 0.0, _method_name(record)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mm_repro.errors import UserError
-from mm_repro.files import read_json
+from mm_repro.files import atomic_write, read_json
 from mm_repro.reports import verdicts
 
 MANIFEST = Path("results") / "verdicts.yaml"
@@ -97,8 +97,6 @@ def _coverage(text: str, cells: dict[str, str]) -> str:
 
 
 def _rewrite(path: Path, change) -> list[Path]:
-    from mm_repro.files import atomic_write
-
     before = path.read_text()
     after = change(before)
     if after == before:

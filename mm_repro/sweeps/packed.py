@@ -3,9 +3,10 @@
 
 Jobs pack together when they share everything but the seed, the method (alpha, layers, pairing) and the experiment: the
 same dataset, model, width, schedule, optimizer settings, batch, precision, loss and device, and the same point to
-resume from (a fresh start, or the same epoch and step). Only fp32 jobs pack (training.trainers.packed says why fp16 and
-bf16 train alone), and packs run eager, so a job with `train.compile=true` runs alone and stays compiled; cutout,
-`method.block_gradient`, `model.dropout` and `dataset.valid_per_class` jobs train alone too (`trains_alone`).
+resume from (a fresh start, or the same epoch and step). Only fp32 jobs pack (training.trainers.packed says why fp16
+and bf16 train alone), and packs run eager, so a job with `train.compile=true` runs alone and stays compiled; so do
+the jobs of `trains_alone` (a method that declares itself unpackable, dropout, a validation split, Adam, a model other
+than PreAct and WRN).
 A pack holds at most `max_pack` runs, and on CUDA at most as many as fit in 80 % of the free device memory (a
 conservative estimate
 of each run's weights, optimizer state and saved activations). A job that packs with no other runs alone, through
@@ -37,7 +38,8 @@ from omegaconf import OmegaConf, open_dict, read_write
 from mm_repro import records
 from mm_repro.config import image_shape
 from mm_repro.errors import UserError
-from mm_repro.models import build_from
+from mm_repro.method import METHODS
+from mm_repro.models import REGISTRY, build_from
 from mm_repro.sweeps.jobs import job_from_hydra, record_failure, record_success, sweep_group
 from mm_repro.training.loop import train_jobs
 from mm_repro.training.ownership import resume_point
@@ -57,16 +59,23 @@ def saved_point(job: Job) -> tuple[int, int]:
         return -1, id(job)
 
 
+PACKED_FAMILIES = ("preact", "wrn")  # the staged nets the pack's fused forward runs stage by stage
+
+
 def trains_alone(c: Any) -> bool:
-    """Runs whose step the pack does not fuse: cutout (a hole in the input), a gradient blocked at k, dropout (its
-    mask would come from the pack's shared generator), a validation split (a held-out set of the run's own), and an
-    optimizer other than the official SGD (the pack's update is SGD's)."""
+    """Runs whose step the pack does not fuse: a method that declares it cannot be packed (cutout's hole, CutMix's box:
+    method.base.Method.packable), a gradient blocked at k, dropout (its mask would come from the pack's shared
+    generator), a validation split (a held-out set of the run's own), an optimizer other than the official SGD (the
+    pack's update is SGD's), and a model the fused forward cannot run stage by stage (the MNIST nets, torchvision's,
+    timm's) or points named by module."""
     return (
-        c.method.name == "cutout"
+        not METHODS[c.method.name].packable
         or c.method.block_gradient
         or c.model.dropout > 0
         or c.dataset.valid_per_class > 0
         or c.train.optimizer != "sgd"
+        or REGISTRY[c.model.name].family not in PACKED_FAMILIES
+        or any(isinstance(k, str) for k in c.method.layers)
     )
 
 

@@ -5,6 +5,7 @@ here can fail on bad input (a oneDNN-unsafe layout, say), so it runs before any 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,14 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from mm_repro.config import NOT_MIXING, TrainRunConfig
+from mm_repro.config import TrainRunConfig
 from mm_repro.data import DeviceLoader, Splits, fingerprint
 from mm_repro.data import load_splits as data_splits
 from mm_repro.errors import UserError
+from mm_repro.method import METHODS
 from mm_repro.method.losses import LOSSES
 from mm_repro.method.mixing import MixSpec
+from mm_repro.method.points import check_points
 from mm_repro.models import build_from
 from mm_repro.training import distributed
 from mm_repro.training.devices import refuse_onednn_bug, uses_channels_last
@@ -32,9 +35,16 @@ from mm_repro.training.trainers.single import SingleTrainer
 
 
 def mix_spec(cfg: TrainRunConfig) -> MixSpec | None:
-    """The run's mixing method, or None for ERM and cutout."""
+    """The run's interpolation (alpha, eligible points, pairing) when its method interpolates (mixup, manifold mixup),
+    else None (ERM, cutout, CutMix: method.base.Method)."""
     m = cfg.method
-    return None if m.name in NOT_MIXING else MixSpec(m.alpha, tuple(m.layers), m.pairing)
+    return MixSpec(m.alpha, tuple(m.layers), m.pairing) if METHODS[m.name].interpolates else None
+
+
+def batch_transform(cfg: TrainRunConfig) -> Callable | None:
+    """What the run's method does to an input batch and its targets (cutout, CutMix), bound to its settings."""
+    transform = METHODS[cfg.method.name].transform
+    return None if transform is None else (lambda x, targets, rng: transform(x, targets, cfg.method, rng))
 
 
 def load_splits(jobs: list[Any]) -> dict[Path, Splits]:
@@ -74,6 +84,11 @@ def build_model(cfg: TrainRunConfig, device: torch.device, image_shape: tuple[in
     channels_last where chosen."""
     c = cfg
     model = init_model(lambda: build_from(c.model, c.dataset.num_classes, image_shape), c.seed)
+    if METHODS[c.method.name].interpolates:
+        try:
+            check_points(model, c.method.layers)  # module names exist (a staged model's numbers too)
+        except UserError as exc:
+            raise UserError(f"method.layers={list(c.method.layers)}: {exc}") from None
     check_fits(model, cfg, image_shape)
     channels_last = uses_channels_last(c.train.channels_last, device, model)
     refuse_onednn_bug(
@@ -125,7 +140,7 @@ def single_trainer(cfg: TrainRunConfig, model: nn.Module, rng: RunRandom, world:
         spec,
         cfg.train.precision,
         rng,
-        cfg.method.cutout if cfg.method.name == "cutout" else None,
+        batch_transform(cfg),
     )
     return SingleTrainer(model, optimizer, step, Evaluator(model, cfg.train.precision, compiler(cfg, 1)))
 

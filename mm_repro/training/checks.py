@@ -13,7 +13,6 @@ from mm_repro.config import (
     DATASETS,
     DEVICES,
     LOGGER_MODES,
-    NOT_MIXING,
     OPTIMIZERS,
     PAIRINGS,
     PRECISIONS,
@@ -29,53 +28,85 @@ from mm_repro.config import (
     to_schema,
 )
 from mm_repro.errors import UserError
+from mm_repro.method import method_of
+from mm_repro.method.base import Method
 from mm_repro.method.losses import LOSSES
-from mm_repro.models import BN_INIT_NAMES, REGISTRY, mixing_points
+from mm_repro.models import BN_INIT_NAMES, NAMED_FAMILIES, REGISTRY, mixing_points
 
 
-def _check_mixing(run: TrainRunConfig) -> None:
-    method = run.method
-    points = mixing_points(run.model.name)
-    check_number("method.alpha", method.alpha, 0.0, strict=True)
-    if method.alpha < SMALLEST_ALPHA:
-        raise UserError(
-            f"method.alpha={method.alpha} is below the smallest normal float ({SMALLEST_ALPHA:.3g}): numpy's "
-            "Beta(alpha, alpha) draw returns NaN there; choose alpha >= 1e-300 (the paper's: 0.1-4)"
-        )
-    if not method.layers:
-        raise UserError(f"method.layers is empty; method={method.name} needs mixing points from {list(points)}")
-    twice = sorted({k for k in method.layers if method.layers.count(k) > 1})
+def _check_points(run: TrainRunConfig, method: Method) -> None:
+    """The eligible set S, by what the method mixes: none (ERM, cutout, CutMix mix no point), the input (point 0, or
+    "input"), or any of the model's points (its integers, or for a model of named points its modules' names, which
+    training.builders checks against the built model)."""
+    layers, model = list(run.method.layers), run.model
+    if not method.interpolates:
+        if layers:
+            raise UserError(f"method={method.name} mixes no point; method.layers={layers} must be []")
+        return
+    if not layers:
+        raise UserError(f"method.layers is empty; method={method.name} needs mixing points")
+    bad_type = [k for k in layers if isinstance(k, bool) or not isinstance(k, int | str)]
+    if bad_type:
+        raise UserError(f"method.layers={layers}: {bad_type[0]!r} is neither a point number nor a module's name")
+    twice = sorted({str(k) for k in layers if layers.count(k) > 1})
     if twice:  # k is drawn uniformly over the list: a repeated point would be drawn more often than the others
         raise UserError(
-            f"method.layers={method.layers} lists {twice[0]} twice; name each eligible mixing point once (S is a set)"
+            f"method.layers={layers} lists {twice[0]} twice; name each eligible mixing point once (S is a set)"
         )
-    bad = [k for k in method.layers if k not in points]
-    if bad:
+    if method.mixes == "input" and layers not in ([0], ["input"]):
         raise UserError(
-            f"method.layers={method.layers}: {run.model.name} has no mixing point {bad[0]}; "
-            f"its mixing points are {list(points)} (0 = input, i = output of stage i)"
+            f"method={method.name} mixes the input only (layers=[0], or [input]), got {layers}; use method=manifold"
         )
-    if method.name == "mixup" and method.layers != [0]:
-        raise UserError(f"method=mixup mixes the input only (layers=[0]), got {method.layers}; use method=manifold")
-    if run.train.batch_size < 2:
-        raise UserError(f"train.batch_size={run.train.batch_size}: mixing needs at least 2 examples per batch")
+    named = REGISTRY[model.name].family in NAMED_FAMILIES
+    numbers = [k for k in layers if isinstance(k, int) and k != 0]
+    if named and numbers:
+        raise UserError(
+            f"method.layers={layers}: model={model.name} names its mixing points by module (input, layer1, ...), "
+            f"not by number ({numbers[0]})"
+        )
+    points = mixing_points(model.name)
+    bad = [k for k in layers if isinstance(k, int) and k not in points]
+    if bad and not named:
+        raise UserError(
+            f"method.layers={layers}: {model.name} has no mixing point {bad[0]}; "
+            f"its mixing points are {list(points)} (0 = input, i = output of stage i; or a module's name)"
+        )
 
 
 def _check_method(run: TrainRunConfig) -> None:
+    """The method's settings by what it declares (method.base.Method): alpha where it draws from Beta(alpha, alpha),
+    its points, the gradient-blocked ablation for hidden points only, and its own check."""
     m = run.method
-    if m.block_gradient and m.name != "manifold":
+    method = method_of(m.name)
+    if "method.alpha" in method.reads:
+        check_number("method.alpha", m.alpha, 0.0, strict=True)
+        if m.alpha < SMALLEST_ALPHA:
+            raise UserError(
+                f"method.alpha={m.alpha} is below the smallest normal float ({SMALLEST_ALPHA:.3g}): numpy's "
+                "Beta(alpha, alpha) draw returns NaN there; choose alpha >= 1e-300 (the paper's: 0.1-4)"
+            )
+    _check_points(run, method)
+    if m.block_gradient and method.mixes != "hidden":
         raise UserError(
-            f"method.block_gradient=true needs method=manifold (method={m.name} has no hidden mixing point to block "
-            "the gradient at); drop it, or choose method=manifold"
+            f"method.block_gradient=true needs a method that mixes hidden states (method={m.name} has no hidden "
+            "mixing point to block the gradient at); drop it, or choose method=manifold"
         )
-    if m.name == "cutout" and m.cutout < 1:
-        raise UserError(f"method.cutout={m.cutout}: the hole's side must be >= 1 pixel (official: 16)")
-    if m.name == "cutout" and m.layers:
-        raise UserError(f"method=cutout mixes nothing; method.layers={m.layers} must be []")
+    if method.check:
+        method.check(m)
+    if method.mixes != "no" and run.train.batch_size < 2:
+        raise UserError(f"train.batch_size={run.train.batch_size}: mixing needs at least 2 examples per batch")
 
 
 def _check_model(run: TrainRunConfig) -> None:
     model = run.model
+    if REGISTRY[model.name].family in NAMED_FAMILIES:  # the architecture's own widths, stem and dropout
+        if not model.arch:
+            raise UserError(f"model={model.name} needs model.arch=NAME, the architecture (e.g. model.arch=resnet18)")
+        if model.dropout:
+            raise UserError(f"model.dropout={model.dropout}: model={model.name} has its architecture's own dropout")
+        return
+    if model.arch:
+        raise UserError(f"model.arch={model.arch} is for model=torchvision or timm; model={model.name} is its own")
     if model.stem_stride < 1:
         raise UserError(
             f"model.stem_stride={model.stem_stride}: the first convolution's stride must be >= 1 (1: 32 x 32 data, "
@@ -159,15 +190,13 @@ def validate_train(cfg: DictConfig | dict) -> TrainRunConfig:
     _check_data(run.dataset)
     if not 0 <= run.seed < SEED_LIMIT - 64:
         raise UserError(f"seed={run.seed} is out of range; a seed must lie in 0..{SEED_LIMIT - 65}")
-    if run.method.name not in NOT_MIXING:
-        _check_mixing(run)
     _check_method(run)
     _check_model(run)
     for key, value in (
         ("train.epochs", run.train.epochs),
         ("train.batch_size", run.train.batch_size),
         ("train.eval_batch_size", run.train.eval_batch_size),
-        ("model.width", run.model.width),
+        *((("model.width", run.model.width),) if REGISTRY[run.model.name].family not in NAMED_FAMILIES else ()),
         ("train.checkpoint_every", 1 if run.train.checkpoint_every is None else run.train.checkpoint_every),
         ("dataset.per_class_cap", 1 if run.dataset.per_class_cap is None else run.dataset.per_class_cap),
         *(

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mm_repro.method import mixing
-from mm_repro.method.cutout import cutout
+from mm_repro.method import mixing, points
 from mm_repro.training.randomness import RunRandom
 
 # `train.precision`: the dtype each choice computes in (fp32 without autocast). config.PRECISIONS is its keys.
@@ -26,7 +25,8 @@ PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch
 
 
 class MixedForward(nn.Module):
-    """The model's forward with mixing at point k, as one module call, so that DDP and torch.compile see one graph.
+    """The model's forward with mixing at point k, as one module call, so that DDP and torch.compile see one graph. An
+    integer k is a staged model's point (forward_until / forward_from); a string, a module's name (method.points).
 
     `lam` is a 0-dim tensor, never a Python float, so a compiled graph is not recompiled for every lam; k is a
     Python int, so there is at most one graph per mixing point (docs/performance.md §4). `lam=None` mixes nothing (ERM);
@@ -41,12 +41,18 @@ class MixedForward(nn.Module):
         self,
         x: torch.Tensor,
         targets: torch.Tensor,
-        k: int = 0,
+        k: int | str = 0,
         lam: torch.Tensor | None = None,
         index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if lam is None:
             return self.model(x), targets
+        if isinstance(k, str) or not hasattr(self.model, "forward_until"):  # a named point (method.points)
+            targets = mixing.interpolate(targets, lam, index)
+            if k in (points.INPUT, 0):
+                return self.model(mixing.interpolate(x, lam, index)), targets
+            with points.mixed_at(self.model, k, lam, index, self.block_gradient):
+                return self.model(x), targets
         h = self.model.forward_until(x, k)
         if self.block_gradient:  # the hidden state at k (both members of every pair): nothing flows back before k
             h = h.detach()
@@ -99,20 +105,21 @@ class TrainStep:
         spec: mixing.MixSpec | None,
         precision: str,
         rng: RunRandom,
-        cutout: int | None = None,
+        transform: Callable[[torch.Tensor, torch.Tensor, RunRandom], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
-        """`net` is a MixedForward (possibly wrapped by DDP or torch.compile); `spec=None` is ERM; `cutout` is the
-        hole's side for method=cutout (ERM on cut inputs, mm_repro.method.cutout)."""
+        """`net` is a MixedForward (possibly wrapped by DDP or torch.compile); `spec` the interpolation of a method that
+        interpolates (None: none); `transform` what a method does to the input batch and its one-hot targets
+        (cutout's hole, CutMix's box: method.base.Method.transform, bound to the run's settings)."""
         self.net, self.optimizer, self.loss_fn = net, optimizer, loss_fn
         self.num_classes, self.spec, self.precision, self.rng = num_classes, spec, precision, rng
-        self.cutout = cutout
+        self.transform = transform
         self.scaler = torch.amp.GradScaler(rng.device.type, enabled=precision == "fp16")
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, layers: tuple[int, ...] | None = None) -> torch.Tensor:
         """The training loss of one batch (mixed unless ERM); `layers` restricts k (bench warms up each point)."""
         targets = one_hot(y, self.num_classes)
-        if self.cutout:
-            x = cutout(x, self.cutout, self.rng.numpy)
+        if self.transform is not None:
+            x, targets = self.transform(x, targets, self.rng)
         with autocast(x.device, self.precision):
             if self.spec is None:
                 logits, targets = self.net(x, targets)
