@@ -2,7 +2,8 @@
 function in use; tests/test_api.py runs those examples exactly as printed.
 
 - `build_model(name, num_classes, ...)`: a model of the registry (`model=` names), as `train` builds it.
-- `load_model(run_dir, checkpoint="last"|"best")`: a finished run's model, in eval mode, and its checked config.
+- `load_model(run_dir, checkpoint="last"|"best")`: a finished run's model, in eval mode, taking pixels in [0, 1]
+  (normalised inside with the run's mean and std; `.net` the net as trained), and its checked config.
   Checkpoints are plain torch.save files: `torch.load(path, weights_only=True)["model"]` works too.
 - `Staged(stage, stage, ...)`: any model given as its stages in order (the first takes the input, the last gives
   logits), with the mixing points manifold mixup needs (0 = the input, i = the output of stage i).
@@ -25,12 +26,14 @@ import torch
 from torch import nn
 
 from mm_repro.config import SEED_LIMIT, SMALLEST_ALPHA, TrainRunConfig
+from mm_repro.data import image_shape
 from mm_repro.errors import UserError
 from mm_repro.evaluation.loading import finished_run
 from mm_repro.method import mixing
 from mm_repro.method.losses import LOSSES
 from mm_repro.method.points import check_points
 from mm_repro.models import build as build_model
+from mm_repro.models.normalized import Normalized
 from mm_repro.records.scan import scan
 from mm_repro.reports.cells import load_specs
 from mm_repro.reports.summary import summary_rows
@@ -40,13 +43,17 @@ from mm_repro.training.step import MixedForward, one_hot
 __all__ = ["ManifoldMixup", "Staged", "build_model", "load_model", "tables"]
 
 
-def load_model(run_dir: str | Path, checkpoint: str = "last") -> tuple[nn.Module, TrainRunConfig]:
+def load_model(run_dir: str | Path, checkpoint: str = "last") -> tuple[Normalized, TrainRunConfig]:
     """The model of a finished run (`checkpoint`: "last", the final epoch's weights, or "best", the best test
-    error's, when result.json names best.pt as that epoch's model) in eval mode on the CPU, and the run's config. It
-    is checked as `evaluate` checks it (evaluation.loading.finished_run): a run still training, stopped, failed, or
-    whose checkpoint is not the one its result.json names is one line (a UserError), never a model."""
+    error's, when result.json names best.pt as that epoch's model) in eval mode on the CPU, and the run's config. The
+    model takes pixels in [0, 1], (N, C, H, W) of the run's image shape (`model.image_shape`), and normalises them
+    with the run's mean and std inside, as training did; `model.net` is the net as trained (normalised input,
+    forward_until / forward_from). It is checked as `evaluate` checks it (evaluation.loading.finished_run): a run still
+    training, stopped, failed, or whose checkpoint is not the one its result.json names is one line (a UserError),
+    never a model."""
     run = finished_run(run_dir, checkpoint)
-    return run.model("cpu"), run.cfg
+    d = run.cfg.dataset
+    return Normalized(run.model("cpu"), d.mean, d.std, image_shape(d)).eval(), run.cfg
 
 
 class Staged(nn.Module):

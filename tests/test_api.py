@@ -7,24 +7,48 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
-from conftest import tiny_job
+from conftest import data_args, tiny_job, write_cifar, write_mnist
 
 from mm_repro import api
+from mm_repro.data import load_splits
 from mm_repro.training.loop import train_jobs
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 
 
-def test_every_example_of_the_api_page_runs_as_printed(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("dataset", ["synthetic", "mnist", "cifar10"])
+def test_every_example_of_the_api_page_runs_as_printed(tmp_path, monkeypatch, capsys, dataset):
+    # on a CIFAR-shaped run, an MNIST run (1 x 28 x 28, the paper's net) and a CIFAR-10 run from real-format files
     monkeypatch.chdir(tmp_path)
-    train_jobs([tiny_job(Path("runs/my-run"), "dataset.train_size=400", "train.epochs=4", "model.width=8")])
+    data = {
+        "synthetic": ["dataset.train_size=400"],
+        "mnist": [*data_args(write_mnist(tmp_path / "data"), "mnist"), "model=mlp_section3_2"],
+        "cifar10": data_args(write_cifar(tmp_path / "data", "cifar10"), "cifar10"),
+    }[dataset]
+    train_jobs([tiny_job(Path("runs/my-run"), *data, "train.epochs=4", "model.width=8")])
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     for block in blocks:
         exec(compile(block, str(DOC), "exec"), {})
     printed = capsys.readouterr().out
-    assert "preactresnet18 manifold best epoch" in printed and "synthetic preactresnet18 manifold 1" in printed
+    assert "manifold logits (2, 10)" in printed and "0 " in printed
+    if dataset == "synthetic":
+        assert "synthetic preactresnet18 manifold 1" in printed
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_a_loaded_model_takes_pixels_and_gives_the_runs_own_test_error(tmp_path, dataset):
+    root = write_mnist(tmp_path / "data") if dataset == "mnist" else write_cifar(tmp_path / "data", "cifar10")
+    extra = ["model=mlp_section3_2", "train.optimizer=adam", "train.lr=1e-3"] if dataset == "mnist" else []
+    (result,) = train_jobs([tiny_job(tmp_path / "run", *data_args(root, dataset), *extra, "model.width=16")])
+    model, cfg = api.load_model(tmp_path / "run")
+    test = load_splits(cfg.dataset).test
+    with torch.no_grad():
+        wrong = (model(test.images.float() / 255).argmax(1) != test.labels).float().mean().item() * 100
+    assert wrong == pytest.approx(result["final"]["test_error"], abs=100 / len(test.labels))  # one image at most
+    assert model.image_shape == tuple(test.images.shape[1:])
 
 
 def test_the_mixing_step_is_the_official_draw_and_mix():

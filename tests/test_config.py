@@ -267,13 +267,30 @@ def test_the_protocols_tables_are_not_part_of_a_runs_setup():
 
 
 def test_each_datasets_facts_are_the_ones_its_config_and_files_have():
-    from mm_repro.config import DATASETS, EVALUATIONS, FLATTENING_STUDIES, SYNTHETIC_TASKS
+    from mm_repro.config import EVALUATIONS, FLATTENING_STUDIES, SYNTHETIC_TASKS
+    from mm_repro.data import DATASETS
     from mm_repro.evaluation import evaluate
     from mm_repro.experiments import synthetic
 
-    datasets = [name for name in group_options("dataset") if name != "synthetic"]
-    assert set(datasets) <= set(DATASETS)
-    for name in datasets:
-        assert validate_train(compose_train(f"dataset={name}")).dataset.num_classes == DATASETS[name]["classes"], name
+    assert set(group_options("dataset")) == set(DATASETS)  # each config file has its row, each row its file
+    for name in [n for n in DATASETS if n != "synthetic"]:
+        assert validate_train(compose_train(f"dataset={name}")).dataset.num_classes == DATASETS[name].classes, name
     assert tuple(evaluate.EVALUATIONS) == EVALUATIONS and tuple(synthetic.TASKS) == SYNTHETIC_TASKS
     assert FLATTENING_STUDIES == ("section3_2", "figure5", "appendix_g")
+
+
+def test_a_config_file_alone_adds_no_dataset(monkeypatch):
+    # as if conf/dataset/stl10.yaml had been added: refused in one line, never read with another dataset's reader
+    from mm_repro.data import load_splits
+    from mm_repro.training import checks
+
+    offered = checks.group_options
+    monkeypatch.setattr(checks, "group_options", lambda g: (*offered(g), "stl10") if g == "dataset" else offered(g))
+    config = OmegaConf.to_container(compose_train("dataset=svhn"))
+    config["dataset"]["name"] = "stl10"
+    with pytest.raises(UserError, match="dataset='stl10' has no reader in mm_repro/data/"):
+        checks.validate_train(config)
+    dataset = TrainRunConfig().dataset
+    dataset.name = "stl10"
+    with pytest.raises(UserError, match="dataset='stl10' has no reader"):
+        load_splits(dataset)

@@ -38,14 +38,9 @@ from mm_repro import records
 from mm_repro.bench.official import official_loader, official_step
 from mm_repro.bench.options import BENCH_IMAGE, check_bench
 from mm_repro.bench.throughput import cycle, median_rates, peak_for, rate, timed, train_flops_per_image
-from mm_repro.config import (
-    DATASETS,
-    BenchConfig,
-    TrainRunConfig,
-    compose_train,
-)
+from mm_repro.config import BenchConfig, TrainRunConfig, compose_train
 from mm_repro.console import progress
-from mm_repro.data import Arrays, DeviceLoader, random_split
+from mm_repro.data import DATASETS, Arrays, DeviceLoader, random_split
 from mm_repro.method import METHODS
 from mm_repro.method.losses import LOSSES
 from mm_repro.models import build
@@ -59,7 +54,7 @@ from mm_repro.training.randomness import RunRandom, init_model
 from mm_repro.training.trainers.packed import PACKABLE_PRECISIONS
 from mm_repro.training.trainers.single import SingleTrainer
 
-CIFAR10_TRAIN, CIFAR10_TEST = DATASETS["cifar10"]["train"], DATASETS["cifar10"]["test"]
+CIFAR10_TRAIN, CIFAR10_TEST = DATASETS["cifar10"].train, DATASETS["cifar10"].test
 
 
 def run_config(cfg: BenchConfig, seed: int | None = None) -> TrainRunConfig:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mm_repro.config import BenchConfig, image_shape
+from mm_repro.config import BenchConfig
+from mm_repro.data import image_shape
 from mm_repro.errors import UserError
 from mm_repro.models import REGISTRY
 

@@ -31,16 +31,6 @@ def paper_numbers(name: str) -> dict:
     return json.loads((PAPER_DIR / "cpu" / f"{name}.json").read_text())
 
 
-# What each dataset is: classes, training and test images, and one image's shape. conf/dataset/<name>.yaml sets the
-# same num_classes (a test keeps them equal); `plan` reads the training images, `tables` the classes of a legacy
-# record, `bench` CIFAR-10's split sizes.
-DATASETS = {
-    "cifar10": {"classes": 10, "train": 50_000, "test": 10_000, "shape": (3, 32, 32)},
-    "cifar100": {"classes": 100, "train": 50_000, "test": 10_000, "shape": (3, 32, 32)},
-    "svhn": {"classes": 10, "train": 73_257, "test": 26_032, "shape": (3, 32, 32)},
-    "tiny_imagenet": {"classes": 200, "train": 100_000, "test": 10_000, "shape": (3, 64, 64)},
-    "mnist": {"classes": 10, "train": 60_000, "test": 10_000, "shape": (1, 28, 28)},
-}
 
 OPTIMIZERS = ("sgd", "adam")  # sgd: the official SGD (momentum, Nesterov); adam: the MNIST nets'
 PAIRINGS = ("permutation", "flip")
@@ -98,11 +88,6 @@ ADDED_KEYS = {
     "method.cutmix_prob": 0.5,
     "model.arch": None,
 }
-
-
-def image_shape(dataset: Any) -> tuple[int, int, int]:
-    """One image's (channels, height, width) of the configured dataset (the generated one is CIFAR-shaped)."""
-    return DATASETS.get(dataset.name, {}).get("shape", (3, 32, 32))
 
 
 def quoted(value: str) -> str:

@@ -1,5 +1,5 @@
-"""Which dataset a run reads (`load_splits`, the dispatcher), the CIFAR-10/100 and SVHN readers, a generated dataset
-for smoke runs and timing, and the per-class cap and validation split a run's seed draws.
+"""The CIFAR-10/100 and SVHN readers, a generated dataset for smoke runs and timing, and the per-class cap, the class
+subset and the validation split a run's seed draws (data.table says which reader a dataset has).
 
 Files: when they are missing and `dataset.download` is true, torchvision's checksum-verified downloader fetches the
 standard archives (URLs and MD5s are torchvision's own class attributes: data.download); the standard files are then
@@ -20,14 +20,9 @@ import torch.nn.functional as F
 from torchvision.datasets import CIFAR10, CIFAR100, SVHN
 from torchvision.datasets.utils import download_and_extract_archive, download_url
 
-from mm_repro.config import DatasetConfig
 from mm_repro.data.download import ensure
 from mm_repro.data.loader import crop_flip
-from mm_repro.data.mnist import ensure_files as ensure_mnist
-from mm_repro.data.mnist import read_mnist
-from mm_repro.data.tiny_imagenet import ensure_files as ensure_tiny_imagenet
-from mm_repro.data.tiny_imagenet import read_tiny_imagenet
-from mm_repro.data.types import Arrays, Splits
+from mm_repro.data.types import Arrays
 from mm_repro.errors import UserError
 
 SYNTHETIC_SEED = 20190609  # the generated dataset is the same for every run, whatever the run's seed
@@ -214,46 +209,3 @@ def hold_out_per_class(split: Arrays, per_class: int, seed: int) -> tuple[Arrays
     valid.sort()
     keep = np.flatnonzero(mask)
     return Arrays(split.images[keep], split.labels[keep]), Arrays(split.images[valid], split.labels[valid])
-
-
-def _read(cfg: DatasetConfig, root: Path) -> tuple[Arrays, Arrays]:
-    if cfg.name == "synthetic":
-        return make_synthetic(cfg.num_classes, cfg.train_size, cfg.test_size)
-    if cfg.name == "mnist":
-        ensure_mnist(root, cfg.download)
-        return read_mnist(root)
-    if cfg.name == "tiny_imagenet":
-        ensure_tiny_imagenet(root, cfg.download)
-        return read_tiny_imagenet(root)
-    ensure_files(cfg.name, root, cfg.download)
-    return read_svhn(root) if cfg.name == "svhn" else read_cifar(cfg.name, root)
-
-
-def load_splits(cfg: DatasetConfig, seed: int = 0) -> Splits:
-    """Train, test and (with `dataset.valid_per_class`) validation splits of the configured dataset, on the CPU."""
-    root = Path(cfg.root)
-    train, test = _read(cfg, root)
-    for split_name, split in (("train", train), ("test", test)):
-        if len(split.labels) == 0:
-            raise UserError(f"dataset {cfg.name} ({split_name} split in {root.resolve()}) holds no images")
-        low, high = int(split.labels.min()), int(split.labels.max())
-        if low < 0 or high >= cfg.num_classes:
-            bad = low if low < 0 else high
-            raise UserError(
-                f"dataset {cfg.name} ({split_name} split in {root.resolve()}): label {bad} found; labels must lie in "
-                f"0..{cfg.num_classes - 1} (dataset.num_classes={cfg.num_classes})"
-            )
-    if cfg.classes is not None:  # only these labels (Figure 5's digits 0-4), in both splits
-        train, test = only_classes(train, cfg.classes), only_classes(test, cfg.classes)
-    valid = None
-    if cfg.valid_per_class:
-        train, valid = hold_out_per_class(train, cfg.valid_per_class, seed)
-    if cfg.per_class_cap:
-        train = cap_per_class(train, cfg.per_class_cap, seed)
-    return Splits(train, test, valid)
-
-
-def load_arrays(cfg: DatasetConfig, seed: int = 0) -> tuple[Arrays, Arrays]:
-    """Train and test splits of the configured dataset, on the CPU (load_splits, without the validation split)."""
-    splits = load_splits(cfg, seed)
-    return splits.train, splits.test

@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from mm_repro import records
-from mm_repro.config import TrainRunConfig, image_shape
-from mm_repro.data import Splits, fingerprint, load_splits
+from mm_repro.config import TrainRunConfig
+from mm_repro.data import Splits, fingerprint, image_shape, load_splits
 from mm_repro.errors import UserError
 from mm_repro.models import build_from
 from mm_repro.training.checks import validate_train

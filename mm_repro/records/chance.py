@@ -3,7 +3,7 @@ listed apart by `tables` and by `flattening`, never averaged or tested."""
 
 from __future__ import annotations
 
-from mm_repro.config import DATASETS
+from mm_repro.data import DATASETS
 
 CHANCE_ALPHA = 0.001  # a run has learned when its accuracy is above chance at this one-sided p-value
 
@@ -15,11 +15,11 @@ def test_images(result: dict) -> int | None:
     words = str(data.get("test", "")).split(" ", 1)
     if words[0].isdigit():
         return int(words[0])
-    known = DATASETS.get(result["run"].get("dataset"), {})
+    known = DATASETS.get(result["run"].get("dataset"))
     classes = classes_of(result)
-    if not known or not classes:
+    if not known or not known.classes or not classes:
         return None
-    return known["test"] * classes // known["classes"]
+    return known.test * classes // known.classes
 
 
 def classes_of(result: dict) -> int | None:
@@ -27,7 +27,8 @@ def classes_of(result: dict) -> int | None:
     config = result.get("config") if isinstance(result.get("config"), dict) else {}
     kept = config.get("dataset", {}).get("classes") if isinstance(config.get("dataset"), dict) else None
     run = result["run"]
-    return len(kept) if kept else run.get("num_classes") or DATASETS.get(run["dataset"], {}).get("classes")
+    spec = DATASETS.get(run["dataset"])
+    return len(kept) if kept else run.get("num_classes") or (spec.classes if spec else None)
 
 
 def chance_level(accuracy: float, classes: int, images: int | None) -> bool:

@@ -36,7 +36,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from omegaconf import OmegaConf, open_dict, read_write
 
 from mm_repro import records
-from mm_repro.config import image_shape
+from mm_repro.data import image_shape
 from mm_repro.errors import UserError
 from mm_repro.method import METHODS
 from mm_repro.models import REGISTRY, build_from

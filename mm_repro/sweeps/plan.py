@@ -29,8 +29,8 @@ from typing import Any
 from hydra.core.utils import filter_overrides
 from omegaconf import open_dict
 
-from mm_repro.config import DATASETS
 from mm_repro.console import one_line
+from mm_repro.data import DATASETS
 from mm_repro.errors import UserError
 from mm_repro.sweeps.jobs import job_from_hydra
 from mm_repro.sweeps.packed import PackedLaunch, memory_cap, saved_point
@@ -57,7 +57,7 @@ class Planned:
 def train_images(job: Job) -> int:
     """Images per epoch: the split's size (an upper bound under SVHN's per-class cap), less a validation split."""
     d = job.cfg.dataset
-    total = d.train_size if d.name == "synthetic" else DATASETS[d.name]["train"]
+    total = d.train_size if d.name == "synthetic" else DATASETS[d.name].train
     if d.per_class_cap:
         total = min(total, d.per_class_cap * d.num_classes)
     return total - d.valid_per_class * d.num_classes

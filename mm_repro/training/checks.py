@@ -10,7 +10,6 @@ from omegaconf import DictConfig
 
 from mm_repro.config import (
     COMPILE_MODES,
-    DATASETS,
     DEVICES,
     LOGGER_MODES,
     OPTIMIZERS,
@@ -24,9 +23,9 @@ from mm_repro.config import (
     check_number,
     choose,
     group_options,
-    image_shape,
     to_schema,
 )
+from mm_repro.data import dataset_of, image_shape
 from mm_repro.errors import UserError
 from mm_repro.method import method_of
 from mm_repro.method.base import Method
@@ -148,7 +147,7 @@ def _check_data(d: DatasetConfig) -> None:
     """The values the device loader would broadcast or pad with: one mean and one positive std per channel, a
     non-negative crop padding."""
     channels = image_shape(d)[0]
-    fixed = DATASETS.get(d.name, {}).get("classes")
+    fixed = dataset_of(d.name).classes
     if fixed and d.num_classes != fixed:  # the generated dataset alone has as many classes as asked
         raise UserError(
             f"dataset.num_classes={d.num_classes}, but {d.name} has {fixed} classes: a net with another number of "

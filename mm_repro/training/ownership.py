@@ -152,7 +152,7 @@ def _settle_best(run: Run) -> None:
     saved, run_dir = run.saved, run.run_dir
     if run.best_action == "rewrite":
         row = next(r for r in saved["metrics"] if r["epoch"] == run.best_epoch)
-        identity = {k: saved.get(k) for k in ("metrics", "config", "run_id", "data", "packed_with")}
+        identity = {k: saved.get(k) for k in ("metrics", "config", "run_id", "data", "packed_with", "model_spec")}
         state = {"model": saved["model"], "epoch": row["epoch"], "test_error": row["test_error"], **identity}
         records.save_checkpoint(run_dir / records.BEST_CHECKPOINT, {**state, "run_id": run.run_id})
         run.note(f"checkpoints/best.pt rewritten from last.pt: the best epoch ({run.best_epoch}) is last.pt's own")

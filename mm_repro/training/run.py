@@ -15,6 +15,7 @@ import torch
 from mm_repro import console, records
 from mm_repro.config import TrainRunConfig
 from mm_repro.console import emit
+from mm_repro.data import image_shape
 from mm_repro.errors import RunFailed
 from mm_repro.records.tracking import NullTracker
 from mm_repro.training import distributed
@@ -32,6 +33,25 @@ class Job:
     group: str | None = None
     hydra_files: dict[str, Any] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("mm_repro.training.loop"))
+
+
+def model_spec(cfg: TrainRunConfig) -> dict:
+    """The model's constructor arguments (models.build's), its input (one image's shape, pixels in [0, 1] normalised
+    with `mean` and `std`, per channel) and its output (the classes): docs/api.md rebuilds a model from them."""
+    m, d = cfg.model, cfg.dataset
+    return {
+        "name": m.name,
+        "arch": m.arch,
+        "num_classes": d.num_classes,
+        "width": m.width,
+        "bn_init": m.bn_init,
+        "stem_stride": m.stem_stride,
+        "dropout": m.dropout,
+        "image_shape": list(image_shape(d)),
+        "mean": list(d.mean),
+        "std": list(d.std),
+        "classes_kept": list(d.classes) if d.classes else None,  # dataset.classes: the labels it was trained on
+    }
 
 
 @dataclass
@@ -67,13 +87,15 @@ class Run:
             emit(self.job.logger, message, to_files=True)
 
     def identity_state(self) -> dict:
-        """What a checkpoint holds of the run besides its training state: records, config, identity, data."""
+        """What a checkpoint holds of the run besides its training state: records, config, identity, data, and what a
+        user needs to rebuild its model without mm_repro's config (`model_spec`)."""
         return {
             "metrics": self.metrics,
             "config": self.job.config,
             "run_id": self.run_id,
             "data": self.data,
             "packed_with": self.packed_with,
+            "model_spec": model_spec(self.job.cfg),
         }
 
     def record_epoch(self, row: dict) -> None:
