@@ -124,3 +124,33 @@ def test_a_module_that_runs_twice_in_one_forward_is_not_a_point():
 
     with pytest.raises(UserError, match="'shared' ran twice in one forward"):
         api.ManifoldMixup(2.0, ["shared"], 10).loss(Twice(), torch.randn(4, 8), torch.arange(4))
+
+
+@pytest.mark.slow  # four CLI runs of a torchvision resnet18 on 200 MNIST-format images: ~2 min
+def test_a_torchvision_model_trains_resumes_evaluates_and_tabulates_from_the_command_line(tmp_path):
+    import json
+
+    from tests.conftest import data_args, popen_cli, run_cli, wait_for, write_mnist
+
+    root = write_mnist(tmp_path / "data", n_train=200, n_test=60)
+    args = ["train", *data_args(root, "mnist"), "model=torchvision", "model.arch=resnet18", "train.epochs=3",
+            "train.milestones=[]", "train.batch_size=20", "train.checkpoint_seconds=0", "logger=none",
+            "deterministic=true"]  # fmt: skip
+    unbroken = run_cli(*args, f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
+    assert unbroken.returncode == 0, unbroken.stderr[-2000:]
+    result = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert result["run"]["arch"] == "resnet18" and result["run"]["layers"] == ["input", "layer1", "layer2"]
+    proc = popen_cli([*args, f"hydra.run.dir={tmp_path / 'b'}"], tmp_path)
+    wait_for(lambda: (tmp_path / "b" / "metrics.jsonl").exists(), proc, "epoch 1")
+    proc.send_signal(__import__("signal").SIGTERM)
+    proc.communicate(timeout=120)
+    resumed = run_cli(*args, f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr[-2000:]
+    from mm_repro.records import CHECKPOINT, load_checkpoint
+
+    a, b = (load_checkpoint(tmp_path / d / CHECKPOINT)["model"] for d in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # resumed to where the unbroken run ends
+    evaluated = run_cli("evaluate", f"run={tmp_path / 'a'}", cwd=tmp_path)
+    assert evaluated.returncode == 0 and "flattening at klayer1" in evaluated.stdout, evaluated.stderr[-2000:]
+    tabled = run_cli("tables", f"runs={tmp_path}", f"out={tmp_path / 't'}", "include_chance=true", cwd=tmp_path)
+    assert tabled.returncode == 0 and "arch=resnet18" in (tmp_path / "t" / "summary.md").read_text()

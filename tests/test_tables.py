@@ -124,7 +124,7 @@ def test_partial_and_malformed_records_are_reported_not_fatal(tmp_path):
     reasons = {Path(m.split(":")[0]).parent.name: m for m in found.malformed[1:]}
     assert set(reasons) == {"broken", "wrong", "typed", "nulls"}
     assert "final.test_error is '3.0', not a finite number" in reasons["typed"]
-    assert "run.layers is '0,1', not a list of integers" in reasons["nulls"]
+    assert "run.layers is '0,1', not a list of points" in reasons["nulls"]
     assert "does-not-exist: no such directory" in found.malformed[0]
     markdown = make_tables([tmp_path], tmp_path / "out", ["table1_cifar10"], figures=False)["tables"]["table1_cifar10"][
         0

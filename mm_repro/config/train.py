@@ -31,7 +31,6 @@ def paper_numbers(name: str) -> dict:
     return json.loads((PAPER_DIR / "cpu" / f"{name}.json").read_text())
 
 
-
 OPTIMIZERS = ("sgd", "adam")  # sgd: the official SGD (momentum, Nesterov); adam: the MNIST nets'
 PAIRINGS = ("permutation", "flip")
 PRECISIONS = ("fp32", "bf16", "fp16")  # training.step.PRECISION_DTYPES maps them to dtypes

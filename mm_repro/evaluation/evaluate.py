@@ -46,6 +46,7 @@ from mm_repro.evaluation.measures import (
     pgd,
 )
 from mm_repro.evaluation.report import plot_reliability, plot_spectra
+from mm_repro.method.points import INPUT, state_at
 from mm_repro.training.devices import training_device
 
 
@@ -120,9 +121,10 @@ def eval_flattening(e: EvalInputs) -> dict:
     device = e.mean.device
     x = normalize(e.splits.test.images[keep].to(device).float() / 255, e.mean, e.std)
     out: dict[str, Any] = {}
-    for k in e.model.mixing_points:
+    points = getattr(e.model, "mixing_points", None) or [INPUT, *(k for k in e.run.method.layers if k != INPUT)]
+    for k in points:  # a staged model's points; a model of named points, the input and the run's named points
         step = e.cfg.batch_size
-        batches = [e.model.forward_until(x[i : i + step], k).cpu() for i in range(0, len(x), step)]
+        batches = [state_at(e.model, k, x[i : i + step]).cpu() for i in range(0, len(x), step)]
         out[f"k{k}"] = flattening(torch.cat(batches), labels[keep])
     path = e.run_dir / f"{e.figure_prefix}flattening.png"
     out["figure"] = path.name

@@ -81,3 +81,19 @@ def mixed_at(
         yield
     finally:
         handle.remove()
+
+
+def state_at(model: nn.Module, point: int | str, x: torch.Tensor) -> torch.Tensor:
+    """The hidden state at a mixing point for input `x` (no mixing): the input itself at 0 or "input", a staged
+    model's forward_until at an integer, a module's output (through a hook, one forward) at a name."""
+    if point in (0, INPUT):
+        return x
+    if isinstance(point, int):
+        return model.forward_until(x, point)
+    seen: list[torch.Tensor] = []
+    handle = model.get_submodule(point).register_forward_hook(lambda _m, _a, out: seen.append(out))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return seen[0]

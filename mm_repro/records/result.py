@@ -177,8 +177,8 @@ def check_result(result: dict) -> None:
     if run.get("alpha") is not None:
         _number(run["alpha"], "run.alpha")
     layers = run.get("layers", [])
-    if not isinstance(layers, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in layers):
-        raise ValueError(f"run.layers is {layers!r}, not a list of integers")
+    if not isinstance(layers, list) or not all(isinstance(k, int | str) and not isinstance(k, bool) for k in layers):
+        raise ValueError(f"run.layers is {layers!r}, not a list of points (integers or module names)")
     if "seed" in run:
         _integer(run["seed"], "run.seed", 0)
     # `epochs` (the epochs the run trained) is recorded from issue 12 on; an earlier result is bounded by its final

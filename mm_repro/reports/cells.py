@@ -16,7 +16,7 @@ from mm_repro.method import METHODS
 from mm_repro.records.scan import Record
 
 # Shown in every row's setup label; any other key that differs between the groups of a cell is shown too.
-LABEL_KEYS = ("protocol.name", "train.epochs", "model.width", "train.precision")
+LABEL_KEYS = ("protocol.name", "train.epochs", "model.arch", "model.width", "train.precision")
 
 
 MODEL_NAMES = {"preactresnet18": "PreActResNet18", "preactresnet34": "PreActResNet34", "wrn28_10": "Wide-ResNet-28-10"}
