@@ -64,3 +64,29 @@ def test_manifold_mixup_learns_the_real_mnist_as_well_as_erm(mnist_root, tmp_pat
     manifold = _train(mnist_root, tmp_path, "manifold", seed=1)
     assert manifold["setup"]["method.layers"] == [1]  # mixing at the first hidden layer, as section 3.2
     assert manifold["final"]["test_error"] < min(10.0, erm + 1.5), (manifold["final"], erm)
+
+
+def test_mnists_normalisation_and_test_counts_are_the_real_files(mnist_root):
+    # conf/dataset/mnist.yaml's mean and std are the training images' (to its 4 decimals), and the test set's count of
+    # each digit is data.mnist.TEST_IMAGES_PER_DIGIT (which re-judges an old report that did not record its count)
+    from mm_repro.training.checks import validate_train
+    from tests.conftest import compose_train
+
+    train, test = mnist.read_mnist(mnist_root)
+    pixels = train.images.double() / 255
+    cfg = validate_train(compose_train("dataset=mnist", f"dataset.root={mnist_root}"))
+    assert cfg.dataset.mean == [round(float(pixels.mean()), 4)] and cfg.dataset.std == [round(float(pixels.std()), 4)]
+    assert tuple(test.labels.bincount().tolist()) == mnist.TEST_IMAGES_PER_DIGIT
+
+
+def test_a_small_torchvision_model_trains_on_the_real_mnist_from_the_command_line(mnist_root, tmp_path):
+    # torchvision's resnet18 as it comes (its stem taking MNIST's one channel), 200 images a class, one epoch
+    args = ["model=torchvision", "model.arch=resnet18", "dataset.per_class_cap=200", "train.milestones=[]"]
+    results = {}
+    for method in ("erm", "manifold"):
+        where = [f"dataset.root={mnist_root}", f"hydra.run.dir={tmp_path / method}"]
+        proc = run_cli("train", *BUDGET, *args, f"method={method}", *where, cwd=tmp_path, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results[method] = json.loads((tmp_path / method / "result.json").read_text())
+    assert results["manifold"]["run"]["layers"] == ["input", "layer1", "layer2"]
+    assert all(r["final"]["test_error"] < 50.0 for r in results.values()), results  # it learned: chance is 90 %
