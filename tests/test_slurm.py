@@ -263,3 +263,28 @@ def test_a_stopped_launching_process_says_its_jobs_run_on_and_leaves_no_notes(tm
         assert not (sweep / ".failures").exists()
     finally:
         subprocess.run(["scancel", job], check=False)
+
+
+@skip
+def test_a_flattening_study_on_slurm_trains_each_net_as_a_job_and_each_is_the_local_net(tmp_path):
+    # the nets of a small study as SLURM jobs of one CPU each, then measured and reported on the submitting node; each
+    # net bitwise the net the local launcher trains at one thread a job
+    from conftest import write_mnist
+
+    root = write_mnist(tmp_path / "data", n_train=200, n_test=60)
+    study = ["flattening", "study=section3_2", f"dataset_root={root}", "download=false", "epochs=2", "width=16",
+             "lr=0.003", "svd_per_class=6"]  # fmt: skip
+    on_slurm = run_cli(*study, f"out={tmp_path / 'slurm'}", "launcher=slurm",
+                       "launcher_options={partition:debug,mem_gb:2}", cwd=tmp_path, timeout=900)  # fmt: skip
+    assert on_slurm.returncode == 0, on_slurm.stderr[-2000:]
+    report = json.loads((tmp_path / "slurm" / "flattening_section3_2.json").read_text())
+    assert report["provenance"]["nets"].startswith("5 trained as SLURM jobs")
+    assert list((tmp_path / "slurm" / "runs" / ".submitit").iterdir())  # submitit's job folders: SLURM ran them
+    local = run_cli(*study, f"out={tmp_path / 'local'}", "workers=2", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert local.returncode == 0, local.stderr[-2000:]
+    for net in (tmp_path / "slurm" / "runs").glob("mlp_*/seed0"):
+        a = load_checkpoint(net / "checkpoints" / "last.pt")["model"]
+        b = load_checkpoint(tmp_path / "local" / "runs" / net.parent.name / "seed0" / "checkpoints" / "last.pt")[
+            "model"
+        ]
+        assert all((a[k] == b[k]).all() for k in a), net.parent.name

@@ -14,7 +14,7 @@ import torch
 
 from mm_repro import records
 from mm_repro.errors import UserError
-from mm_repro.sweeps.study import Launch, _job_errors, read_jobs
+from mm_repro.sweeps.study import Launch, _job_errors, launcher_overrides, read_jobs
 from tests.conftest import popen_cli, run_cli, wait_for, write_mnist
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -47,7 +47,7 @@ def test_a_listed_sweep_reads_its_jobs_and_refuses_a_bad_file(tmp_path):
 def test_the_launchers_a_study_offers_are_hydras():
     assert Launch("local", 3).hydra_args() == ["hydra/launcher=local", "hydra.launcher.n_jobs=3"]
     assert Launch("local").jobs_at_a_time == os.cpu_count()
-    slurm = Launch("slurm", 4, ("hydra.launcher.partition=cpu",)).hydra_args()
+    slurm = Launch("slurm", 4, tuple(launcher_overrides({"partition": "cpu"}))).hydra_args()
     assert slurm[0] == "hydra/launcher=slurm" and "hydra.launcher.gpus_per_node=0" in slurm
     assert slurm[-1] == "hydra.launcher.partition=cpu"  # the user's options come last, so they win
     assert Launch("basic").hydra_args() == []

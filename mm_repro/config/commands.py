@@ -80,11 +80,11 @@ class SpiralConfig:
 @dataclass
 class Launched:
     """How a study's runs are launched (mm_repro.sweeps.study): Hydra's launcher, the runs at a time (null: one per
-    core) and extra launcher overrides (e.g. [hydra.launcher.partition=cpu] for SLURM)."""
+    core) and the launcher's own options (hydra.launcher.<key>, e.g. {partition: cpu} for SLURM)."""
 
     launcher: str = rule("local", choices=STUDY_LAUNCHERS)
     workers: int | None = rule(None, ge=1)
-    launcher_overrides: list[str] = field(default_factory=list)
+    launcher_options: dict[str, Any] | None = None
 
 
 @dataclass

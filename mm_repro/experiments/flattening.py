@@ -48,7 +48,7 @@ from mm_repro.models import MLP_NETS
 from mm_repro.records.chance import at_chance
 from mm_repro.records.provenance import provenance, start_record
 from mm_repro.records.tracking import open_tracker
-from mm_repro.sweeps.study import Launch, StudyJob, failed, launch
+from mm_repro.sweeps.study import Launch, StudyJob, failed, launch, launcher_overrides
 from mm_repro.training.checks import validate_train
 from mm_repro.training.ownership import completed
 from mm_repro.training.run import Job
@@ -142,7 +142,7 @@ def reused(job: Job, out: Path) -> dict | None:
 def train_nets(cfg: StudyConfig, todo: list[StudyJob], total: int, out: Path) -> str:
     """The study's nets not yet complete (`todo`, of `total`) trained as one sweep (mm_repro.sweeps.study), in
     parallel; how the nets ran, in words."""
-    how = Launch(cfg.launcher, cfg.workers, tuple(cfg.launcher_overrides))
+    how = Launch(cfg.launcher, cfg.workers, tuple(launcher_overrides(cfg.launcher_options)))
     if not todo:
         return "all reused (trained before)"
     failures = launch("train", todo, out / "runs", how, f"flattening {cfg.study}", total)

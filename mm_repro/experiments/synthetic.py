@@ -36,7 +36,7 @@ from mm_repro.experiments.synthetic_report import BATCH, METHODS, claims, mean_s
 from mm_repro.files import output_dir, read_json, write_json
 from mm_repro.records.provenance import provenance, start_record
 from mm_repro.records.tracking import open_tracker
-from mm_repro.sweeps.study import Launch, StudyJob, failed, launch
+from mm_repro.sweeps.study import Launch, StudyJob, failed, launch, launcher_overrides
 from mm_repro.training.devices import training_device
 from mm_repro.training.randomness import init_model
 
@@ -208,7 +208,7 @@ def run_synthetic(cfg: SyntheticConfig) -> dict:
     made = classifier_jobs(cfg, out)
     todo = [job for job, wanted in made if reusable(job.run_dir / CLASSIFIER, wanted) is None]
     output_dir(out)  # made once nothing refused the task: a refused one leaves no directory
-    how = Launch(cfg.launcher, cfg.workers, tuple(cfg.launcher_overrides))
+    how = Launch(cfg.launcher, cfg.workers, tuple(launcher_overrides(cfg.launcher_options)))
     if todo:
         failures = launch("synthetic", todo, out / "runs", how, f"synthetic task {cfg.task}", len(made))
         if failures:

@@ -4,7 +4,7 @@ classifiers of a `synthetic` task are one Hydra sweep, `python -m mm_repro <comm
 
 `launcher` picks Hydra's launcher: `local` (the joblib launcher: `workers` jobs at a time, one per core by default,
 each on its share of the cores, sweeps.jobs.share_threads), `slurm` (the submitit launcher: each job a SLURM job of
-one CPU; `launcher_overrides` adds its options, such as `hydra.launcher.partition=...`) or `basic` (one job after
+one CPU; `launcher_options` sets its options, such as `launcher_options={partition:cpu}`) or `basic` (one job after
 another in one process). A job trained in parallel is the job trained alone at the same thread count (each is an
 ordinary run with its own seeded streams; tests/test_study.py compares them bitwise).
 
@@ -17,7 +17,9 @@ resumes them, and finished jobs are reused.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,10 +30,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mm_repro import console, records
+from mm_repro.config import quoted
 from mm_repro.console import progress
 from mm_repro.errors import Preempted, RunFailed, UserError
 
-# A study's SLURM job is one CPU job; `launcher_overrides` changes any of these (and adds the partition).
+# A study's SLURM job is one CPU job; `launcher_options` changes any of these (and adds the partition).
 SLURM_DEFAULTS = ["hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=4"]
 
 
@@ -80,6 +83,18 @@ class Launch:
         if self.launcher == "slurm":
             return "as SLURM jobs (Hydra's submitit launcher), one CPU each"
         return f"one after another in one process, {threads or 'every core'} thread(s)"
+
+
+def launcher_overrides(options: dict | None) -> list[str]:
+    """A study's `launcher_options` ({partition: cpu, mem_gb: 2}) as Hydra overrides of hydra.launcher.<key>."""
+    out = []
+    for key, value in (options or {}).items():
+        text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+        out.append(f"hydra.launcher.{key}={text if PLAIN.fullmatch(text) else quoted(text)}")
+    return out
+
+
+PLAIN = re.compile(r"[A-Za-z0-9_\-+./:]*")  # a value Hydra's grammar reads as itself
 
 
 def read_jobs(path: str | Path) -> list[list[str]]:
