@@ -40,6 +40,7 @@ DEFERRED = {
     "matplotlib.ticker": "figures only (as matplotlib)",
     "wandb": "only with logger=wandb; several seconds to import",
     "scipy.io": "only SVHN's .mat files need it; slow to import",
+    "scipy": "scipy.stats, only where a claim or a run's chance is decided; slow to import",
     "PIL": "only Tiny-ImageNet's JPEGs, the synthetic renderer and the official-style loader need it",
     "torchvision.transforms": "only the official-style loader of `bench`",
     "torchvision.datasets": "the MNIST class's mirrors and MD5s, only when downloading",
@@ -59,8 +60,8 @@ DEFERRED = {
 }
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def _module_name(path: Path, package: Path = PACKAGE) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -69,21 +70,47 @@ def _room(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
-def _imports() -> dict[str, list[tuple[str, bool, int]]]:
-    """Every module's imports: (module imported, at function level, line), mm_repro and third-party alike."""
-    found: dict[str, list[tuple[str, bool, int]]] = {}
-    for path in PACKAGE.rglob("*.py"):
+# Modules that import by a computed name (importlib), each with what it may import so: the layout test counts a
+# literal importlib name as an import, and refuses any other computed one.
+DYNAMIC = {"mm_repro.method": "discovers its own room's method modules (mm_repro.method.<name>: METHOD)"}
+
+
+def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The module a relative `from .x import y` names, from the importing module's name."""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def _imports(package: Path = PACKAGE) -> dict[str, list[tuple[str, bool, int, bool]]]:
+    """Every module's imports: (module imported, at function level, line, whether it is a `from m import name`'s
+    name), mm_repro and third-party alike; relative imports resolved, importlib's literal names counted, a computed
+    name outside DYNAMIC reported as `<computed>`."""
+    found: dict[str, list[tuple[str, bool, int, bool]]] = {}
+    for path in package.rglob("*.py"):
         tree = ast.parse(path.read_text())
         top = {id(n) for n in tree.body}
+        module = _module_name(path, package)
         out = []
         for node in ast.walk(tree):
             inner = id(node) not in top and not _in_type_checking(tree, node)
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                out.append((node.module, inner, node.lineno))
-                out += [(f"{node.module}.{a.name}", inner, node.lineno) for a in node.names]
+            if isinstance(node, ast.ImportFrom):
+                name = node.module if node.level == 0 else _absolute(node, module, path.name == "__init__.py")
+                out.append((name, inner, node.lineno, False))
+                out += [(f"{name}.{a.name}", inner, node.lineno, True) for a in node.names]
             elif isinstance(node, ast.Import):
-                out += [(a.name, inner, node.lineno) for a in node.names]
-        found[_module_name(path)] = out
+                out += [(a.name, inner, node.lineno, False) for a in node.names]
+            elif isinstance(node, ast.Call) and ast.unparse(node.func) in (
+                "importlib.import_module",
+                "import_module",
+                "__import__",
+            ):
+                arg = node.args[0] if node.args else None
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    out.append((arg.value, True, node.lineno, False))
+                elif module not in DYNAMIC:
+                    out.append(("<computed>", True, node.lineno, False))
+        found[module] = out
     return found
 
 
@@ -97,18 +124,34 @@ def _in_type_checking(tree: ast.Module, node: ast.AST) -> bool:
 MODULES = {_module_name(p) for p in PACKAGE.rglob("*.py")}
 
 
-def _graph() -> dict[str, set[str]]:
-    return {m: {i for i, _, _ in imports if i in MODULES and i != m} for m, imports in _imports().items()}
+def _graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    modules = {_module_name(p, package) for p in package.rglob("*.py")}
+    return {m: {i for i, *_ in imports if i in modules and i != m} for m, imports in _imports(package).items()}
+
+
+def upward_imports(package: Path = PACKAGE) -> list[str]:
+    """Every import of a room of the same or a higher layer."""
+    return [
+        f"{m} imports {i} (layer {LAYER[_room(m)]} -> {LAYER[_room(i)]})"
+        for m, imports in _graph(package).items()
+        for i in sorted(imports)
+        if _room(i) != _room(m) and LAYER[_room(i)] >= LAYER[_room(m)]
+    ]
+
+
+def unexplained_function_imports(package: Path = PACKAGE) -> list[str]:
+    """Every function-level import that defers no dependency DEFERRED names (a `from m import name` is judged by m)."""
+    return sorted(
+        f"{m}:{line} imports {i} inside a function"
+        for m, imports in _imports(package).items()
+        for i, inner, line, is_name in imports
+        if inner and not is_name and not any(i == d or i.startswith(d + ".") for d in DEFERRED)
+    )
 
 
 def test_every_import_follows_the_layer_order():
     assert set(LAYER) >= {_room(m) for m in MODULES}, "a room without a layer"
-    upward = [
-        f"{m} imports {i} (layer {LAYER[_room(m)]} -> {LAYER[_room(i)]})"
-        for m, imports in _graph().items()
-        for i in sorted(imports)
-        if _room(i) != _room(m) and LAYER[_room(i)] >= LAYER[_room(m)]
-    ]
+    upward = upward_imports()
     assert not upward, "\n".join(upward)
 
 
@@ -131,15 +174,28 @@ def test_no_import_cycle_function_level_imports_included():
 
 
 def test_function_level_imports_only_defer_a_heavy_dependency():
-    unexplained = sorted(
-        f"{m}:{line} imports {i} inside a function"
-        for m, imports in _imports().items()
-        for i, inner, line in imports
-        if inner
-        and not any(i == d or i.startswith(d + ".") for d in DEFERRED)
-        and not any(i2 == i.rsplit(".", 1)[0] and inner2 for i2, inner2, _ in imports)  # `from x import name`
-    )
+    unexplained = unexplained_function_imports()
     assert not unexplained, "\n".join(unexplained)
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "kind"),
+    [
+        ("data/types.py", "from ..training import loop", "a relative import of a higher room"),
+        ("data/types.py", "import importlib\nimportlib.import_module('mm_repro.cli')", "a string import (importlib)"),
+        ("data/types.py", "def f():\n    import omegaconf\n", "an undotted import inside a function"),
+        ("data/types.py", "def f():\n    from omegaconf import OmegaConf\n", "a from-import inside a function"),
+        ("data/types.py", "import importlib\nname = 'mm_repro.cli'\nimportlib.import_module(name)", "a computed name"),
+        ("records/result.py", "from mm_repro.training import loop", "an upward import"),
+    ],
+)
+def test_the_layout_test_fails_on_each_kind_of_forbidden_import(tmp_path, module, line, kind):
+    copy = tmp_path / "mm_repro"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert not upward_imports(copy) and not unexplained_function_imports(copy)  # the copy is clean as it is
+    path = copy / module
+    path.write_text(path.read_text() + "\n" + line + "\n")
+    assert upward_imports(copy) or unexplained_function_imports(copy), kind
 
 
 def test_every_module_is_small():

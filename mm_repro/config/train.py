@@ -9,6 +9,7 @@ the model does not have, say) are training.checks's.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,6 @@ PAPER_DIR = _PACKAGE / "paper" if _INSTALLED else _PACKAGE.parent / "results" / 
 def paper_numbers(name: str) -> dict:
     """The paper's numbers for one of the CPU experiments (results/paper/cpu/<name>.json: flattening, table8), read
     as `tables` reads the GPU tables' (results/paper/*.json)."""
-    import json
-
     return json.loads((PAPER_DIR / "cpu" / f"{name}.json").read_text())
 
 

@@ -23,6 +23,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mm_repro.config import ADDED_KEYS
@@ -84,8 +85,6 @@ def checkpoint_digest(path: Path) -> str:
 
 def _numpy_globals() -> list:
     """What the earlier formats' numpy arrays (the random streams' keys) need to be rebuilt under weights_only."""
-    import numpy as np
-
     reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
     return [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, setup_globals
+from omegaconf import OmegaConf
 
 from mm_repro.errors import RunFailed, UserError
 from mm_repro.sweeps.jobs import share_threads
@@ -46,7 +47,6 @@ def _executor(params: dict) -> Any:
     """A submitit SLURM executor with `hydra/launcher=slurm`'s options, passed as Hydra's submitit launcher does."""
     import submitit
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-    from omegaconf import OmegaConf
 
     executor = submitit.AutoExecutor(
         cluster="slurm", folder=params["submitit_folder"], slurm_max_num_timeout=params["max_num_timeout"]
