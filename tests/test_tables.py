@@ -421,3 +421,42 @@ def test_a_sweep_cell_shows_its_methods_on_one_axis(tmp_path):
     index = (tmp_path / "out" / "comparisons" / "index.md").read_text()
     assert figure.name in index and "No Mixup (2), Input Mixup (α = 1) (2), Manifold Mixup (α = 2) (2)" in index
     assert made["scan"].records and figure.stat().st_size > 20_000
+
+
+@pytest.mark.parametrize(("epochs", "seeds"), [(1, 1), (1, 3), (6, 1), (6, 3)])
+def test_every_curve_shows_its_points_and_promises_no_band_it_cannot_draw(epochs, seeds):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mm_repro.reports.curves import draw_curve
+
+    fig, ax = plt.subplots()
+    xs = list(range(1, epochs + 1))
+    draw_curve(ax, xs, [50.0 - e for e in xs], [1.0] * epochs, seeds, f"manifold mixup (n={seeds})")
+    ax.legend()
+    line = ax.get_lines()[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert line.get_marker() == "o"  # at most a dozen points: each one drawn (one epoch is one visible point)
+    assert any("± 1 std" in label for label in labels) == (seeds > 1)  # a band only where seeds give a spread
+    assert len(ax.collections) == (1 if seeds > 1 else 0)  # the band, or at one epoch its error bar
+    low, high = ax.get_xlim()
+    assert low < xs[0] and high > xs[-1] and high - low >= 2  # the points inside the axis, not on its edges
+    plt.close(fig)
+
+
+def test_a_one_epoch_sweeps_figures_are_drawn_with_their_points(tmp_path):
+    for seed, method in ((0, "erm"), (0, "manifold"), (1, "manifold")):
+        d = _record(tmp_path / "runs", f"{method}{seed}", method, seed, 40.0 + seed, 40.0 + seed, 1.2, epochs=1)
+        result = json.loads((d / "result.json").read_text())
+        result["final"]["epoch"] = result["best"]["epoch"] = 1
+        (d / "result.json").write_text(json.dumps(result))
+        row = {"epoch": 1, "lr": 0.1, "train_loss": 1.0, "test_error": 40.0 + seed, "test_nll": 1.2}
+        (d / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    from mm_repro.reports.curves import plot_comparisons, plot_learning_curves
+
+    records = scan([tmp_path / "runs"]).records
+    assert len(plot_comparisons(records, tmp_path / "out")) == 1
+    plot_learning_curves(records, tmp_path / "out")
+    assert len(list((tmp_path / "out" / "curves").glob("*.png"))) == 2

@@ -20,6 +20,9 @@ def run(cfg: Any) -> None:
     made = make_tables(paths, out, as_list(tcfg.tables) or None, tcfg.figures, tcfg.include_chance, report)
     for markdown, _ in made["tables"].values():
         print(markdown)
+    if made["empty"]:
+        print(f"{len(made['empty'])} paper table(s) matched none of these runs (their files hold the paper's numbers "
+              f"alone; no figure): {', '.join(made['empty'])}")  # fmt: skip
     if made["unmatched"]:
         print(f"{len(made['unmatched'])} complete run(s) fit no paper table: see {out / 'summary.md'}")
     print(f"{made['scan'].summary()}; tables written to {out}/ (summary.md: every run, by setup)")

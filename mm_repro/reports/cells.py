@@ -96,11 +96,26 @@ def matches(row: dict, record: Record) -> bool:
 
 
 def setup_labels(setups: list[dict]) -> list[str]:
-    """A short label per setup: the LABEL_KEYS, and every key whose value differs between the setups."""
+    """A short label per setup: the LABEL_KEYS, and every key whose value differs between the setups, except what
+    follows from another: where the datasets (models, methods) differ, the dataset's (model's, method's) other keys and
+    its files' fingerprints are its own and stay in the CSV. A fingerprint shows its hash's first 8 characters."""
     keys = set().union(*setups) if setups else set()
     differing = sorted(k for k in keys if len({json.dumps(s.get(k), default=str) for s in setups}) > 1)
-    shown = [k for k in LABEL_KEYS if k in keys] + [k for k in differing if k not in LABEL_KEYS]
-    return [", ".join(f"{short_key(k)}={s.get(k)}" for k in shown if s.get(k) is not None) for s in setups]
+    named = {group for group in ("dataset", "model", "method") if f"{group}.name" in differing}
+    implied = lambda k: (k.split(".")[0] in named and not k.endswith(".name")) or (  # noqa: E731
+        k.startswith("data.") and "dataset" in named
+    )
+    shown = [k for k in LABEL_KEYS if k in keys] + [k for k in differing if k not in LABEL_KEYS and not implied(k)]
+    return [", ".join(f"{short_key(k)}={_short_value(k, s.get(k))}" for k in shown if s.get(k) is not None)
+            for s in setups]  # fmt: skip
+
+
+def _short_value(key: str, value: Any) -> Any:
+    """A data fingerprint ("60000 images, sha256 0123...") as its count and hash prefix; any other value as it is."""
+    if key.startswith("data.") and isinstance(value, str) and "sha256 " in value:
+        count, digest = value.split(", sha256 ", 1)
+        return f"{count.split()[0]}:{digest[:8]}"
+    return value
 
 
 def short_key(key: str) -> str:

@@ -35,6 +35,22 @@ def loss_curve(records: list[Record], key: str = "train_loss") -> tuple[list[int
     return epochs, means, stds
 
 
+def draw_curve(ax: object, epochs: list[int], means: list[float], stds: list[float], n: int, label: str) -> None:
+    """One mean curve on `ax`: its points marked where there are few (a 1-epoch run is one visible point, not an
+    invisible line), a one-std band only over two seeds or more (one seed has no spread to draw), an x axis around
+    its epochs."""
+    (line,) = ax.plot(epochs, means, marker="o" if len(epochs) <= 12 else None, markersize=4, label=label)
+    if n > 1 and len(epochs) == 1:  # a band one epoch wide is invisible: an error bar
+        ax.errorbar(epochs, means, yerr=[min(stds[0], means[0])], color=line.get_color(), capsize=4,
+                    linestyle="none", label=f"{label}: ± 1 std")  # fmt: skip
+    elif n > 1:
+        low = [max(m - d, 0.0) for m, d in zip(means, stds, strict=True)]
+        high = [m + d for m, d in zip(means, stds, strict=True)]
+        ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, label=f"{label}: ± 1 std")
+    if len(epochs) == 1:
+        ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+
+
 def fresh_folder(out: Path, name: str) -> Path:
     """out/name, emptied of the figures and index an earlier `tables` drew there (groups it no longer scans)."""
     folder = out / name
@@ -63,10 +79,8 @@ def plot_learning_curves(records: list[Record], out: Path) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
         for ax, key, what in zip(axes, ("test_error", "train_loss"), ("test error (%)", "training loss"), strict=True):
             epochs, means, stds = loss_curve(group, key)
-            (line,) = ax.plot(epochs, means, label=f"mean over {len(group)} seed(s)")
-            low = [m - d for m, d in zip(means, stds, strict=True)]
-            high = [m + d for m, d in zip(means, stds, strict=True)]
-            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.25, label="± 1 std")
+            what_line = f"mean over {len(group)} seeds" if len(group) > 1 else "one seed"
+            draw_curve(ax, epochs, means, stds, len(group), what_line)
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(what)
@@ -138,10 +152,7 @@ def plot_comparisons(records: list[Record], out: Path) -> list[Path]:
         for ax, key, what in zip(axes, ("test_error", "train_loss"), ("test error (%)", "training loss"), strict=True):
             for label, group in lines.items():
                 epochs, means, stds = loss_curve(group, key)
-                (line,) = ax.plot(epochs, means, label=f"{label} (n={len(group)})")
-                low = [max(m - d, 0.0) for m, d in zip(means, stds, strict=True)]
-                high = [m + d for m, d in zip(means, stds, strict=True)]
-                ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
+                draw_curve(ax, epochs, means, stds, len(group), f"{label} (n={len(group)})")
             for milestone in cell[0].setup.get("train.milestones") or []:
                 ax.axvline(milestone, color="grey", linestyle=":", linewidth=1)
             ax.set_xlabel("epoch" + (" (dotted: LR x gamma)" if cell[0].setup.get("train.milestones") else ""))
@@ -151,7 +162,8 @@ def plot_comparisons(records: list[Record], out: Path) -> list[Path]:
             ax.legend(fontsize=7)
         setup = cell[0].setup
         common = ", ".join(f"{short_key(k)}={setup.get(k)}" for k in LABEL_KEYS if k in setup)
-        title = f"{run['dataset']} {run['model']}: the methods compared; {common}; mean ± 1 std over seeds"
+        spread = "mean ± 1 std over seeds" if any(len(g) > 1 for g in lines.values()) else "one seed each"
+        title = f"{run['dataset']} {run['model']}: the methods compared; {common}; {spread}"
         fig.suptitle(wrap(title, 120), fontsize=9)
         fig.savefig(folder / name, dpi=100)
         plt.close(fig)

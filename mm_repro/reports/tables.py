@@ -137,20 +137,25 @@ def make_tables(
         raise UserError(f"runs={','.join(map(str, paths))} holds no run directories; nothing was written")
     output_dir(out)
     remove_stale_temporaries(out, ("curves",))  # a tables run killed mid-write left them
-    rendered = {}
+    rendered, empty = {}, []
     for spec in specs:
         rows = build_rows(spec, scanned.records, report)
         markdown = to_markdown(spec, rows, scanned)
         atomic_write(out / f"{spec['table']}.md", markdown.encode())
         atomic_write(out / f"{spec['table']}.csv", writer.csv_text(rows).encode())
         atomic_write(out / f"{spec['table']}.tex", writer.latex(rows, spec["title"]).encode())
-        rendered[spec["table"]] = (markdown, rows)
+        if any(matches(row, r) for row in spec["rows"] for r in scanned.records):
+            rendered[spec["table"]] = (markdown, rows)
+        else:  # the paper's numbers alone: its files are written, it is not printed and it gets no figure
+            empty.append(spec["table"])
     rows = summary.summary_rows(scanned.records)
     unmatched = summary.fits_no_table(scanned.records, load_specs())
     atomic_write(out / "summary.md", summary.to_markdown(rows, unmatched).encode())
     atomic_write(out / "summary.csv", summary.writer.csv_text(rows).encode())
+    for name in empty:  # a figure of an earlier `tables` run into this directory would belong to no runs now
+        (out / f"{name}.png").unlink(missing_ok=True)
     if figures:
-        plot_figures(specs, scanned.records, out)
+        plot_figures([s for s in specs if s["table"] in rendered], scanned.records, out)
         plot_learning_curves(scanned.records, out)
         plot_comparisons(scanned.records, out)
-    return {"scan": scanned, "tables": rendered, "unmatched": unmatched}
+    return {"scan": scanned, "tables": rendered, "empty": empty, "unmatched": unmatched}
