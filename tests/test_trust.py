@@ -716,3 +716,26 @@ def test_a_flattening_study_of_another_config_says_what_to_do_in_its_own_keys(tm
     message = str(info.value)
     assert "(train.epochs: 10 -> 5)" in message and "choose another out=" in message
     assert "train.resume" not in message  # not a key of `flattening`
+
+
+def test_a_runs_wandb_name_says_what_tells_it_apart_and_its_path_is_in_its_config(tmp_path):
+    from mm_repro.training.run import tracker_name
+
+    job = _job(tmp_path / "a" / ("x" * 100), "seed=3", "method=manifold")
+    job.hydra_files["overrides.yaml"] = ["dataset=synthetic", "method=manifold", "method.alpha=1.0", "seed=3",
+                                         f"hydra.run.dir={job.run_dir}", "dataset.root=/far/away"]  # fmt: skip
+    name = tracker_name(job)
+    assert name == "synthetic preactresnet18 manifold method.alpha=1.0 seed3"
+    job.hydra_files["overrides.yaml"] += [f"train.note{i}=a-long-value" for i in range(9)]
+    assert len(tracker_name(job)) == 80 and tracker_name(job).endswith("...")
+
+
+@pytest.mark.slow  # two small sweeps through the CLI
+def test_each_sweep_into_one_directory_keeps_its_own_record(tmp_path):
+    args = ["train", "-m", *SYNTHETIC, "model.width=4", "train.epochs=1", "train.milestones=[]", "logger=none",
+            f"hydra.sweep.dir={tmp_path / 'runs'}"]  # fmt: skip
+    for alphas in ("method.alpha=0.5,1.0", "method.alpha=2.0"):
+        assert run_cli(*args, alphas, cwd=tmp_path).returncode == 0
+    kept = sorted((tmp_path / "runs" / "sweeps").glob("*.yaml"), key=lambda p: p.stat().st_mtime_ns)
+    assert len(kept) == 2
+    assert "method.alpha=0.5,1.0" in kept[0].read_text() and "method.alpha=2.0" in kept[1].read_text()

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import traceback
 import uuid
 from pathlib import Path
@@ -173,6 +174,15 @@ def undo_sweep_start(interrupted: bool = False) -> None:
         path = path.parent
 
 
+def keep_sweep_record(sweep_dir: Path) -> None:
+    """Hydra writes each sweep's multirun.yaml over the last one in the sweep directory (every sweep into `runs`
+    shares it): a copy of it is kept as sweeps/<time>-<pid>.yaml, one per sweep."""
+    latest = sweep_dir / "multirun.yaml"
+    if latest.is_file():
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        records.atomic_write(sweep_dir / "sweeps" / f"{stamp}-{os.getpid()}.yaml", latest.read_bytes())
+
+
 class FailureReport(Callback):
     """Hydra callback (conf/train.yaml): opens the sweep's failure notes at its start, reports them at its end. A
     sweep whose every job was refused (bad input, exit 2: nothing trained) leaves the sweep directory's earlier
@@ -207,6 +217,8 @@ class FailureReport(Callback):
                 multirun_yaml.unlink(missing_ok=True)
             else:
                 records.atomic_write(multirun_yaml, before)
+        elif str(config.hydra.job.name) != "plan":
+            keep_sweep_record(Path(str(config.hydra.sweep.dir)))
         for note in sorted(notes, key=lambda n: n["num"]):
             FAILED_JOBS.append((f"{note['job']}: {note['message']}", note["exit_code"]))
         done = [json.loads(p.read_text()).get("run_dir") for p in path.glob("ok-*.json")]

@@ -54,6 +54,18 @@ def model_spec(cfg: TrainRunConfig) -> dict:
     }
 
 
+def tracker_name(job: Job) -> str:
+    """A run's W&B name: what tells it apart (dataset, model or architecture, method, the overrides that differ from
+    the defaults, the seed), at most 80 characters; its path is in its W&B config (`run_dir`)."""
+    c = job.cfg
+    parts = [c.dataset.name, c.model.arch or c.model.name, c.method.name]
+    skip = ("dataset=", "model=", "method=", "seed=", "hydra.", "logger", "dataset.root", "dataset.download", "device")
+    overrides = job.hydra_files.get("overrides.yaml")
+    parts += [str(o) for o in (overrides or []) if not str(o).startswith(skip)]
+    name = " ".join([*parts, f"seed{c.seed}"])
+    return name if len(name) <= 80 else name[:77] + "..."
+
+
 @dataclass
 class Run:
     job: Job

@@ -25,7 +25,7 @@ from mm_repro.training.distributed import Shards, World
 from mm_repro.training.optim import lr_at
 from mm_repro.training.ownership import claim, take_over
 from mm_repro.training.randomness import RunRandom
-from mm_repro.training.run import Job, Run
+from mm_repro.training.run import Job, Run, tracker_name
 
 
 class Clock:
@@ -177,7 +177,8 @@ def open_session(jobs: list[Job], world: World, device: torch.device, started: f
             take_over(run)
             if world.is_main:
                 job = run.job
-                run.tracker = open_tracker(job.cfg.logger, run.run_dir, job.config, str(run.run_dir), job.group)
+                config = {**job.config, "run_dir": str(run.run_dir)}  # the path in its config, a short name
+                run.tracker = open_tracker(job.cfg.logger, run.run_dir, config, tracker_name(job), job.group)
         session.cursor.restore([r.saved for r in runs])
         for run in runs:
             others = {str(r.run_dir) for r in runs if r is not run}
