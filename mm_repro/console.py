@@ -1,4 +1,5 @@
-"""Every line a user sees comes from here: the one-line error and its exit code's wording (`one_line`,
+"""The lines a user sees of a run and a refused command come from here (a command's own report is printed by its
+module in commands/): the one-line error and its exit code's wording (`one_line`,
 `error_line`, `error`), the warnings, a run's console lines (`emit`, the epoch table's header and rows, the ETA), and
 progress through tqdm: a bar on a terminal; in a log (stderr not a terminal, as under SLURM) a plain line at a steady
 interval (`MM_REPRO_PROGRESS_SECONDS`, default 60), each refresh written as one line instead of redrawn with carriage
@@ -162,10 +163,6 @@ def error_line(exc: BaseException) -> str:
 def error(message: str) -> None:
     """`error: <message>` on stderr: a refused command's one line, or one failed job's."""
     sys.stderr.write(f"error: {message}\n")
-
-
-def warn(message: str) -> None:
-    sys.stderr.write(f"warning: {message}\n")
 
 
 def stderr(message: str) -> None:

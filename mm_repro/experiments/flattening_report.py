@@ -14,6 +14,7 @@ from mm_repro.data.mnist import TEST_IMAGES_PER_DIGIT
 from mm_repro.files import write_json
 from mm_repro.records.chance import chance_level
 from mm_repro.reports import verdicts, writer
+from mm_repro.reports.cells import spread
 
 # The paper's numbers (results/paper/cpu/flattening.json): section 3.2, per method (largest singular value, sum of the
 # others); Appendix G, the mean first singular value per figure (Figure 12 and Figure 5 print none).
@@ -31,14 +32,6 @@ def _paper(study: str, setup: str, method: str, key: str) -> float | None:
     if study == "appendix_g" and key == "top":
         return PAPER[study].get(setup, {}).get(method)
     return None
-
-
-def _spread(values: list[float]) -> str:
-    if not values:  # every seed of the net at chance level
-        return MISSING
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
 
 
 def groups(report: dict) -> dict[tuple[str, str], list[dict]]:
@@ -66,10 +59,10 @@ def table_rows(report: dict) -> list[dict]:
                 "method": method,
                 "layer": every[0]["net"]["measured"],
                 "seeds": f"{len(rs)} ({apart} at chance, not averaged)" if apart else len(rs),
-                "test accuracy (%)": _spread([r["test_accuracy"] for r in rs]),
-                "ours: top singular value": _spread([r["mean_top"] for r in rs]),
+                "test accuracy (%)": spread([r["test_accuracy"] for r in rs]),
+                "ours: top singular value": spread([r["mean_top"] for r in rs]),
                 "paper: top": MISSING if paper_top is None else f"{paper_top:g}",
-                "ours: sum of the others": _spread([r["mean_rest"] for r in rs]),
+                "ours: sum of the others": spread([r["mean_rest"] for r in rs]),
                 "paper: others": MISSING if paper_rest is None else f"{paper_rest:g}",
             }
         )

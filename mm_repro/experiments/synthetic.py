@@ -32,10 +32,11 @@ from torch import nn
 from mm_repro.config import SyntheticConfig, paper_numbers, quoted
 from mm_repro.console import progress
 from mm_repro.errors import UserError
-from mm_repro.experiments.synthetic_report import BATCH, METHODS, claims, mean_std, write_report
+from mm_repro.experiments.synthetic_report import BATCH, METHODS, claims, write_report
 from mm_repro.files import output_dir, read_json, write_json
 from mm_repro.records.provenance import provenance, start_record
 from mm_repro.records.tracking import open_tracker
+from mm_repro.reports.cells import spread
 from mm_repro.sweeps.study import Launch, StudyJob, failed, launch, launcher_overrides
 from mm_repro.training.devices import training_device
 from mm_repro.training.randomness import init_model
@@ -226,9 +227,9 @@ def run_synthetic(cfg: SyntheticConfig) -> dict:
             {
                 "task": cfg.task,
                 "model": names[method],
-                "ours: test accuracy (%)": mean_std([r["test_accuracy"] for r in mine], 2),
+                "ours: test accuracy (%)": spread([r["test_accuracy"] for r in mine], 2),
                 "paper: test accuracy (%)": f"{PAPER[cfg.task][method][0]:g}",
-                "ours: test NLL": mean_std([r["test_nll"] for r in mine], 4),
+                "ours: test NLL": spread([r["test_nll"] for r in mine], 4),
                 "paper: test NLL": f"{PAPER[cfg.task][method][1]:g}",
             }
         )

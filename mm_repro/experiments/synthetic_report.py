@@ -6,21 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from mm_repro.files import write_json
 from mm_repro.reports import verdicts
 from mm_repro.reports.writer import write_table
 
 METHODS = ("none", "input", "factor")  # Table 8's rows: no mixup, input mixup, factor mixup
 BATCH = 128  # images a step, as the official script
-
-
-def mean_std(values: list[float], digits: int) -> str:
-    """`mean ± std` over seeds (sample std, as `tables`); the mean alone for one seed."""
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
 def claims(results: list[dict]) -> list[dict]:

@@ -102,8 +102,11 @@ def setup_labels(setups: list[dict]) -> list[str]:
     keys = set().union(*setups) if setups else set()
     differing = sorted(k for k in keys if len({json.dumps(s.get(k), default=str) for s in setups}) > 1)
     named = {group for group in ("dataset", "model", "method") if f"{group}.name" in differing}
-    implied = lambda k: (k.split(".")[0] in named and not k.endswith(".name")) or (  # noqa: E731
-        k.startswith("data.") and "dataset" in named
+    implied = lambda k: (
+        (k.split(".")[0] in named and not k.endswith(".name"))
+        or (  # noqa: E731
+            k.startswith("data.") and "dataset" in named
+        )
     )
     shown = [k for k in LABEL_KEYS if k in keys] + [k for k in differing if k not in LABEL_KEYS and not implied(k)]
     return [", ".join(f"{short_key(k)}={_short_value(k, s.get(k))}" for k in shown if s.get(k) is not None)
@@ -127,6 +130,12 @@ def fmt(mean: float | None, std: float | None, digits: int) -> str:
     if mean is None:
         return MISSING
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    """`mean ± sample std` over seeds as every table of ours writes it; the value alone for one seed, MISSING for
+    none (every seed at chance, say)."""
+    return fmt(*mean_std(values)[:2], digits) if values else MISSING
 
 
 def method_label(row: dict) -> str:

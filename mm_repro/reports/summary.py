@@ -9,14 +9,7 @@ from pathlib import Path
 
 from mm_repro.records.scan import Record, scan
 from mm_repro.reports import writer
-from mm_repro.reports.cells import MISSING, by_setup, load_specs, matches, mean_std, shown
-
-
-def _cell(values: list[float]) -> str:
-    if not values:
-        return MISSING
-    mean, std, _ = mean_std(values)
-    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+from mm_repro.reports.cells import by_setup, load_specs, matches, shown, spread
 
 
 def summary_rows(records: list[Record]) -> list[dict]:
@@ -32,9 +25,9 @@ def summary_rows(records: list[Record]) -> list[dict]:
             "seeds": ",".join(str(r.run.get("seed")) for r in sorted(group, key=lambda r: r.run.get("seed") or 0)),
         }
         for selection in ("final", "best"):
-            row[f"test error ({selection})"] = _cell([r.result[selection]["test_error"] for r in group])
+            row[f"test error ({selection})"] = spread([r.result[selection]["test_error"] for r in group])
         top5 = [r.result["final"]["test_top5_error"] for r in group if "test_top5_error" in r.result["final"]]
-        row["top-5 error (final)"] = _cell(top5)
+        row["top-5 error (final)"] = spread(top5)
         rows.append(row)
     return rows
 

@@ -148,11 +148,6 @@ class NeverRuns(RunFailed):
     """A cluster job SLURM can never start (it was cancelled)."""
 
 
-def slurm_state(job_id: str) -> str | None:
-    """The job's state as `scontrol` reports it; None once SLURM no longer knows the job, "UNKNOWN" if unreadable."""
-    return slurm_job(job_id)[0]
-
-
 def slurm_job(job_id: str) -> tuple[str | None, str]:
     """(state, reason) as `scontrol` reports them; state None once SLURM no longer knows the job, "UNKNOWN" if
     unreadable."""

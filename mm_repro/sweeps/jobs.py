@@ -2,8 +2,8 @@
 
 `job_from_hydra` turns a composed config into a `Job`: checked, its experiment name taken from Hydra's runtime choice
 (never typed by hand), and the files Hydra would have written into `.hydra/` (train.yaml turns Hydra's own writing off,
-so that a refused start leaves an existing run directory untouched; mm_repro.training.session writes them once the run
-is taken over).
+so that a refused start leaves an existing run directory untouched; training.ownership.take_over writes them once the
+run is taken over).
 
 A failed job (bad input, a crash, a diverged run) writes its one-line error into its own train.log and, when its run
 directory holds no other run, a failure record there (failure.json), which `tables` lists. Jobs may run in other

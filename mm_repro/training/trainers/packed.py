@@ -63,7 +63,7 @@ class MixSelectForward(nn.Module):
 
 
 class PackedTrainer:
-    """K runs' models and optimizer state, stacked; the interface of step.SingleTrainer."""
+    """K runs' models and optimizer state, stacked; the interface of trainers.single.SingleTrainer."""
 
     def __init__(
         self,
@@ -159,7 +159,7 @@ class PackedTrainer:
             self.net.train()
 
     def state(self, r: int) -> dict:
-        """Run r's own state, in the format of a run trained alone (step.SingleTrainer.state)."""
+        """Run r's own state, in the format of a run trained alone (trainers.single.SingleTrainer.state)."""
         model = {k: (self.params[k] if k in self.params else self.buffers[k])[r].detach() for k in self.keys}
         sgd = self.optimizer.state_dict()
         sgd["state"] = {
