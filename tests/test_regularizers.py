@@ -17,7 +17,7 @@ from mm_repro.data import Arrays, hold_out_per_class, load_splits
 from mm_repro.errors import UserError
 from mm_repro.method.cutout import cutout
 from mm_repro.models import build
-from mm_repro.training import evaluation, step
+from mm_repro.training import scoring, step
 from mm_repro.training.checks import validate_train
 
 OFFICIAL = Path(__file__).parent / "data" / "official"
@@ -127,10 +127,10 @@ def test_top5_error_counts_a_label_outside_the_five_largest_logits():
 
     logits = torch.tensor([[9.0, 8, 7, 6, 5, 4, 3]] * 4)  # class 0 first ... class 6 last
     logits[3] = torch.tensor([0.0, 1, 2, -5, 4, 5, 6])  # label 3 is the smallest logit: a top-5 miss
-    figures = evaluation.test_figures(lambda x: logits[None], Loader(), "fp32", 1)[0]
+    figures = scoring.test_figures(lambda x: logits[None], Loader(), "fp32", 1)[0]
     assert figures["error"] == 75.0  # only the first is the arg max
     assert figures["top5_error"] == 25.0
-    five = evaluation.test_figures(lambda x: logits[None, :, :5], Loader(), "fp32", 1)[0]
+    five = scoring.test_figures(lambda x: logits[None, :, :5], Loader(), "fp32", 1)[0]
     assert "top5_error" not in five  # with 5 classes or fewer, top-5 is not recorded
 
 
@@ -146,5 +146,5 @@ def test_top5_counts_rank_5_as_a_hit_and_rank_6_as_a_miss():
             yield torch.zeros(2), self.labels
 
     logits = torch.tensor([[9.0, 8, 7, 6, 5, 4, 3]] * 2)  # class i has rank i + 1: label 4 is 5th, label 5 is 6th
-    figures = evaluation.test_figures(lambda x: logits[None], Loader(), "fp32", 1)[0]
+    figures = scoring.test_figures(lambda x: logits[None], Loader(), "fp32", 1)[0]
     assert figures["top5_error"] == 50.0  # the 5th is a hit, the 6th a miss

@@ -415,7 +415,7 @@ def test_a_checkpoint_is_checked_on_load_and_must_fit_the_model(tmp_path, monkey
 @pytest.mark.parametrize(
     "name, entry, message",
     [
-        ("floats", {"data": np.zeros((4, 3072), np.uint8), "labels": [0.0, 1.5, 2.0, 3.0]}, "not a list of points"),
+        ("floats", {"data": np.zeros((4, 3072), np.uint8), "labels": [0.0, 1.5, 2.0, 3.0]}, "not a list of integers"),
         ("layout", {"data": np.zeros((4, 32, 32, 3), np.uint8), "labels": [0, 1, 2, 3]}, "not (N, 3072) rows"),
         ("empty", {"data": np.zeros((0, 3072), np.uint8), "labels": []}, "holds no images"),
     ],

@@ -5,7 +5,7 @@ here is written atomically (mm_repro.files); nothing here trains."""
 
 from mm_repro.files import atomic_write, read_json, write_json
 from mm_repro.records.checkpoint import checkpoint_digest, load_checkpoint, save_checkpoint
-from mm_repro.records.files import (
+from mm_repro.records.layout import (
     ARCHIVED,
     BEST_CHECKPOINT,
     CHECKPOINT,

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from mm_repro.errors import UserError
-from mm_repro.records.files import LOCK
+from mm_repro.records.layout import LOCK
 
 
 class RunLock:

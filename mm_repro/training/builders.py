@@ -25,9 +25,9 @@ from mm_repro.method.points import check_points
 from mm_repro.models import build_from
 from mm_repro.training import distributed
 from mm_repro.training.devices import refuse_onednn_bug, uses_channels_last
-from mm_repro.training.evaluation import Evaluator
 from mm_repro.training.optim import build_optimizer
 from mm_repro.training.randomness import RunRandom, init_model
+from mm_repro.training.scoring import Evaluator
 from mm_repro.training.step import MixedForward, TrainStep, compile_module
 from mm_repro.training.trainers import Trainer
 from mm_repro.training.trainers.packed import PackedTrainer

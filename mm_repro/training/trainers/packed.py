@@ -33,9 +33,9 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from mm_repro.method import mixing
 from mm_repro.models import count_parameters
-from mm_repro.training.evaluation import test_figures
 from mm_repro.training.optim import set_lr
 from mm_repro.training.randomness import RunRandom
+from mm_repro.training.scoring import test_figures
 from mm_repro.training.step import autocast, host_to_device, one_hot
 
 PACKABLE_PRECISIONS = ("fp32",)  # see the module docstring for why fp16 and bf16 train alone

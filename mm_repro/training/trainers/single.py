@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from mm_repro.models import count_parameters
-from mm_repro.training.evaluation import Evaluator
 from mm_repro.training.optim import set_lr
+from mm_repro.training.scoring import Evaluator
 from mm_repro.training.step import TrainStep
 
 
