@@ -139,7 +139,7 @@ def test_another_runs_best_pt_is_refused_even_for_a_result_of_an_older_version(t
         api.load_model(run_dir, checkpoint="best")
     model, _ = api.load_model(two_runs[0], checkpoint="best")  # the run's own best.pt still loads
     own = records.load_checkpoint(two_runs[0] / records.BEST_CHECKPOINT, resumable=False)["model"]
-    assert all(torch.equal(v, own[k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(v, own[k]) for k, v in model.net.state_dict().items())
 
 
 def test_a_run_still_training_or_stopped_gives_no_model(tmp_path, two_runs):

@@ -9,7 +9,7 @@ from typing import Any
 
 from mm_repro.config import TablesConfig, as_list, to_schema
 from mm_repro.records.tracking import open_tracker
-from mm_repro.reports.tables import make_tables
+from mm_repro.reports.tables import apart_lines, make_tables
 
 
 def run(cfg: Any) -> None:
@@ -23,6 +23,9 @@ def run(cfg: Any) -> None:
     if made["empty"]:
         print(f"{len(made['empty'])} paper table(s) matched none of these runs (their files hold the paper's numbers "
               f"alone; no figure): {', '.join(made['empty'])}")  # fmt: skip
+    apart = apart_lines(made["scan"])
+    if not made["tables"] and apart:  # no table printed them: the runs set apart, once
+        print("\n".join(apart).strip())
     if made["unmatched"]:
         print(f"{len(made['unmatched'])} complete run(s) fit no paper table: see {out / 'summary.md'}")
     print(f"{made['scan'].summary()}; tables written to {out}/ (summary.md: every run, by setup)")

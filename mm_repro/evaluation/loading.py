@@ -29,19 +29,19 @@ class FinishedRun:
     run_dir: Path
     cfg: TrainRunConfig
     result: dict
-    checkpoint: dict
+    checkpoint: records.LastState | records.BestState
     which: str
 
     @property
     def epoch(self) -> int:
-        return self.checkpoint["epoch"]
+        return self.checkpoint.epoch
 
     def model(self, device: torch.device | str = "cpu") -> nn.Module:
         """The run's model with the checkpoint's weights, on `device`, in eval mode."""
         cfg = self.cfg
         model = build_from(cfg.model, cfg.dataset.num_classes, image_shape(cfg.dataset)).to(device)
         try:
-            model.load_state_dict(self.checkpoint["model"])
+            model.load_state_dict(self.checkpoint.model)
         except RuntimeError as exc:
             raise UserError(
                 f"run={self.run_dir}: checkpoints/{self.which}.pt does not fit {cfg.model.name} of its "
@@ -102,17 +102,17 @@ def finished_run(run_dir: Path | str, which: str = "last") -> FinishedRun:
         check_best(run_dir, result)
         if not path.is_file():
             raise UserError(f"run={run_dir} has no checkpoints/best.pt (written from 0.2.0 on); use checkpoint=last")
-    checkpoint = records.load_checkpoint(path, resumable=which == "last")
-    if which == "best" and checkpoint.get("run_id") != result.get("run_id"):
+    checkpoint = records.load_last(path) if which == "last" else records.load_best(path)
+    if which == "best" and checkpoint.identity.run_id != result.get("run_id"):
         raise UserError(f"run={run_dir}: checkpoints/best.pt belongs to another run than result.json (run ids differ)")
-    if which == "best" and checkpoint.get("epoch") != result["best"]["epoch"]:
+    if which == "best" and checkpoint.epoch != result["best"]["epoch"]:
         raise UserError(
-            f"run={run_dir}: checkpoints/best.pt holds epoch {checkpoint.get('epoch')}, but the run's best test error "
+            f"run={run_dir}: checkpoints/best.pt holds epoch {checkpoint.epoch}, but the run's best test error "
             f"was at epoch {result['best']['epoch']} (result.json); it is not the best model: use checkpoint=last"
         )
-    if which == "last" and checkpoint.get("epoch") != result.get("epochs"):
+    if which == "last" and checkpoint.epoch != result.get("epochs"):
         raise UserError(
-            f"run={run_dir}: checkpoints/last.pt holds epoch {checkpoint.get('epoch')}, but result.json's run ended at "
+            f"run={run_dir}: checkpoints/last.pt holds epoch {checkpoint.epoch}, but result.json's run ended at "
             f"epoch {result.get('epochs')}; it is not the finished model"
         )
     return FinishedRun(run_dir, cfg, result, checkpoint, which)

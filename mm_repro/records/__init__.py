@@ -1,7 +1,8 @@
-"""A run's records: its files (`files`: names, archive, failure), the lock (`lock`), the checkpoint format and its
-background writer (`checkpoint`), result.json written and read (`result`), where a figure came from (`provenance`),
-and, for the readers, the scan of run directories by outcome (`scan`) and experiment tracking (`tracking`). Everything
-here is written atomically (mm_repro.files); nothing here trains."""
+"""A run's records: its files (`layout`: names, archive, failure), the lock (`lock`), the checkpoint format and its
+background writer (`checkpoint`), what a checkpoint holds (`state`: its schema, written and read only there),
+result.json written and read (`result`), when a run is at chance (`chance`), where a figure came from
+(`provenance`), and, for the readers, the scan of run directories by outcome (`scan`) and experiment tracking
+(`tracking`). Everything here is written atomically (mm_repro.files); nothing here trains."""
 
 from mm_repro.files import atomic_write, read_json, write_json
 from mm_repro.records.checkpoint import checkpoint_digest, load_checkpoint, save_checkpoint
@@ -32,9 +33,15 @@ from mm_repro.records.result import (
     run_info,
     setup_of,
 )
+from mm_repro.records.state import BestState, Identity, LastState, load_best, load_last
 
 __all__ = [
     "ARCHIVED",
+    "BestState",
+    "Identity",
+    "LastState",
+    "load_best",
+    "load_last",
     "BEST_CHECKPOINT",
     "CHECKPOINT",
     "EVAL",

@@ -100,10 +100,17 @@ def to_markdown(spec: dict, rows: list[dict], scanned: Scan) -> str:
         "",
         *writer.markdown(rows),
     ]
+    lines += apart_lines(scanned)
+    return "\n".join(lines) + "\n"
+
+
+def apart_lines(scanned: Scan) -> list[str]:
+    """The runs no table averages (failed, diverged, at chance, repeated, stale, incomplete, malformed), by kind."""
+    lines = []
     for title, entries in scanned.apart():
         if entries:
             lines += ["", f"{title}: {len(entries)}", *[f"- {shown(p)}" for p in entries]]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def check_runs(paths: list[Path]) -> None:

@@ -54,7 +54,7 @@ def saved_point(job: Job) -> tuple[int, int]:
     if not job.cfg.train.resume or not path.exists():
         return 0, 0
     try:
-        return resume_point(records.load_checkpoint(path))
+        return resume_point(records.load_last(path))
     except UserError:  # an unreadable checkpoint: the run alone says so, in one line
         return -1, id(job)
 

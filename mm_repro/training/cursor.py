@@ -8,6 +8,7 @@ import torch
 
 from mm_repro.data import DeviceLoader
 from mm_repro.errors import UserError
+from mm_repro.records import LastState
 from mm_repro.training.distributed import Shards
 from mm_repro.training.ownership import resume_point
 
@@ -29,7 +30,7 @@ class Cursor:
         loader = self.loaders[0]
         return loader.num_batches(loader.num_images // self.shards.size)
 
-    def restore(self, saved: list[dict | None]) -> None:
+    def restore(self, saved: list[LastState | None]) -> None:
         """Epoch, step and each run's mid-epoch position from the runs' checkpoints (one point: the launcher packs
         runs that resume at the same epoch and step)."""
         points = {resume_point(s) for s in saved}
@@ -37,7 +38,7 @@ class Cursor:
             raise UserError(f"runs at different points (epoch, step) {sorted(points)} cannot be packed together")
         self.epoch, self.step = points.pop()
         for i, state in enumerate(saved):
-            position = state["position"] if state else None
+            position = state.position if state else None
             if position:
                 self.orders[i] = position["order"].to(self.shards.device)
                 self.shares[i] = self.shards.share(self.orders[i])

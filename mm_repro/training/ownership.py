@@ -35,7 +35,7 @@ def completed(job: Job) -> dict | None:
         saved_config = result["config"]
     else:  # a result.json of an earlier mm_repro holds part of the config: compare the checkpoint's
         checkpoint = job.run_dir / records.CHECKPOINT
-        saved_config = records.load_checkpoint(checkpoint)["config"] if checkpoint.exists() else {"config": "?"}
+        saved_config = records.load_last(checkpoint).identity.config if checkpoint.exists() else {"config": "?"}
     changes = config_changes(saved_config, job.config)
     if changes:
         raise UserError(describe_changes(job.run_dir, changes))
@@ -65,10 +65,10 @@ def _best_on_disk(run_dir: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        state = records.load_checkpoint(path, resumable=False)
+        best = records.load_best(path)
     except UserError:  # damaged: it cannot be trusted as the best model
         return {"epoch": None, "run_id": None}
-    return {"epoch": state.get("epoch"), "run_id": state.get("run_id")}
+    return {"epoch": best.epoch, "run_id": best.identity.run_id}
 
 
 def claim(run: Run, trainer: Any, index: int) -> None:
@@ -83,18 +83,18 @@ def claim(run: Run, trainer: Any, index: int) -> None:
     if not (job.cfg.train.resume and checkpoint.exists()):
         run.run_id = uuid.uuid4().hex  # a new run: its identity, kept through every resume
         return
-    run.saved = saved = records.load_checkpoint(checkpoint)
-    if len(saved["rng_ranks"]) != run.world.size:
+    run.saved = saved = records.load_last(checkpoint)
+    if len(saved.rng_ranks) != run.world.size:
         raise UserError(
-            f"checkpoint {checkpoint} was written by {len(saved['rng_ranks'])} process(es); resume it with as many"
+            f"checkpoint {checkpoint} was written by {len(saved.rng_ranks)} process(es); resume it with as many"
         )
-    changes = config_changes(saved["config"], job.config)
+    changes = config_changes(saved.identity.config, job.config)
     if changes:
         raise UserError(describe_changes(run_dir, changes))
     moved = [
-        f"{split} split: {saved['data'][split]} -> {run.data[split]}"
+        f"{split} split: {saved.identity.data[split]} -> {run.data[split]}"
         for split in ("train", "test")
-        if saved.get("data") and saved["data"].get(split) != run.data[split]
+        if saved.identity.data and saved.identity.data.get(split) != run.data[split]
     ]
     if moved:
         raise UserError(
@@ -103,18 +103,18 @@ def claim(run: Run, trainer: Any, index: int) -> None:
             "trained on, or pass train.resume=false to start over"
         )
     try:
-        trainer.load(index, saved)
+        trainer.load(index, {"model": saved.model, "optimizer": saved.optimizer, "scaler": saved.scaler})
     except (RuntimeError, KeyError, ValueError, IndexError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise UserError(
             f"checkpoint {checkpoint} does not fit the model {job.cfg.model.name} (width {job.cfg.model.width}): "
             f"{reason}; it was left untouched: pass train.resume=false to start over"
         ) from None
-    run.rng.load_state(saved["rng_ranks"][run.world.rank], str(checkpoint))
-    run.run_id = saved.get("run_id") or uuid.uuid4().hex
-    run.checkpoint_epoch = saved["epoch"]
+    run.rng.load_state(saved.rng_ranks[run.world.rank], str(checkpoint))
+    run.run_id = saved.identity.run_id or uuid.uuid4().hex
+    run.checkpoint_epoch = saved.epoch
     run.best_action, run.best_epoch = best_checkpoint_action(
-        saved["metrics"], saved["epoch"], _best_on_disk(run_dir), run.run_id
+        saved.identity.metrics, saved.epoch, _best_on_disk(run_dir), run.run_id
     )
 
 
@@ -130,15 +130,15 @@ def take_over(run: Run) -> None:
         if archived:
             run.say(f"earlier records moved to {archived}")
         if run.saved:  # epochs recorded after the checkpoint belong to the stopped session: drop them
-            records.write_metrics(run_dir / records.METRICS, run.saved["metrics"])
+            records.write_metrics(run_dir / records.METRICS, run.saved.identity.metrics)
             _settle_best(run)
         for name, node in job.hydra_files.items():
             (run_dir / ".hydra").mkdir(exist_ok=True)
             OmegaConf.save(node, run_dir / ".hydra" / name)
         if run.saved:
-            step = (run.saved.get("position") or {}).get("step", 0)
-            mid = f", at step {step} of epoch {run.saved['epoch'] + 1}" if step else ""
-            run.say(f"resuming {run_dir} after epoch {run.saved['epoch']}{mid}")
+            step = run.saved.step
+            mid = f", at step {step} of epoch {run.saved.epoch + 1}" if step else ""
+            run.say(f"resuming {run_dir} after epoch {run.saved.epoch}{mid}")
             if not run.rng.noise_restored and job.cfg.model.dropout > 0:
                 run.say(
                     "warning: its checkpoint predates the saved noise stream (mm_repro <= 0.2.0): its dropout masks go "
@@ -151,21 +151,20 @@ def _settle_best(run: Run) -> None:
     """Carry out `run.best_action` (best_checkpoint_action) on checkpoints/best.pt."""
     saved, run_dir = run.saved, run.run_dir
     if run.best_action == "rewrite":
-        row = next(r for r in saved["metrics"] if r["epoch"] == run.best_epoch)
-        identity = {k: saved.get(k) for k in ("metrics", "config", "run_id", "data", "packed_with", "model_spec")}
-        state = {"model": saved["model"], "epoch": row["epoch"], "test_error": row["test_error"], **identity}
-        records.save_checkpoint(run_dir / records.BEST_CHECKPOINT, {**state, "run_id": run.run_id})
+        row = next(r for r in saved.identity.metrics if r["epoch"] == run.best_epoch)
+        best = saved.best(row["epoch"], row["test_error"], run.run_id)
+        records.save_checkpoint(run_dir / records.BEST_CHECKPOINT, best.to_dict())
         run.note(f"checkpoints/best.pt rewritten from last.pt: the best epoch ({run.best_epoch}) is last.pt's own")
     elif run.best_action == "archive":
         moved = records.archive(run_dir, (records.BEST_CHECKPOINT,))
         run.note(
             f"checkpoints/best.pt did not hold the best epoch of the records resumed from (after epoch "
-            f"{saved['epoch']}); moved to {moved}"
+            f"{saved.epoch}); moved to {moved}"
         )
 
 
-def resume_point(saved: dict | None) -> tuple[int, int]:
+def resume_point(saved: records.LastState | None) -> tuple[int, int]:
     """(epoch, step) a checkpoint resumes at; (0, 0) without one."""
     if not saved:
         return 0, 0
-    return saved["epoch"], (saved["position"] or {}).get("step", 0)
+    return saved.epoch, saved.step

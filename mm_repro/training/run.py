@@ -76,7 +76,7 @@ class Run:
     lock: records.RunLock | None = None
     metrics: list = field(default_factory=list)
     wall_base: float = 0.0  # wall seconds of earlier sessions (from the checkpoint)
-    saved: dict | None = None  # the checkpoint resumed from
+    saved: records.LastState | None = None  # the checkpoint resumed from
     run_id: str = ""  # the run's identity, drawn when it starts from scratch and kept through every resume
     data: dict = field(default_factory=dict)  # fingerprints of the train and test splits (data.fingerprint)
     checkpoint_epoch: int | None = None  # the epoch of the last checkpoint on disk (None: none yet)
@@ -98,17 +98,11 @@ class Run:
         if self.world.is_main:
             emit(self.job.logger, message, to_files=True)
 
-    def identity_state(self) -> dict:
-        """What a checkpoint holds of the run besides its training state: records, config, identity, data, and what a
-        user needs to rebuild its model without mm_repro's config (`model_spec`)."""
-        return {
-            "metrics": self.metrics,
-            "config": self.job.config,
-            "run_id": self.run_id,
-            "data": self.data,
-            "packed_with": self.packed_with,
-            "model_spec": model_spec(self.job.cfg),
-        }
+    def identity(self) -> records.Identity:
+        """What a checkpoint holds of the run besides its training state (records.state.Identity)."""
+        return records.Identity(
+            self.run_id, self.job.config, self.data, self.metrics, self.packed_with, model_spec(self.job.cfg)
+        )
 
     def record_epoch(self, row: dict) -> None:
         self.metrics.append(row)

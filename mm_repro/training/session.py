@@ -91,8 +91,8 @@ class Session:
                 model = self.trainer.state(i)["model"]
                 if finite_state({"model": model, "optimizer": {}}, torch.zeros(())):
                     row = r.metrics[-1]
-                    state = {"model": model, "epoch": row["epoch"], "test_error": row["test_error"]}
-                    files.append((r.run_dir / records.BEST_CHECKPOINT, {**state, **r.identity_state()}))
+                    best = records.BestState(model, row["epoch"], row["test_error"], r.identity())
+                    files.append((r.run_dir / records.BEST_CHECKPOINT, best.to_dict()))
                     r.best_epoch = row["epoch"]
                 else:
                     r.best_epoch = None  # the best epoch's model is not finite: best.pt keeps an older one
@@ -112,15 +112,15 @@ class Session:
                 self.drop(r, Diverged(message), {}, epoch)
         files = []
         for i, r in enumerate(self.active):
-            state = {
+            state = records.LastState(
                 **states[id(r)],
-                "rng_ranks": self.shards.gather(r.rng.state()),
-                "epoch": c.epoch,
-                "position": c.position(i),
-                "wall_seconds": r.wall_base + self.clock.elapsed(),
-                **r.identity_state(),
-            }
-            files.append((r.run_dir / records.CHECKPOINT, state))
+                rng_ranks=self.shards.gather(r.rng.state()),
+                epoch=c.epoch,
+                position=c.position(i),
+                wall_seconds=r.wall_base + self.clock.elapsed(),
+                identity=r.identity(),
+            )
+            files.append((r.run_dir / records.CHECKPOINT, state.to_dict()))
             r.checkpoint_epoch = c.epoch
         active = {r.run_dir for r in self.active}
         self.checkpoints.write(files + [(path, s) for path, s in extra or [] if path.parent.parent in active])
@@ -182,9 +182,9 @@ def open_session(jobs: list[Job], world: World, device: torch.device, started: f
         session.cursor.restore([r.saved for r in runs])
         for run in runs:
             others = {str(r.run_dir) for r in runs if r is not run}
-            run.packed_with = sorted(others | set((run.saved or {}).get("packed_with", [])))
-            run.metrics = list(run.saved["metrics"]) if run.saved else []
-            run.wall_base = run.saved["wall_seconds"] if run.saved else 0.0
+            run.packed_with = sorted(others | set(run.saved.identity.packed_with if run.saved else []))
+            run.metrics = list(run.saved.identity.metrics) if run.saved else []
+            run.wall_base = run.saved.wall_seconds if run.saved else 0.0
         yield session
     except Exception as exc:
         if not isinstance(exc, UserError) and world.is_main:
