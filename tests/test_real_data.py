@@ -90,3 +90,42 @@ def test_a_small_torchvision_model_trains_on_the_real_mnist_from_the_command_lin
         results[method] = json.loads((tmp_path / method / "result.json").read_text())
     assert results["manifold"]["run"]["layers"] == ["input", "layer1", "layer2"]
     assert all(r["final"]["test_error"] < 50.0 for r in results.values()), results  # it learned: chance is 90 %
+
+
+def _weights_digest(path: Path) -> str:
+    import hashlib
+
+    import torch
+
+    model = torch.load(path, weights_only=True)["model"]
+    digest = hashlib.sha256()
+    for key in sorted(model):
+        digest.update(key.encode())
+        digest.update(model[key].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_a_committed_dropout_net_reruns_to_its_numbers(mnist_root, tmp_path):
+    # results/flattening/section3_2/rerun_reference.json: one small section 3.2 net with dropout on the real MNIST.
+    # Under its conditions (the CPU model, torch, one thread) the rerun is bitwise its weights and records; elsewhere
+    # a CPU's kernels sum in another order, and the rerun is checked to its test error's first decimal places only.
+    import platform
+
+    import torch
+
+    ref = json.loads((Path(__file__).parent.parent / "results/flattening/section3_2/rerun_reference.json").read_text())
+    args = ref["command"].split()[3:]  # after `python -m mm_repro`
+    proc = run_cli(*args, f"dataset.root={mnist_root}", f"hydra.run.dir={tmp_path / 'net'}", cwd=tmp_path,
+                   env={"OMP_NUM_THREADS": ref["conditions"]["OMP_NUM_THREADS"]}, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "net" / "metrics.jsonl").read_text().splitlines()]
+    rows = [{k: v for k, v in r.items() if k not in ("seconds", "train_images_per_second")} for r in rows]
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor()
+    same = cpu == ref["conditions"]["cpu_model"] and torch.__version__ == ref["conditions"]["torch_version"]
+    if same:
+        assert _weights_digest(tmp_path / "net" / "checkpoints" / "last.pt") == ref["weights_sha256"]
+        assert rows == ref["metrics"]
+    else:
+        assert abs(rows[-1]["test_error"] - ref["final"]["test_error"]) < 1.0, (rows[-1], ref["final"], cpu)
