@@ -83,7 +83,7 @@ def claim(run: Run, trainer: Any, index: int) -> None:
     if not (job.cfg.train.resume and checkpoint.exists()):
         run.run_id = uuid.uuid4().hex  # a new run: its identity, kept through every resume
         return
-    run.saved = saved = records.load_last(checkpoint)
+    saved = records.load_last(checkpoint)
     if len(saved.rng_ranks) != run.world.size:
         raise UserError(
             f"checkpoint {checkpoint} was written by {len(saved.rng_ranks)} process(es); resume it with as many"
@@ -111,11 +111,9 @@ def claim(run: Run, trainer: Any, index: int) -> None:
             f"{reason}; it was left untouched: pass train.resume=false to start over"
         ) from None
     run.rng.load_state(saved.rng_ranks[run.world.rank], str(checkpoint))
-    run.run_id = saved.identity.run_id or uuid.uuid4().hex
-    run.checkpoint_epoch = saved.epoch
-    run.best_action, run.best_epoch = best_checkpoint_action(
-        saved.identity.metrics, saved.epoch, _best_on_disk(run_dir), run.run_id
-    )
+    run_id = saved.identity.run_id or uuid.uuid4().hex
+    best = best_checkpoint_action(saved.identity.metrics, saved.epoch, _best_on_disk(run_dir), run_id)
+    run.resume(saved, run_id, *best)
 
 
 def take_over(run: Run) -> None:

@@ -98,6 +98,19 @@ class Run:
         if self.world.is_main:
             emit(self.job.logger, message, to_files=True)
 
+    def resume(self, saved: records.LastState, run_id: str, best_action: str, best_epoch: int | None) -> None:
+        """Take over a checkpoint: its id (`run_id`: its own, or a new one for a checkpoint of a version that kept
+        none), its epoch, and what the resume does with best.pt (ownership.best_checkpoint_action)."""
+        self.saved, self.run_id, self.checkpoint_epoch = saved, run_id, saved.epoch
+        self.best_action, self.best_epoch = best_action, best_epoch
+
+    def continue_records(self, others: set[str]) -> None:
+        """The records a session goes on from: the resumed checkpoint's metrics, real time and pack-mates (none for a
+        fresh start), and the runs this session packs it with."""
+        self.packed_with = sorted(others | set(self.saved.identity.packed_with if self.saved else []))
+        self.metrics = list(self.saved.identity.metrics) if self.saved else []
+        self.wall_base = self.saved.wall_seconds if self.saved else 0.0
+
     def identity(self) -> records.Identity:
         """What a checkpoint holds of the run besides its training state (records.state.Identity)."""
         return records.Identity(

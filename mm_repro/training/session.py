@@ -181,10 +181,7 @@ def open_session(jobs: list[Job], world: World, device: torch.device, started: f
                 run.tracker = open_tracker(job.cfg.logger, run.run_dir, config, tracker_name(job), job.group)
         session.cursor.restore([r.saved for r in runs])
         for run in runs:
-            others = {str(r.run_dir) for r in runs if r is not run}
-            run.packed_with = sorted(others | set(run.saved.identity.packed_with if run.saved else []))
-            run.metrics = list(run.saved.identity.metrics) if run.saved else []
-            run.wall_base = run.saved.wall_seconds if run.saved else 0.0
+            run.continue_records({str(r.run_dir) for r in runs if r is not run})
         yield session
     except Exception as exc:
         if not isinstance(exc, UserError) and world.is_main:
