@@ -290,3 +290,31 @@ def test_a_committed_json_is_byte_for_byte_what_the_command_writes():
         write_json(copy, json.loads(path.read_text()))
         assert copy.read_bytes() == path.read_bytes(), path
         copy.unlink()
+
+
+def test_no_paper_number_is_written_in_the_code():
+    # the paper's numbers live in results/paper/ (the GPU tables, and cpu/ for the small experiments), read from there
+    import json
+    import re
+
+    numbers: set[str] = set()
+
+    def collect(node) -> None:
+        if isinstance(node, dict):
+            for v in node.values():
+                collect(v)
+        elif isinstance(node, list):
+            for v in node:
+                collect(v)
+        elif isinstance(node, float) and node > 1 and re.fullmatch(r"\d+\.\d{2,}", repr(node)):
+            numbers.add(repr(node))
+
+    for path in (REPO / "results" / "paper").rglob("*.json"):
+        collect(json.loads(path.read_text()))
+    assert len(numbers) > 100  # the walk read the tables
+    found = [
+        f"{p.relative_to(REPO)}: {n}"
+        for p in PACKAGE.rglob("*.py")
+        for n in sorted(set(re.findall(r"(?<![\d.])\d+\.\d{2,}(?![\d.])", p.read_text())) & numbers)
+    ]
+    assert not found, found

@@ -5,9 +5,9 @@ Reproduces: section 3.2 (5 nets: no regularization, weight decay, dropout, input
 hidden layer; the paper's largest singular value and sum of the others at that layer, averaged over classes), Figure
 5 of Appendix B (the 2-D bottleneck states of the test images, trained on digits 0-4 and on all digits), and Figures
 9-12 of Appendix G (the mean first singular value per class at a 12- or 30-unit bottleneck; Figure 12 over every
-class together). What to expect, from the paper: manifold mixup leaves the smallest sum of the other singular values
-(section 3.2: 40.98 against 66.89-78.67) and the mixup nets a smaller first singular value than the baseline
-(Figures 9-11).
+class together). What to expect, from the paper (its numbers: results/paper/cpu/flattening.json): manifold mixup leaves
+the smallest sum of the other singular values (section 3.2) and the mixup nets a smaller first singular value than
+the baseline (Figures 9-11).
 
 Each net of a study and seed is a `train` run (the same builders, step, loop and records as `python -m mm_repro
 train dataset=mnist model=mlp_...`: conf/model/mlp_*.yaml, conf/dataset/mnist.yaml, the `mlp` family's protocol),
