@@ -18,7 +18,10 @@ from mm_repro.training.loop import train_jobs
 DOC = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 
 
-@pytest.mark.parametrize("dataset", ["synthetic", "mnist", "cifar10"])
+@pytest.mark.parametrize(
+    "dataset",
+    ["synthetic", pytest.param("mnist", marks=pytest.mark.slow), pytest.param("cifar10", marks=pytest.mark.slow)],
+)
 def test_every_example_of_the_api_page_runs_as_printed(tmp_path, monkeypatch, capsys, dataset):
     # on a CIFAR-shaped run, an MNIST run (1 x 28 x 28, the paper's net) and a CIFAR-10 run from real-format files
     monkeypatch.chdir(tmp_path)
