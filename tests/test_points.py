@@ -154,3 +154,16 @@ def test_a_torchvision_model_trains_resumes_evaluates_and_tabulates_from_the_com
     assert evaluated.returncode == 0 and "flattening at klayer1" in evaluated.stdout, evaluated.stderr[-2000:]
     tabled = run_cli("tables", f"runs={tmp_path}", f"out={tmp_path / 't'}", "include_chance=true", cwd=tmp_path)
     assert tabled.returncode == 0 and "arch=resnet18" in (tmp_path / "t" / "summary.md").read_text()
+
+
+@pytest.mark.slow  # a timm resnet18 (11 M parameters) trained for an epoch on 100 generated images
+def test_a_timm_model_trains_as_a_run_where_timm_is_installed(tmp_path):
+    pytest.importorskip("timm")
+    from mm_repro.training.loop import train_jobs
+    from tests.conftest import tiny_job
+
+    job = tiny_job(tmp_path / "r", "model=timm", "model.arch=resnet18", "train.epochs=1", "model.width=0")
+    (result,) = train_jobs([job])
+    assert result["run"]["arch"] == "resnet18" and result["run"]["layers"] == ["input", "layer1", "layer2"]
+    model, _ = api.load_model(tmp_path / "r")
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
