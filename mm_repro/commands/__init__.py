@@ -58,9 +58,9 @@ def _bench(cfg: Any) -> None:
 
 def _experiment(name: str) -> Callable[[Any], None]:
     def run(cfg: Any) -> None:
-        from mm_repro.commands import experiments
+        from mm_repro.commands import standalone
 
-        getattr(experiments, name)(cfg)
+        getattr(standalone, name)(cfg)
 
     return run
 
