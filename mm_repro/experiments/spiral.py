@@ -234,8 +234,11 @@ def claims(per_seed: dict[str, dict[int, dict]], regularizers: bool) -> list[dic
 
 def rejudge(result: dict, out: Path) -> dict:
     """A spiral result judged again by today's rule from its per-seed numbers (nothing retrained); its JSON
-    rewritten."""
-    per_seed = {name: dict(zip(result["seeds"], rs, strict=True)) for name, rs in result["results"].items()}
+    rewritten. The nets are taken in the run's order (VARIANTS), not the JSON's sorted keys, so the claims' parts
+    come out as the run wrote them."""
+    rs = result["results"]
+    names = [name for name in VARIANTS if name in rs] + sorted(set(rs) - set(VARIANTS))
+    per_seed = {name: dict(zip(result["seeds"], rs[name], strict=True)) for name in names}
     result["claims"] = claims(per_seed, result["config"]["regularizers"])
     write_json(out / result["file"], result)
     return result

@@ -29,14 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm_repro.config import SyntheticConfig, paper_numbers, quoted
+from mm_repro.config import SyntheticConfig, quoted
 from mm_repro.console import progress
 from mm_repro.errors import UserError
-from mm_repro.experiments.synthetic_report import BATCH, METHODS, claims, write_report
+from mm_repro.experiments.synthetic_report import BATCH, METHODS, claims, table_rows, write_report
 from mm_repro.files import output_dir, read_json, write_json
 from mm_repro.records.provenance import provenance, start_record
 from mm_repro.records.tracking import open_tracker
-from mm_repro.reports.cells import spread
 from mm_repro.sweeps.study import Launch, StudyJob, failed, launch, launcher_overrides
 from mm_repro.training.devices import training_device
 from mm_repro.training.randomness import init_model
@@ -46,8 +45,6 @@ TASKS = {  # (train angle ranges per class, test angle ranges per class); None: 
     "B": (((-70.0, -50.0), (50.0, 80.0)), ((-30.0, -20.0), (-10.0, 30.0))),
     "C": (None, None),
 }
-PAPER = {task: {m: tuple(v) for m, v in cells.items()} for task, cells in paper_numbers("table8").items()
-         if task in ("A", "B", "C")}  # fmt: skip  # Table 8: test accuracy (%) and test NLL
 
 
 def draw_factors(rng: random.Random, task: str, train: bool) -> list[float]:
@@ -219,24 +216,11 @@ def run_synthetic(cfg: SyntheticConfig) -> dict:
     for i, r in enumerate(results):
         tracker.log({k: r[k] for k in ("test_accuracy", "test_nll")}, step=i)
     tracker.finish(0)
-    names = {"none": "No Mixup", "input": "Input Mixup (1.0)", "factor": "Ground Truth Factor Mixup (1.0)"}
-    rows = []
-    for method in METHODS:
-        mine = [r for r in results if r["method"] == method]
-        rows.append(
-            {
-                "task": cfg.task,
-                "model": names[method],
-                "ours: test accuracy (%)": spread([r["test_accuracy"] for r in mine], 2),
-                "paper: test accuracy (%)": f"{PAPER[cfg.task][method][0]:g}",
-                "ours: test NLL": spread([r["test_nll"] for r in mine], 4),
-                "paper: test NLL": f"{PAPER[cfg.task][method][1]:g}",
-            }
-        )
     figures = [plot_examples(cfg, out)]
     made_by = {**provenance(start, torch.device(made[0][1]["device"])),
                "classifiers": f"{len(todo)} trained {how.describe()}, {len(made) - len(todo)} reused"}  # fmt: skip
-    report = {"config": asdict(cfg), "provenance": made_by, "results": results, "rows": rows, "figures": figures}
+    report = {"config": asdict(cfg), "provenance": made_by, "results": results, "rows": table_rows(cfg.task, results),
+              "figures": figures}  # fmt: skip
     report["claims"] = claims(results)
     write_report(report, out)
     return report

@@ -26,10 +26,11 @@ MISSING = "—"
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None, int]:
-    """Mean, sample standard deviation (None for n = 1) and n."""
+    """Mean, sample standard deviation (None for n = 1) and n. The sums are exact (math.fsum), so the figures do not
+    depend on the order the seeds come in: a report and its re-judging from the JSON print the same digits."""
     n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    mean = math.fsum(values) / n
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
     return mean, std, n
 
 
