@@ -213,7 +213,10 @@ def test_evaluate_refuses_what_is_not_a_finished_run(cifar10_root, tmp_path):
     assert proc.returncode == 0, proc.stderr
     (run_dir / "result.json").rename(run_dir / "result.json.away")
     unfinished = run_cli("evaluate", f"run={run_dir}", cwd=tmp_path)
-    assert unfinished.returncode == 2 and "has not finished (no result.json)" in unfinished.stderr
+    assert (
+        unfinished.returncode == 2
+        and "has not finished (it was stopped: its checkpoint is there): no result.json" in unfinished.stderr
+    )
     (run_dir / "result.json.away").rename(run_dir / "result.json")
     (run_dir / "failure.json").write_text(json.dumps({"status": "diverged", "message": "x"}))
     failed = run_cli("evaluate", f"run={run_dir}", cwd=tmp_path)

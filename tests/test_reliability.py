@@ -50,7 +50,7 @@ def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
     path = tmp_path / "last.pt"
     records.save_checkpoint(path, {"model": {"w": torch.ones(1000)}, "epoch": 3})
     path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(UserError, match="holds no mm_repro checksum: it is damaged \\(cut") as info:
+    with pytest.raises(UserError, match="holds no mm_repro checksum, so it is corrupt \\(cut") as info:
         records.load_checkpoint(path)
     assert "\n" not in str(info.value)
 
@@ -158,7 +158,7 @@ def test_slurm_launcher_composes(tmp_path):
         (["method=cutmax"], "method='cutmax' is not an option; choose one of: cutmix, cutout, erm, manifold, mixup"),
         pytest.param(
             ["method=erm", "method.block_gradient=true"],
-            "method.block_gradient=true needs method=manifold (method=erm",
+            "method.block_gradient=true needs a method that mixes hidden states (method=erm",
             marks=pytest.mark.slow,
         ),
         pytest.param(

@@ -257,7 +257,10 @@ def test_corrupt_checkpoint_is_a_clear_error_and_is_never_overwritten(cifar10_ro
     ckpt.write_bytes(b"not a checkpoint")
     proc = run_cli(*train_args(cifar10_root, run_dir, "train.epochs=1"), cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert f"checkpoint {ckpt} is corrupt" in proc.stderr and "train.resume=false" in proc.stderr
+    assert (
+        f"checkpoint {ckpt} holds no mm_repro checksum, so it is corrupt" in proc.stderr
+        and "train.resume=false" in proc.stderr
+    )
     assert ckpt.read_bytes() == b"not a checkpoint"
     assert not (run_dir / "failure.json").exists()  # a refused start records nothing in a run's directory
 

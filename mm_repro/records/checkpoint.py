@@ -104,9 +104,10 @@ def _verified(path: Path) -> bytes:
         if os.environ.get(UNCHECKED_ENV) == "1":
             return data
         raise UserError(
-            f"checkpoint {path} holds no mm_repro checksum: it is damaged (cut, or its checksum removed or altered), "
-            f"or was written before checkpoints had one (mm_repro before 9e24e2f), which {UNCHECKED_ENV}=1 loads "
-            "unchecked (tensors only; damage would go unnoticed). It was left untouched"
+            f"checkpoint {path} holds no mm_repro checksum, so it is corrupt (cut, its checksum removed or altered, "
+            "or not an mm_repro checkpoint) or older than checksums (mm_repro before 9e24e2f; "
+            f"{UNCHECKED_ENV}=1 loads those unchecked, tensors only, damage unnoticed); it was left untouched: move it "
+            "away, or pass train.resume=false to start over (the old records are then kept under previous/)"
         )
     end = data.rfind(EOCD, 0, at) + 20
     digest = data[at + len(COMMENT) :].decode("ascii", "replace")
