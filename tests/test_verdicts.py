@@ -162,3 +162,20 @@ def test_a_page_without_its_generated_block_is_one_line(tmp_path):
 
     with pytest.raises(UserError, match="has no generated block"):
         pages.replace_between("no markers here", pages.START + pages.END, Path("page.md"))
+
+
+def test_a_coverage_row_is_written_whatever_its_other_cells_hold_and_a_missing_one_is_an_error():
+    from mm_repro.errors import UserError
+
+    table = (
+        "| claim | command | notes | rerun here |\n|---|---|---|---|\n"
+        "| Figure 5 | `flattening` | | old |\n"
+        "| Table 8 | `synthetic task=A\\|B` | ours | old |\n"
+        "| Other | x | y | kept |\n"
+    )
+    written = pages._coverage(table, {"Figure 5": "new five", "Table 8": "new eight"})
+    assert "| Figure 5 | `flattening` | | new five |\n" in written
+    assert "| Table 8 | `synthetic task=A\\|B` | ours | new eight |\n" in written
+    assert "| Other | x | y | kept |\n" in written
+    with pytest.raises(UserError, match="no coverage row named 'Figure 6'"):
+        pages._coverage(table, {"Figure 6": "x"})

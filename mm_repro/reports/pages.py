@@ -6,6 +6,7 @@ listed in results/verdicts.yaml; each generated part sits between two markers, a
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -74,8 +75,12 @@ def write_pages(root: Path, reports: dict[str, dict]) -> list[Path]:
         seeds, counts = summary(main)
         page = Path(row["page"])
         readme_rows.append(f"| {row['paper']} | {seeds} | {counts} | [{page.parent}]({page}) |")
+        if len(main) == 1:
+            cell = f"{seeds} seeds; {counts}"
+        else:
+            cell = " ".join(f"{label} ({len(seeds_of(r))} seeds): {verdicts.count(r['claims'])}." for label, r in main)
         for name in row.get("coverage", []):
-            cells[name] = f"[{page.parent}](../{page}): {seeds} seeds; {counts}"
+            cells[name] = f"[{page.parent}](../{page}): {cell}"
         listed = [(e["label"], e["json"], reports[e["json"]]) for e in row["results"] + row.get("also", [])]
         changed += _rewrite(root / page, lambda text, p=page, e=listed: replace_between(text, claims_block(e, p), p))
     table = "\n".join([START, README_HEADER, *readme_rows, END])
@@ -85,14 +90,23 @@ def write_pages(root: Path, reports: dict[str, dict]) -> list[Path]:
 
 
 def _coverage(text: str, cells: dict[str, str]) -> str:
-    """docs/reproducing.md with the last cell of each named coverage row replaced."""
-    out = []
+    """docs/reproducing.md with the last cell of each named coverage row replaced (cells split at unescaped pipes, so
+    an empty cell or a `\\|` inside one counts right); a named row that is not there is an error, never a skip."""
+    out, found = [], set()
     for line in text.splitlines(keepends=True):
-        parts = line.rstrip("\n").split(" | ")
-        name = parts[0].removeprefix("| ") if line.startswith("| ") else None
-        if name in cells and len(parts) >= 4:
-            line = " | ".join([*parts[:-1], cells[name]]) + " |\n"
+        parts = re.split(r"(?<!\\)\|", line.rstrip("\n")) if line.startswith("| ") else []
+        name = parts[1].strip() if len(parts) >= 4 else None
+        if name in cells:
+            parts[-2] = f" {cells[name]} "
+            line = "|".join(parts) + "\n"
+            found.add(name)
         out.append(line)
+    missing = sorted(set(cells) - found)
+    if missing:
+        raise UserError(
+            f"docs/reproducing.md has no coverage row named {missing[0]!r} (results/verdicts.yaml names it); "
+            "rename the row or the manifest's entry so that they match"
+        )
     return "".join(out)
 
 

@@ -220,7 +220,8 @@ def count(claims: list[dict]) -> str:
     """'N of M claims hold' as a study's cell says it, with the unresolved and failed ones counted."""
     tally = {v: sum(c["verdict"] == v for c in claims) for v in VERDICTS}
     parts = [f"{tally[HOLDS]} of {len(claims)} claims hold"]
-    parts += [f"{tally[v]} {v}" for v in (NOT_RESOLVED, DOES_NOT_HOLD) if tally[v]]
+    plural = {NOT_RESOLVED: NOT_RESOLVED, DOES_NOT_HOLD: "do not hold"}
+    parts += [f"{tally[v]} {v if tally[v] == 1 else plural[v]}" for v in (NOT_RESOLVED, DOES_NOT_HOLD) if tally[v]]
     return "; ".join(parts)
 
 
