@@ -25,6 +25,7 @@ def _files(root) -> list:
     return sorted(p.relative_to(root) for p in root.rglob("*"))
 
 
+@pytest.mark.slow  # ~9 s: runs plan over a sweep
 def test_plan_lists_the_packs_and_estimates_hours_from_the_bench_figures_without_writing(tmp_path):
     _bench_figure(tmp_path / "mine")
     before = _files(tmp_path)
@@ -58,6 +59,7 @@ def test_plan_says_what_it_lacks_and_names_refused_jobs(tmp_path):
     assert none.returncode == 0 and "no bench figures under" in none.stdout
 
 
+@pytest.mark.slow  # ~9 s
 def test_plan_without_bench_figures_gives_the_docs_estimate_labelled_as_one(tmp_path):
     # Table 1(a)'s PreActResNet-18: 2000 epochs of CIFAR-10's 50k images at the assumed 20k img/s = 1.4 h, as
     # docs/reproducing.md's table assumes (its ~90 GPU-hours for the table's 45 runs)

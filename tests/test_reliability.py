@@ -205,10 +205,8 @@ def test_bad_bench_options_are_one_line(tmp_path, args, message):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-@pytest.mark.parametrize(
-    "launcher",
-    ["basic", pytest.param("local", marks=pytest.mark.slow), pytest.param("submitit_local", marks=pytest.mark.slow)],
-)
+@pytest.mark.slow  # ~12 s a launcher: a sweep with a failing job
+@pytest.mark.parametrize("launcher", ["basic", "local", "submitit_local"])
 def test_a_failed_sweep_job_is_recorded_named_and_listed_under_every_launcher(tmp_path, launcher):
     # submitit_local runs each job as SLURM does (a pickled job in its own process), without a cluster.
     sweep = tmp_path / "sweep"

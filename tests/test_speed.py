@@ -180,6 +180,7 @@ def test_wall_seconds_is_the_runs_real_time(tmp_path):
     assert all(r["train_images_per_second"] > 400 / r["seconds"] for r in rows)  # steps alone beat the epoch's time
 
 
+@pytest.mark.slow  # ~5 s: times both trainers
 def test_bench_reports_ours_over_official_not_the_other_way_round(monkeypatch):
     rates = iter([(300.0, 100.0), (5000.0, 500.0)])  # (ours, official): the steps, then the data pipelines
     monkeypatch.setattr(bench, "median_rates", lambda *args, **kwargs: next(rates))

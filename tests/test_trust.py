@@ -58,7 +58,8 @@ def _weights(run_dir: Path) -> dict:
 PACK = [("erm", "seed=0", "method=erm"), ("mm", "seed=1", "method=manifold")]
 
 
-@pytest.mark.parametrize("stop", [7, 12])  # 5 steps an epoch: in the milestone's epoch (2), and in the one after (3)
+# 5 steps an epoch: in the milestone's epoch (2), and in the one after (3, with the slow tests)
+@pytest.mark.parametrize("stop", [7, pytest.param(12, marks=pytest.mark.slow)])
 def test_a_packed_run_resumed_after_a_milestone_keeps_its_schedule(tmp_path, monkeypatch, stop_after, stop):
     unbroken = train_module.train_jobs([_job(tmp_path / "a" / n, *o) for n, *o in PACK])
     assert all(isinstance(o, dict) for o in unbroken)
@@ -353,6 +354,7 @@ def test_the_draws_of_a_pack_are_the_runs_draws_in_one_copy(monkeypatch):
         assert index[r].tolist() == (list(range(6))[::-1] if d.index is None else d.index.tolist())
 
 
+@pytest.mark.slow  # ~6 s: trains a pack
 def test_one_bad_job_is_refused_alone_and_the_rest_of_its_pack_trains(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
