@@ -3,6 +3,7 @@ each config checked, run, and its results printed beside the paper's, with the f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,23 +43,36 @@ def spiral(cfg: Any) -> None:
 
 def flattening(cfg: Any) -> None:
     report = run_study(to_schema(cfg, StudyConfig))
-    for row in report["rows"]:
-        print(
+    _print_report(
+        report,
+        lambda row: (
             f"{row['setup']:<36} {row['method']:<15} acc {row['test accuracy (%)']:>6} %  top "
             f"{row['ours: top singular value']:>8} (paper {row['paper: top']})  "
             f"others {row['ours: sum of the others']:>8}"
-        )
-    _print_claims(report["claims"])
-    _written(cfg.out, f"flattening_{cfg.study}.md", report["figures"])
+        ),
+        cfg.out,
+        f"flattening_{cfg.study}.md",
+    )
 
 
 def synthetic(cfg: Any) -> None:
     report = run_synthetic(to_schema(cfg, SyntheticConfig))
-    for row in report["rows"]:
-        print(
+    _print_report(
+        report,
+        lambda row: (
             f"task {row['task']} {row['model']:<32} accuracy {row['ours: test accuracy (%)']:>6} % "
             f"(paper {row['paper: test accuracy (%)']})  NLL {row['ours: test NLL']} (paper {row['paper: test NLL']})"
-        )
+        ),
+        cfg.out,
+        f"table8_task{cfg.task}.md",
+    )
+
+
+def _print_report(report: dict, line: Callable[[dict], str], out: str, table: str) -> None:
+    """A study's rows (each as `line` prints it), its claims, and what it wrote; a job of Table 8's sweep
+    (classifier=...) writes its classifiers' files only, so no table or figure is named."""
+    for row in report["rows"]:
+        print(line(row))
     _print_claims(report["claims"])
-    if report["figures"]:  # a job of the task's sweep (classifier=...) writes its classifiers' files only
-        _written(cfg.out, f"table8_task{cfg.task}.md", report["figures"])
+    if report["figures"]:
+        _written(out, table, report["figures"])
